@@ -1,0 +1,309 @@
+"""Typed configuration: frozen dataclasses read from YAML and `key=value` overrides.
+
+Every section is a frozen dataclass whose fields carry their type and default. `from_dict` builds one from
+plain data and rejects unknown keys and values of the wrong type with a one-line `ConfigError` that names
+the file and the dotted key (never RecBole's silent `None`). Model sections live next to their models
+(`recsys.models`); this module knows nothing of them and stays at the bottom of the import graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from recsys.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which interactions to read and how to turn them into sequences and a split."""
+
+    name: str = "ml-latest-small"
+    """Dataset: a MovieLens release (ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small) or 'custom'."""
+    path: str | None = None
+    """Folder or zip of the raw files. None: the embedded ml-latest-small, or the folder data_scripts prepared."""
+    preset: str = "raw"
+    """Named preprocessing preset: 'raw' (every rating is an interaction) or 'papers' (items with < 5 interactions dropped)."""
+    min_rating: float | None = None
+    """Keep only interactions whose rating is at least this (None: keep all; implicit feedback)."""
+    min_user_interactions: int | None = None
+    """Drop users with fewer interactions than this (None: the preset's value)."""
+    min_item_interactions: int | None = None
+    """Drop items with fewer interactions than this (None: the preset's value)."""
+    core: Literal["single", "iterated"] = "single"
+    """'single': filter items then users once (the papers' protocol); 'iterated': repeat until a stable k-core."""
+    max_history: int | None = None
+    """Keep only each user's most recent N interactions (None: all)."""
+    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    """'leave_one_out': last item test, second-to-last validation; 'temporal': global cut at timestamp quantiles."""
+    valid_quantile: float = 0.8
+    """Temporal split only: interactions before this timestamp quantile train the model."""
+    test_quantile: float = 0.9
+    """Temporal split only: the first interaction of each user after this quantile is the test target."""
+    cache_dir: str | None = None
+    """Where prepared datasets are cached as Parquet (None: $RECSYS_CACHE or ~/.cache/recsys)."""
+    # A user's own log (name: custom)
+    interactions_file: str | None = None
+    """custom: CSV or Parquet file of interactions."""
+    items_file: str | None = None
+    """custom: optional CSV or Parquet item table (item id plus text columns)."""
+    user_column: str = "user_id"
+    """custom: column of user ids."""
+    item_column: str = "item_id"
+    """custom: column of item ids (in both files)."""
+    timestamp_column: str = "timestamp"
+    """custom: column of timestamps (numbers, or ISO dates)."""
+    rating_column: str | None = None
+    """custom: optional column of ratings (needed for min_rating)."""
+    text_columns: tuple[str, ...] = ()
+    """custom: item-table columns that describe an item in words (for text models)."""
+    separator: str = ","
+    """custom: CSV field separator."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """How to train: optimisation, stopping, devices, seeds."""
+
+    max_epochs: int = 200
+    """Upper bound on epochs; early stopping usually ends sooner."""
+    batch_size: int = 128
+    """Sequences per optimiser step."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many optimiser steps."""
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """Learning-rate decay after warm-up, to zero at max_epochs."""
+    grad_clip: float | None = 1.0
+    """Clip the gradient norm to this value (None: no clipping)."""
+    patience: int = 10
+    """Stop after this many validation checks without a better validation NDCG@10 (0: never stop early)."""
+    val_every: int = 1
+    """Validate every N epochs."""
+    eval_batch_size: int = 512
+    """Users per batch when scoring the full catalogue."""
+    seed: int = 42
+    """Seed of every random generator (data order, init, dropout, negatives)."""
+    accelerator: str = "auto"
+    """Lightning accelerator: 'cpu', 'gpu' or 'auto'."""
+    devices: int | str = 1
+    """Lightning devices: a count, or 'auto'."""
+    strategy: str = "auto"
+    """Lightning strategy, e.g. 'ddp' (with accelerator cpu: gloo processes)."""
+    precision: str = "auto"
+    """'auto' = bf16 mixed precision on a GPU that supports it, else 32-bit; or any Lightning precision string."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default, all cores)."""
+    limit_train_batches: float | int = 1.0
+    """Fraction or number of training batches per epoch (for quick runs)."""
+    progress_bar: bool = True
+    """Show a progress bar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs, checkpoints and models go."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking URI (None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)."""
+    experiment: str | None = None
+    """MLflow experiment (None: one per dataset, 'recsys-<dataset>')."""
+    run_name: str | None = None
+    """MLflow run name (None: '<model>-<dataset>-<preset>-<time>')."""
+    output_dir: str = "runs"
+    """Each run writes checkpoints and the saved model to a new folder below this one."""
+    register_as: str | None = None
+    """Register the saved model in the MLflow model registry under this name."""
+    enabled: bool = True
+    """Log to MLflow at all."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with errors that name the key
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build the dataclass `cls` from a mapping, checking keys and value types.
+
+    `where` is a prefix for messages, e.g. "configs/x.yaml: model" so errors read
+    "configs/x.yaml: model.n_layers: expected int, got 'two'".
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of keys, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{_key(where, unknown[0])}: unknown key (known: {', '.join(sorted(fields))})"
+        )
+    values = {name: _coerce(hints[name], value, _key(where, name)) for name, value in data.items()}
+    try:
+        obj = cls(**values)
+    except (TypeError, ValueError) as exc:  # a __post_init__ check
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain, YAML-safe data (tuples become lists)."""
+    return _plain(dataclasses.asdict(obj))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: the shape MLflow params and overrides use."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file and line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top, got {_show(data)}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML scalars) to nested config data.
+
+    Unknown keys are not judged here: `from_dict` rejects them with the full dotted name.
+    """
+    import yaml
+
+    result = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. trainer.max_epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check `value` against the type `hint`, converting only where it is lossless (int -> float, list -> tuple)."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: {_show(value)} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {_show(value)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)  # type: ignore[arg-type]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_show(value)}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {hint!r}")  # a bug in a config class
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    names = [getattr(a, "__name__", str(a)) for a in args]
+    return " or ".join(names) + (" or null" if type(None) in get_args(hint) else "")
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where and not where.endswith(":") else f"{where} {name}".strip()
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
