@@ -1,0 +1,28 @@
+"""Sequence models: plain `nn.Module`s over item-id tensors, each with its config dataclass beside it.
+
+Adding a model = one file defining the model and its config, plus one line in `MODELS`. Every model is
+built as `Model(n_items, config)` and offers `encode`, `user_vector`, `item_vectors` and `score`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from recsys.errors import ConfigError
+from recsys.models.sasrec import SASRec, SASRecConfig
+
+MODELS: dict[str, tuple[type[nn.Module], type]] = {
+    "sasrec": (SASRec, SASRecConfig),
+}
+"""Model name (as written in configs) -> (model class, its config dataclass)."""
+
+
+def get_model_spec(name: str) -> tuple[type[nn.Module], type]:
+    """The (model class, config class) registered as `name`; ConfigError naming the known models otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})") from None
+
+
+__all__ = ["MODELS", "SASRec", "SASRecConfig", "get_model_spec"]

@@ -1,0 +1,143 @@
+"""Transformer blocks shared by the sequence models (SASRec's causal stack, BERT4Rec's bidirectional one).
+
+Read bottom-up: `attention_mask` -> `SelfAttention` -> `FeedForward` -> `TransformerBlock`. The blocks take
+explicit arguments rather than a model config, because several models with different configs share them.
+
+Padding convention: sequences are LEFT-padded with item id 0, and the blocks receive `padding_mask`
+([batch, seq_len] bool, True where the position is padding). A real position never attends to padding.
+A padding query would then have nothing to attend to (softmax over an empty set is NaN), and with left
+padding the first query rows of a short sequence see only padding; so every position may always attend to
+itself. For real positions that changes nothing (they may attend to themselves anyway); padding positions
+get a finite, meaningless state that callers ignore.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Activation = Literal["gelu", "relu"]
+LayerNormPlacement = Literal["pre", "post"]
+
+
+def attention_mask(padding_mask: Tensor, causal: bool) -> Tensor:
+    """The boolean mask `scaled_dot_product_attention` takes: True where query i may attend to key j.
+
+    padding_mask: [batch, seq_len] bool, True at padding. Returns [batch, 1, seq_len, seq_len] (broadcast
+    over heads). Key j is allowed for query i when j is not padding (and j <= i if `causal`), or when
+    j == i: the diagonal is always allowed so that no row is fully masked (see the module docstring).
+    """
+    if padding_mask.dim() != 2 or padding_mask.dtype != torch.bool:
+        raise ValueError(
+            f"padding_mask must be a [batch, seq_len] bool tensor, got {tuple(padding_mask.shape)} {padding_mask.dtype}"
+        )
+    seq_len = padding_mask.shape[1]
+    device = padding_mask.device
+    allowed = (~padding_mask)[:, None, None, :]  # [batch, 1, 1, seq_len]: keys that are real items
+    if causal:
+        lower = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()  # [seq_len, seq_len]
+        allowed = allowed & lower
+    eye = torch.eye(seq_len, dtype=torch.bool, device=device)  # [seq_len, seq_len]
+    return allowed | eye  # [batch, 1, seq_len, seq_len]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention (Vaswani et al., 2017) via torch's fused kernel."""
+
+    def __init__(self, hidden: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % n_heads != 0:
+            raise ValueError(f"hidden ({hidden}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        # One projection for q, k and v: a single matmul instead of three.
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden]."""
+        batch, seq_len, hidden = x.shape
+        head_dim = hidden // self.n_heads
+        qkv = self.qkv(x).view(batch, seq_len, 3, self.n_heads, head_dim)  # [batch, seq_len, 3, heads, head_dim]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq_len, head_dim]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # [batch, heads, seq_len, head_dim]
+        y = y.transpose(1, 2).reshape(batch, seq_len, hidden)  # [batch, seq_len, hidden]
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    """Point-wise feed-forward: the same two-layer MLP applied to every position."""
+
+    def __init__(self, hidden: int, inner: int, dropout: float, activation: Activation) -> None:
+        super().__init__()
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+        self.fc1 = nn.Linear(hidden, inner)
+        self.fc2 = nn.Linear(inner, hidden)
+        self.act: nn.Module = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [batch, seq_len, hidden] -> [batch, seq_len, hidden]."""
+        return self.fc2(self.dropout(self.act(self.fc1(x))))  # [batch, seq_len, inner] in between
+
+
+class TransformerBlock(nn.Module):
+    """Attention then feed-forward, each in a residual branch with dropout and layer norm.
+
+    layer_norm="pre" normalises each branch's input, x + f(LN(x)) (GPT-2 style; stable without warm-up, the
+    layout SASRec's reference code approximates); the stack then needs one final LayerNorm, which the model
+    owns. "post" normalises after the residual sum, LN(x + f(x)) (the original Transformer and BERT4Rec).
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        n_heads: int,
+        inner: int,
+        dropout: float,
+        activation: Activation = "gelu",
+        layer_norm: LayerNormPlacement = "pre",
+    ) -> None:
+        super().__init__()
+        if layer_norm not in ("pre", "post"):
+            raise ValueError(f"layer_norm must be 'pre' or 'post', got {layer_norm!r}")
+        self.pre_norm = layer_norm == "pre"
+        self.attn = SelfAttention(hidden, n_heads, dropout)
+        self.ffn = FeedForward(hidden, inner, dropout, activation)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden]."""
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.norm1(x), mask))
+            return x + self.dropout(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.dropout(self.attn(x, mask)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/GPT-style init, for `model.apply`: N(0, std) weights, zero biases, unit LayerNorms.
+
+    torch's default N(0, 1) embeddings, scaled by sqrt(hidden) as SASRec does, would start the logits far
+    too large. The padding row of an embedding with `padding_idx` is zeroed again after the draw.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

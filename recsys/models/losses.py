@@ -1,0 +1,200 @@
+"""Next-item training losses over a tied item table, shared by every sequence model.
+
+Every loss takes the hidden states of only the positions that have a target, flattened
+(`hidden` [n, dim]; padding already removed, so no [batch, seq_len, n_items] tensor is ever built),
+their target item ids (`targets` [n], in 1..n_items) and the item table (`item_table` [n_items + 1, dim],
+row 0 padding). The logit of item i at a position is `hidden @ item_table[i]`. Each returns a scalar: the
+mean over the n positions.
+
+- `full_ce`: softmax cross-entropy over the whole catalogue (BERT4Rec's loss; for SASRec: Klenitskiy &
+  Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023).
+- `sampled_ce`: softmax over the target and N uniform negatives shared by the batch (same paper, Sec. 3).
+- `bce`: binary cross-entropy with one uniform negative per position (SASRec, Kang & McAuley, ICDM 2018).
+- `gbce`: generalised BCE (Petrov & Macdonald, "gSASRec: Reducing Overconfidence in Sequential
+  Recommendation Trained with Negative Sampling", RecSys 2023).
+
+Negatives are drawn uniformly from 1..n_items with replacement, from `generator` when one is given (so a
+seeded generator reproduces them) or else from torch's global RNG. A negative that happens to equal the
+position's target is dropped (masked), never counted as a negative.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LossName = Literal["ce", "sampled_ce", "bce", "gbce"]
+LOSSES: tuple[str, ...] = ("ce", "sampled_ce", "bce", "gbce")
+
+
+def full_ce(hidden: Tensor, targets: Tensor, item_table: Tensor) -> Tensor:
+    """Softmax cross-entropy over all real items 1..n_items; the padding row never enters the softmax.
+
+    Computes logits [n, n_items] against item_table[1:] (cheaper than masking column 0 of a full product)
+    and shifts the targets down by one.
+    """
+    _check_inputs(hidden, targets, item_table)
+    logits = hidden @ item_table[1:].T  # [n, n_items]
+    return F.cross_entropy(logits, targets - 1)
+
+
+def sampled_ce(
+    hidden: Tensor,
+    targets: Tensor,
+    item_table: Tensor,
+    n_negatives: int,
+    generator: torch.Generator | None = None,
+    negatives: Tensor | None = None,
+) -> Tensor:
+    """Softmax cross-entropy over the target and `n_negatives` uniform negatives shared by every position.
+
+    Sharing the negatives makes the negative logits one [n, N] matmul instead of gathering N vectors per
+    position. A negative equal to a position's target gets logit -inf at that position, so the target is
+    never its own negative. `negatives` ([N] item ids) overrides the sampling, e.g. for tests.
+    """
+    _check_inputs(hidden, targets, item_table)
+    if negatives is None:
+        negatives = sample_items(item_table.shape[0] - 1, (n_negatives,), item_table.device, generator)
+    pos_logits = (hidden * item_table[targets]).sum(-1, keepdim=True)  # [n, 1]
+    neg_logits = hidden @ item_table[negatives].T  # [n, N]
+    hits = negatives.unsqueeze(0) == targets.unsqueeze(1)  # [n, N]
+    neg_logits = neg_logits.masked_fill(hits, float("-inf"))
+    logits = torch.cat([pos_logits, neg_logits], dim=1)  # [n, 1 + N]; the target is class 0
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def bce(
+    hidden: Tensor,
+    targets: Tensor,
+    item_table: Tensor,
+    generator: torch.Generator | None = None,
+    negatives: Tensor | None = None,
+) -> Tensor:
+    """SASRec's loss: mean over positions of -log sigmoid(s+) - log(1 - sigmoid(s-)), one negative each.
+
+    s+ is the target's logit and s- that of a uniform negative drawn per position (the paper draws it from
+    items outside the user's sequence; here it is uniform, with a hit of the target itself dropped).
+    The two terms are summed, as in the reference code. `negatives` ([n] item ids) overrides the sampling.
+    """
+    _check_inputs(hidden, targets, item_table)
+    if negatives is None:
+        negatives = sample_items(item_table.shape[0] - 1, (targets.shape[0],), item_table.device, generator)
+    pos_logits = (hidden * item_table[targets]).sum(-1)  # [n]
+    neg_logits = (hidden * item_table[negatives]).sum(-1)  # [n]
+    keep = (negatives != targets).to(neg_logits.dtype)  # [n]
+    # -log sigmoid(s) = softplus(-s) and -log(1 - sigmoid(s)) = softplus(s), without overflow.
+    return (F.softplus(-pos_logits) + keep * F.softplus(neg_logits)).mean()
+
+
+def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
+    """gSASRec's beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = k / (n_items - 1) (Petrov & Macdonald).
+
+    Algebraically beta = 1 - t * (1 - alpha): t = 0 gives beta = 1 (plain BCE), t = 1 gives beta = alpha.
+    alpha is the sampling rate of negatives; with k >= n_items - 1 the sample covers the catalogue, so it is
+    capped at 1 (beta = 1: nothing to correct).
+    """
+    if n_items < 2:
+        raise ValueError(f"gBCE needs at least 2 items, got n_items={n_items}")
+    if n_negatives < 1:
+        raise ValueError(f"n_negatives must be at least 1, got {n_negatives}")
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"gbce t must be in [0, 1], got {t}")
+    alpha = min(n_negatives / (n_items - 1), 1.0)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce(
+    hidden: Tensor,
+    targets: Tensor,
+    item_table: Tensor,
+    n_negatives: int,
+    t: float,
+    generator: torch.Generator | None = None,
+    negatives: Tensor | None = None,
+) -> Tensor:
+    """Generalised BCE (gSASRec, Petrov & Macdonald, RecSys 2023) with k = n_negatives negatives.
+
+    Per position:  L = -1/(k+1) * [ log(sigmoid(s+)^beta) + sum_{j=1..k} log(1 - sigmoid(s_j)) ],
+    with beta from `gbce_beta`. Raising the positive probability to the power beta < 1 counters the
+    overconfidence that training on a small sample of negatives induces; log(sigmoid(s)^beta) is computed
+    as -beta * softplus(-s), which is the same value as the reference's transformed logit
+    log(1 / (sigmoid(s)^-beta - 1)) fed to BCE, without its clamps. The 1/(k+1) mean over the terms follows
+    the reference code (asash/gSASRec-pytorch). At t = 0, beta = 1 and this is BCE with k negatives averaged
+    over k + 1 terms: with k = 1 and the same negative, exactly half of `bce`.
+
+    The k negatives are shared by the batch (one [n, k] matmul; each position still sees k uniform
+    negatives, which is all the calibration assumes). A negative equal to a position's target is dropped
+    from that position's sum. `negatives` ([k] item ids) overrides the sampling.
+    """
+    _check_inputs(hidden, targets, item_table)
+    n_items = item_table.shape[0] - 1
+    if negatives is None:
+        negatives = sample_items(n_items, (n_negatives,), item_table.device, generator)
+    beta = gbce_beta(negatives.shape[0], n_items, t)
+    pos_logits = (hidden * item_table[targets]).sum(-1)  # [n]
+    neg_logits = hidden @ item_table[negatives].T  # [n, k]
+    keep = (negatives.unsqueeze(0) != targets.unsqueeze(1)).to(neg_logits.dtype)  # [n, k]
+    per_position = beta * F.softplus(-pos_logits) + (keep * F.softplus(neg_logits)).sum(-1)  # [n]
+    return per_position.mean() / (negatives.shape[0] + 1)
+
+
+def compute_loss(
+    name: str,
+    hidden: Tensor,
+    targets: Tensor,
+    item_table: Tensor,
+    n_negatives: int,
+    gbce_t: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Dispatch to the loss called `name` (one of LOSSES): hidden [n, dim], targets [n], item_table [n_items + 1, dim].
+
+    n_negatives is used by 'sampled_ce' and 'gbce', gbce_t by 'gbce'; 'bce' always uses one negative per position.
+    """
+    if name == "ce":
+        return full_ce(hidden, targets, item_table)
+    if name == "sampled_ce":
+        return sampled_ce(hidden, targets, item_table, n_negatives, generator)
+    if name == "bce":
+        return bce(hidden, targets, item_table, generator)
+    if name == "gbce":
+        return gbce(hidden, targets, item_table, n_negatives, gbce_t, generator)
+    raise ValueError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
+
+
+def sample_items(
+    n_items: int, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """Uniform item ids in 1..n_items (with replacement), of `shape`, on `device`.
+
+    A generator can only draw on its own device, so the ids are drawn there and then moved.
+    """
+    if n_items < 1:
+        raise ValueError(f"cannot sample negatives from an empty catalogue (n_items={n_items})")
+    draw_on = generator.device if generator is not None else device
+    ids = torch.randint(1, n_items + 1, shape, generator=generator, device=draw_on)
+    return ids.to(device, non_blocking=True)
+
+
+def _check_inputs(hidden: Tensor, targets: Tensor, item_table: Tensor) -> None:
+    """Shapes always; target values only on the CPU, where the check costs no device synchronisation.
+
+    On an accelerator an out-of-range target surfaces as the backend's own indexing error instead.
+    """
+    if hidden.dim() != 2 or item_table.dim() != 2 or hidden.shape[1] != item_table.shape[1]:
+        raise ValueError(
+            f"expected hidden [n, dim] and item_table [n_items + 1, dim], got {tuple(hidden.shape)} and "
+            f"{tuple(item_table.shape)}"
+        )
+    if targets.dim() != 1 or targets.shape[0] != hidden.shape[0]:
+        raise ValueError(f"expected targets [{hidden.shape[0]}], got {tuple(targets.shape)}")
+    if hidden.shape[0] == 0:
+        raise ValueError("no positions with a target: the loss of an empty batch is undefined")
+    if targets.device.type == "cpu":
+        n_items = item_table.shape[0] - 1
+        low, high = int(targets.min()), int(targets.max())
+        if low < 1 or high > n_items:
+            raise ValueError(f"targets must be item ids in 1..{n_items}, got values in {low}..{high}")

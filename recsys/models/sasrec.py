@@ -1,0 +1,159 @@
+"""SASRec: a causal transformer over a user's item sequence that predicts the next item.
+
+Paper: Wang-Cheng Kang and Julian McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018
+(arXiv:1808.09781). Kept from the reference code (kang205/SASRec, pmixer/SASRec.pytorch): item id 0 is
+padding, sequences are left-padded, item embeddings are scaled by sqrt(hidden), padding positions are
+zeroed, and a final LayerNorm follows the stack. The output layer is the item embedding table itself (tied),
+so a user vector and the item vectors live in one space: that is what lets retrieval put the items in a
+FAISS inner-product index and query it with `user_vector`.
+
+The loss is not computed here: `SASRecConfig.loss` names one of `recsys.models.losses`, which training
+applies to `encode`'s states and `item_vectors()`. Original SASRec is `loss="bce"`; the default full
+softmax "ce" follows Klenitskiy & Vasilev (RecSys 2023), and "gbce" is gSASRec (Petrov & Macdonald, 2023).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from recsys.models.layers import TransformerBlock, attention_mask, init_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    """Hyperparameters of SASRec. The catalogue size (n_items) comes from the data, not from here."""
+
+    max_len: int = 200
+    """Longest history the model reads; longer ones keep their most recent max_len items."""
+    hidden: int = 64
+    """Width of item embeddings and hidden states (the paper uses 50; a multiple of 8 is faster on GPUs)."""
+    n_layers: int = 2
+    """Number of transformer blocks."""
+    n_heads: int = 1
+    """Attention heads per block; hidden must be divisible by it (the paper uses 1)."""
+    dropout: float = 0.2
+    """Dropout on embeddings, attention weights and residual branches (paper: 0.2 for ML-1M, 0.5 for sparse data)."""
+    ffn_mult: int = 1
+    """Feed-forward inner size = ffn_mult * hidden (the paper's point-wise FFN keeps the width: 1)."""
+    layer_norm: Literal["pre", "post"] = "pre"
+    """'pre': LayerNorm before each sub-layer plus a final one (the reference code); 'post': after the residual sum."""
+    activation: Literal["gelu", "relu"] = "relu"
+    """Feed-forward non-linearity (the paper: ReLU)."""
+    loss: Literal["ce", "sampled_ce", "bce", "gbce"] = "ce"
+    """Training loss, see recsys.models.losses: full softmax, sampled softmax, the paper's BCE, or gSASRec's gBCE."""
+    n_negatives: int = 256
+    """Uniform negatives per step for 'sampled_ce' and 'gbce' (shared by the batch); 'bce' always draws 1 per position."""
+    gbce_t: float = 0.75
+    """gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully corrects the overconfidence negative sampling causes."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_len", "hidden", "n_layers", "n_heads", "ffn_mult", "n_negatives"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.hidden % self.n_heads != 0:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ValueError(f"gbce_t must be in [0, 1], got {self.gbce_t}")
+
+
+class SASRec(nn.Module):
+    """Causal self-attention sequence encoder with a tied item output layer.
+
+    Inputs are LEFT-padded LongTensors [batch, seq_len] of item ids in 0..n_items (0 = padding), seq_len <=
+    config.max_len. The contract with training, evaluation and retrieval:
+    `score(items) == user_vector(items) @ item_vectors().T`.
+    """
+
+    def __init__(self, n_items: int, config: SASRecConfig) -> None:
+        super().__init__()
+        if n_items < 1:
+            raise ValueError(f"n_items must be at least 1, got {n_items}")
+        self.n_items = n_items
+        self.config = config
+        hidden = config.hidden
+        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        # Position 0 is padding; real items get 1..max_len (see `_positions`).
+        self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                hidden,
+                config.n_heads,
+                config.ffn_mult * hidden,
+                config.dropout,
+                activation=config.activation,
+                layer_norm=config.layer_norm,
+            )
+            for _ in range(config.n_layers)
+        )
+        # Post-LN blocks already end in a LayerNorm; a second one would only add parameters.
+        self.final_norm: nn.Module = nn.LayerNorm(hidden) if config.layer_norm == "pre" else nn.Identity()
+        self.apply(init_weights)
+
+    def forward(self, items: Tensor) -> Tensor:
+        """Same as `encode`: [batch, seq_len] item ids -> [batch, seq_len, hidden] states."""
+        return self.encode(items)
+
+    def encode(self, items: Tensor) -> Tensor:
+        """Hidden state at every position; the state at position t depends only on items[:, :t+1].
+
+        items: [batch, seq_len] LongTensor, left-padded with 0. Returns [batch, seq_len, hidden]; states at
+        padding positions are finite but meaningless.
+        """
+        self._check_items(items)
+        padding = items == 0  # [batch, seq_len]
+        x = self.item_emb(items) * math.sqrt(self.config.hidden)  # [batch, seq_len, hidden]
+        x = x + self.pos_emb(self._positions(padding))
+        x = self.emb_dropout(x) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
+        mask = attention_mask(padding, causal=True)  # [batch, 1, seq_len, seq_len]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_norm(x)  # [batch, seq_len, hidden]
+
+    def user_vector(self, items: Tensor) -> Tensor:
+        """The state at the last position: [batch, seq_len] history -> [batch, hidden] query vector.
+
+        With left padding the last position is the most recent item, so this is the model's prediction of
+        what comes next. A history of only padding gives a finite vector (a cold-start query).
+        """
+        return self.encode(items)[:, -1, :]  # [batch, hidden]
+
+    def item_vectors(self) -> Tensor:
+        """The tied item embedding table [n_items + 1, hidden]; row 0 is padding (all zeros)."""
+        return self.item_emb.weight
+
+    def score(self, items: Tensor) -> Tensor:
+        """Scores of every catalogue item as the next one: [batch, seq_len] -> [batch, n_items + 1].
+
+        Column 0 (padding) is a plain dot product with the zero row, i.e. 0; rankers must drop it
+        (`recsys.evaluation.metrics` does).
+        """
+        return self.user_vector(items) @ self.item_vectors().T  # [batch, n_items + 1]
+
+    def _positions(self, padding: Tensor) -> Tensor:
+        """1, 2, ... counted from each sequence's first real item, 0 at padding: [batch, seq_len].
+
+        Counting from the first real item (not from the left edge of the tensor) makes the states the same
+        however much left padding a batch adds, and keeps causality: position t's index depends only on
+        positions <= t.
+        """
+        real = (~padding).long()  # [batch, seq_len]
+        return real.cumsum(dim=1) * real
+
+    def _check_items(self, items: Tensor) -> None:
+        if items.dim() != 2:
+            raise ValueError(f"items must be [batch, seq_len], got shape {tuple(items.shape)}")
+        if items.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"items must be an integer tensor of item ids, got {items.dtype}")
+        if items.shape[1] > self.config.max_len:
+            raise ValueError(
+                f"sequence length {items.shape[1]} exceeds max_len {self.config.max_len}; keep the most recent items"
+            )
