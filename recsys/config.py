@@ -90,6 +90,8 @@ class TrainerConfig:
     """Stop after this many validation checks without a better validation NDCG@10 (0: never stop early)."""
     val_every: int = 1
     """Validate every N epochs."""
+    train_windows: Literal["last", "all"] = "last"
+    """'last': each user's most recent max_len items (the papers'); 'all': older history too, in more windows."""
     eval_batch_size: int = 512
     """Users per batch when scoring the full catalogue."""
     seed: int = 42

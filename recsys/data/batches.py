@@ -1,0 +1,147 @@
+"""Sequences as tensors: training windows per objective, and evaluation batches.
+
+The objective lives in the data (as in RecTools): the "shift" objective (SASRec, GRU4Rec) predicts item t+1
+from items up to t; the "mask" objective (BERT4Rec) hides items and predicts them. Everything is
+pre-built once as one left-padded int tensor, so a training step slices a tensor instead of collating
+Python lists (per-sample collate was a visible share of a CPU epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import Dataset
+
+from recsys.data import schema
+
+Windows = Literal["last", "all"]
+
+
+def left_pad(sequences: list[np.ndarray] | pl.Series, length: int) -> torch.Tensor:
+    """Keep the last `length` items of each sequence and left-pad with 0: `[n, length]` int64."""
+    if isinstance(sequences, pl.Series):
+        sequences = [np.asarray(s, dtype=np.int64) for s in sequences.to_list()]
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        tail = seq[-length:]
+        if len(tail):
+            out[row, length - len(tail):] = tail
+    return torch.from_numpy(out)
+
+
+def training_windows(train: pl.DataFrame, max_len: int, windows: Windows = "last") -> torch.Tensor:
+    """Cut training sequences into windows of `max_len + 1` items, left-padded: `[n_windows, max_len + 1]`.
+
+    "last": one window per user, the most recent `max_len + 1` items (the SASRec/BERT4Rec papers').
+    "all": also the older history, in non-overlapping windows taken back from the end, so that long
+    histories are not thrown away. Sequences shorter than 2 items teach nothing and are skipped.
+    """
+    span = max_len + 1
+    rows: list[np.ndarray] = []
+    for seq in train[schema.ITEMS].to_list():
+        seq = np.asarray(seq, dtype=np.int64)
+        if len(seq) < 2:
+            continue
+        if windows == "last":
+            rows.append(seq[-span:])
+            continue
+        end = len(seq)
+        while end >= 2:
+            rows.append(seq[max(0, end - span):end])
+            end -= max_len  # windows share one item, so every transition is trained exactly once
+    if not rows:
+        return torch.zeros((0, span), dtype=torch.int64)
+    return left_pad(rows, span)
+
+
+class TensorRows(Dataset):
+    """Rows of pre-built tensors, fetched a whole batch at a time (`__getitems__`)."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        lengths = {len(t) for t in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors of different lengths: { {k: len(t) for k, t in tensors.items()} }")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: t[index] for k, t in self.tensors.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {k: t[idx] for k, t in self.tensors.items()}
+
+
+def pass_through(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """collate_fn for TensorRows: the batch is already stacked."""
+    return batch
+
+
+def shift_batch(windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Next-item objective: input = items[:-1], target = items[1:] (0 where there is nothing to predict)."""
+    inputs = windows[:, :-1]
+    targets = windows[:, 1:].clone()
+    targets[inputs == schema.PADDING_IDX] = schema.PADDING_IDX
+    return {"input": inputs, "target": targets}
+
+
+def mask_batch(
+    windows: torch.Tensor,
+    mask_token: int,
+    mask_prob: float,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Cloze objective (BERT4Rec): hide each real item with probability `mask_prob` and predict it.
+
+    The window's last `max_len` items are used (the extra leading item of a shift window is dropped).
+    Every window gets at least one masked item, so no row is wasted.
+    """
+    items = windows[:, 1:].clone()
+    real = items != schema.PADDING_IDX
+    draw = torch.rand(items.shape, generator=generator) < mask_prob
+    masked = draw & real
+    # Rows the draw left empty: mask their last real item (the position inference asks about).
+    empty = ~masked.any(dim=1) & real.any(dim=1)
+    masked[empty, -1] = True
+    targets = torch.where(masked, items, torch.zeros_like(items))
+    items[masked] = mask_token
+    return {"input": items, "target": targets}
+
+
+class EvaluationRows(Dataset):
+    """Valid/test rows as batches: `history` `[b, max_len]` (left-padded model input), `target` `[b]`,
+    `user_idx` `[b]`, and `seen` `[b, longest]`: the user's whole history (not cut to max_len, 0-padded),
+    which the evaluator excludes from the ranking. Histories are kept flat (CSR) so that a few users with
+    thousands of items do not blow up memory for everyone."""
+
+    def __init__(self, frame: pl.DataFrame, max_len: int) -> None:
+        histories = frame[schema.HISTORY]
+        self.history = left_pad(histories, max_len)
+        self.target = torch.from_numpy(frame[schema.TARGET].to_numpy().astype(np.int64))
+        self.user_idx = torch.from_numpy(frame[schema.USER_IDX].to_numpy().astype(np.int64))
+        lengths = histories.list.len().to_numpy().astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        # explode() turns an empty list into one null: drop those so offsets stay aligned
+        flat = histories.explode().drop_nulls().to_numpy().astype(np.int64)
+        self.seen_flat = torch.from_numpy(flat)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        starts, ends = self.offsets[indices], self.offsets[np.asarray(indices) + 1]
+        longest = int((ends - starts).max()) if len(indices) else 0
+        seen = torch.zeros((len(indices), max(longest, 1)), dtype=torch.long)
+        for row, (start, end) in enumerate(zip(starts, ends)):
+            seen[row, : end - start] = self.seen_flat[start:end]
+        return {"history": self.history[idx], "target": self.target[idx], "user_idx": self.user_idx[idx],
+                "seen": seen}

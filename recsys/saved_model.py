@@ -1,0 +1,187 @@
+"""The saved-model directory: everything needed to recommend, without the training data or pickle.
+
+Layout (format version 1):
+    manifest.json        format, version, model name, sizes, and the sha256 of every other file
+    config.yaml          the full run config
+    weights.safetensors  the model's state dict (no pickle: loading never executes code)
+    item_map.parquet     item_idx <-> original item_id
+    user_map.parquet     user_idx <-> original user_id
+    items.parquet        the item table (titles, genres, ...)
+    histories.parquet    user_idx, items: each known user's whole sequence, so `recommend(user=...)` works
+    metrics.json         validation and test metrics of the run
+
+A directory is written to a temporary sibling, fsynced, then renamed into place, so a crash or a failed
+write never leaves a half-written model that loads as if whole; the manifest's checksums are verified at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from recsys import __version__
+from recsys.errors import ModelLoadError
+
+FORMAT = "recsys-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.yaml"
+ITEM_MAP = "item_map.parquet"
+USER_MAP = "user_map.parquet"
+ITEMS = "items.parquet"
+HISTORIES = "histories.parquet"
+METRICS = "metrics.json"
+REQUIRED = (WEIGHTS, CONFIG, ITEM_MAP, USER_MAP, ITEMS, HISTORIES, METRICS)
+
+
+@dataclass
+class SavedModel:
+    """What a model directory holds, in memory."""
+
+    model_name: str
+    config: dict[str, Any]  # the run config as plain data (RunConfig.to_dict())
+    state_dict: dict[str, torch.Tensor]
+    n_items: int
+    item_map: pl.DataFrame
+    user_map: pl.DataFrame
+    items: pl.DataFrame
+    histories: pl.DataFrame
+    metrics: dict[str, Any]
+    extra: dict[str, Any]  # manifest fields such as the dataset fingerprint
+
+
+def save_model(saved: SavedModel, directory: str | Path) -> Path:
+    """Write `saved` to `directory` atomically; an existing directory there is never overwritten."""
+    import yaml
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists():
+        raise ModelLoadError(f"{directory}: already exists; a saved model is never overwritten")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in saved.state_dict.items()}
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(yaml.safe_dump(saved.config, sort_keys=False), encoding="utf-8")
+        saved.item_map.write_parquet(tmp / ITEM_MAP)
+        saved.user_map.write_parquet(tmp / USER_MAP)
+        saved.items.write_parquet(tmp / ITEMS)
+        saved.histories.write_parquet(tmp / HISTORIES)
+        (tmp / METRICS).write_text(json.dumps(saved.metrics, indent=2, sort_keys=True), encoding="utf-8")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "recsys_version": __version__,
+            "model": saved.model_name,
+            "n_items": saved.n_items,
+            "n_users": saved.user_map.height,
+            "shapes": {k: list(v.shape) for k, v in state.items()},
+            "files": {name: _sha256(tmp / name) for name in REQUIRED},
+            **saved.extra,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        _fsync_tree(tmp)
+        os.rename(tmp, directory)  # atomic on one filesystem; fails rather than replace an existing dir
+        _fsync_dir(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest, checked for format and version; errors name the directory and the problem."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory}: no such model directory")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelLoadError(f"{directory}: not a recsys model directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelLoadError(f"{path}: not a recsys model manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{directory}: model format version {version} is not supported by recsys {__version__} "
+            f"(it reads version {FORMAT_VERSION}); retrain or use the recsys version that wrote it"
+        )
+    return manifest
+
+
+def load_model_files(directory: str | Path, verify: bool = True) -> SavedModel:
+    """Read a model directory written by `save_model`, verifying checksums and tensor shapes."""
+    import yaml
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for name in REQUIRED:
+        if not (directory / name).is_file():
+            raise ModelLoadError(f"{directory}: missing file {name}")
+        expected = manifest.get("files", {}).get(name)
+        if verify and expected != _sha256(directory / name):
+            raise ModelLoadError(f"{directory / name}: checksum does not match the manifest (file changed or corrupt)")
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{directory / WEIGHTS}: not a valid safetensors file ({exc})") from None
+    for key, shape in manifest.get("shapes", {}).items():
+        if key not in state or list(state[key].shape) != shape:
+            got = list(state[key].shape) if key in state else "missing"
+            raise ModelLoadError(f"{directory / WEIGHTS}: tensor {key} has shape {got}, manifest says {shape}")
+    extra = {k: v for k, v in manifest.items()
+             if k not in {"format", "format_version", "files", "shapes", "model", "n_items", "n_users"}}
+    try:
+        return SavedModel(
+            model_name=manifest["model"],
+            config=yaml.safe_load((directory / CONFIG).read_text(encoding="utf-8")),
+            state_dict=state,
+            n_items=int(manifest["n_items"]),
+            item_map=pl.read_parquet(directory / ITEM_MAP),
+            user_map=pl.read_parquet(directory / USER_MAP),
+            items=pl.read_parquet(directory / ITEMS),
+            histories=pl.read_parquet(directory / HISTORIES),
+            metrics=json.loads((directory / METRICS).read_text(encoding="utf-8")),
+            extra=extra,
+        )
+    except (KeyError, OSError, ValueError, yaml.YAMLError, pl.exceptions.PolarsError) as exc:
+        raise ModelLoadError(f"{directory}: unreadable model file ({type(exc).__name__}: {exc})") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

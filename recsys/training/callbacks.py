@@ -1,0 +1,54 @@
+"""Lightning callbacks: per-epoch metric history (kept in checkpoints) and its MLflow logging."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+
+from recsys.training.tracking import Tracker
+
+
+class EpochHistory(L.Callback):
+    """Records every epoch's train loss, learning rate and validation metrics, and sends them to MLflow.
+
+    The history lives in the callback's state, which Lightning stores in every checkpoint, so a resumed run
+    plots its whole curve. `logged_through` guards MLflow against duplicates: after a crash between
+    logging epoch N and checkpointing it, the resumed run trains epoch N again but does not log it twice.
+    """
+
+    def __init__(self, tracker_factory: Callable[[], Tracker | None]) -> None:
+        self.tracker_factory = tracker_factory
+        self.tracker: Tracker | None = None
+        self.history: list[dict[str, float]] = []
+        self.logged_through = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and self.tracker is None:
+            self.tracker = self.tracker_factory()
+            if self.tracker is not None:
+                # A resumed run may have logged an epoch that its last checkpoint does not know of.
+                steps = [m.step for m in self.tracker.metric_history("train_loss")]
+                self.logged_through = max([self.logged_through, *steps])
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        optimizers = trainer.optimizers
+        if optimizers:
+            row["lr"] = float(optimizers[0].param_groups[0]["lr"])
+        row["epoch"] = float(epoch)
+        self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
+        if self.tracker is not None and epoch > self.logged_through:
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            self.logged_through = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "logged_through": self.logged_through}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        # max(): setup may already have read a later epoch from MLflow
+        self.logged_through = max(self.logged_through, int(state_dict.get("logged_through", -1)))

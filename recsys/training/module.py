@@ -1,0 +1,113 @@
+"""The one LightningModule every model trains with.
+
+The model is a plain `nn.Module` exposing `encode(items) -> [batch, seq_len, hidden]`,
+`item_vectors() -> [n_items + 1, hidden]` and `score(items) -> [batch, n_items + 1]`; the objective is
+decided by the batches (shift or mask), so this module only knows "hidden states at positions that have
+a target". Validation ranks the full catalogue for every validation user with the shared evaluator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from recsys.config import TrainerConfig
+from recsys.evaluation.metrics import RankingAccumulator
+from recsys.models.losses import compute_loss
+
+VAL_MONITOR = "val_ndcg@10"
+
+
+class RecommenderModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        n_items: int,
+        loss: str,
+        n_negatives: int,
+        gbce_t: float,
+        trainer_config: TrainerConfig,
+        ks: tuple[int, ...] = (1, 5, 10, 20, 50),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.n_items = n_items
+        self.loss_name = loss
+        self.n_negatives = n_negatives
+        self.gbce_t = gbce_t
+        self.cfg = trainer_config
+        self.ks = ks
+        self._val: RankingAccumulator | None = None
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue next-item scores `[batch, n_items + 1]` for left-padded histories."""
+        return self.model.score(items)
+
+    # -- training -------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        hidden = self.model.encode(batch["input"])  # [batch, seq_len, hidden]
+        has_target = batch["target"] > 0  # [batch, seq_len]
+        # Only positions with a target reach the output layer: padded positions would cost a full
+        # [positions, n_items] logit row each for nothing.
+        loss = compute_loss(
+            self.loss_name,
+            hidden[has_target],
+            batch["target"][has_target],
+            self.model.item_vectors(),
+            n_negatives=self.n_negatives,
+            gbce_t=self.gbce_t,
+        )
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=int(has_target.sum()), sync_dist=True)
+        return loss
+
+    # -- validation -----------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = None
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        scores = self.model.score(batch["history"]).float()
+        self._accumulator().update(scores, batch["target"], batch["seen"], inplace=True)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self._accumulator().compute().items():
+            if name != "n_users":
+                # Each process scores ALL validation users (no distributed sampler on validation), so
+                # every process holds the same exact numbers and nothing needs reducing.
+                self.log(f"val_{name}", value, prog_bar=(name == "ndcg@10"), sync_dist=False)
+        self._val = None
+
+    def _accumulator(self) -> RankingAccumulator:
+        if self._val is None:
+            self._val = RankingAccumulator(self.n_items, self.ks)
+        return self._val
+
+    # -- optimisation ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                      weight_decay=cfg.weight_decay)
+        if cfg.warmup_steps == 0 and cfg.lr_decay == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = _lr_lambda(cfg.warmup_steps, total, cfg.lr_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _lr_lambda(warmup: int, total: int, decay: str) -> Any:
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if decay == "none":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if decay == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,151 @@
+"""MLflow tracking that never breaks a run.
+
+Hours of training must not be lost because the tracking store is down at the end: every MLflow call goes
+through `Tracker`, which warns once and switches itself off when the store fails. Only the process of
+global rank 0 creates a Tracker, so a multi-process run is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MAX_PARAM_LENGTH = 500  # MLflow rejects longer param values
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite file in the working directory
+    (MLflow 3 refuses its old ./mlruns file store by default, and `mlflow ui` started in the same folder
+    finds mlflow.db on its own)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def git_commit(path: str | Path = ".") -> str | None:
+    """The commit of the git checkout holding `path`, with '-dirty' when it has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+class Tracker:
+    """One MLflow run. Methods are no-ops once tracking failed or was disabled."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str,
+                 run_id: str | None = None, enabled: bool = True) -> None:
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.run_id: str | None = None
+        self.enabled = enabled
+        self._client: Any = None
+        if enabled:
+            self._call(lambda: self._start(experiment, run_name, run_id), "start the MLflow run")
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def _start(self, experiment: str, run_name: str, run_id: str | None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        if run_id is not None:
+            client.get_run(run_id)  # fails loudly (and disables tracking) if the run is gone
+            client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+        else:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+            self.run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        self._client = client
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call(lambda: self._client.set_terminated(self.run_id, status=status), "close the MLflow run")
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self._client is not None and self.run_id is not None
+
+    # -- logging --------------------------------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        self._call(lambda: self._client.log_batch(self.run_id, params=items), "log params")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
+        self._call(lambda: self._client.log_batch(self.run_id, metrics=items), "log metrics")
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call(lambda: self._client.log_batch(self.run_id, tags=items), "set tags")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._call(lambda: self._client.log_artifacts(self.run_id, str(path), artifact_path), "log artifacts")
+        else:
+            self._call(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path), "log an artifact")
+
+    def metric_history(self, key: str) -> list[Any]:
+        return self._call(lambda: self._client.get_metric_history(self.run_id, _metric_key(key)),
+                          "read metric history") or []
+
+    def register_model(self, name: str, artifact_path: str, tags: dict[str, str] | None = None) -> str | None:
+        """Register `runs:/<run>/<artifact_path>` as a new version of `name`; returns the version."""
+
+        def register() -> str:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self._client.create_registered_model(name)
+            except MlflowException:
+                pass  # it exists already: add a version
+            source = f"runs:/{self.run_id}/{artifact_path}"
+            version = self._client.create_model_version(name, source, run_id=self.run_id, tags=tags or {})
+            return str(version.version)
+
+        return self._call(register, f"register the model as {name!r}")
+
+    # -- the one place that decides what a tracking failure does ---------------------------------------------
+    def _call(self, fn: Callable[[], T], what: str) -> T | None:
+        if not self.enabled or (self._client is None and self.run_id is not None):
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - any store failure must not end a training run
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(
+                f"MLflow tracking at {self.uri} failed to {what} ({first_line[:200]}); "
+                "training goes on without tracking, the model is still saved.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.enabled = False
+            return None
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def _metric_key(key: str) -> str:
+    # MLflow allows only alphanumerics, _ - . space / in keys: '@' (as in ndcg@10) is not among them
+    return key.replace("@", "_at_")

@@ -1,0 +1,354 @@
+"""`recsys train`: one run from config to saved model, tracked in MLflow.
+
+Steps: prepare data (cached) -> split -> model -> Lightning fit with early stopping on validation NDCG@10
+-> reload the best epoch -> full-ranking validation and test metrics -> saved model directory -> MLflow.
+Each run writes into a fresh folder under `tracking.output_dir`, so runs never clobber each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from recsys.config import flatten
+from recsys.data import schema
+from recsys.data.dataset import PreparedDataset, Split
+from recsys.errors import ConfigError
+from recsys.models import get_model_spec
+from recsys.saved_model import SavedModel, save_model
+from recsys.training.run_config import RunConfig, load_run_config, run_config_from_dict
+from recsys.training.tracking import Tracker, git_commit, resolve_tracking_uri
+
+RUN_INFO = "run.json"
+RUN_DIR_ENV = "RECSYS_RUN_DIR"  # hands the run folder to the worker processes of a multi-process run
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path | None  # None on worker processes of a multi-process run
+    run_id: str | None
+    tracking_uri: str
+    metrics: dict[str, float]
+    registered_version: str | None = None
+
+
+def build_model(name: str, model_config: Any, n_items: int) -> torch.nn.Module:
+    model_cls, _ = get_model_spec(name)
+    return model_cls(n_items, model_config)
+
+
+def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | Path | None = None) -> TrainResult:
+    """Train per `cfg`; with `resume` (a run folder) continue that run from its last checkpoint."""
+    import lightning as L
+
+    from recsys.data.prepare import prepare_dataset
+    from recsys.data.splits import make_split
+
+    _configure_threads(cfg)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    dataset = prepare_dataset(cfg.data, progress=cfg.trainer.progress_bar)
+    split = make_split(dataset, cfg.data)
+    model = build_model(cfg.model_name, cfg.model, dataset.n_items)
+
+    run_dir = Path(resume) if resume is not None else _claim_run_dir(cfg)
+    info = _read_run_info(run_dir) if resume is not None else {}
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if resume is not None and not last_ckpt.is_file():
+        raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
+
+    tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    holder: dict[str, Tracker | None] = {"tracker": None}
+
+    def start_tracker() -> Tracker | None:
+        tracker = Tracker(tracking_uri, _experiment(cfg), _run_name(cfg, run_dir),
+                          run_id=info.get("run_id"), enabled=cfg.tracking.enabled)
+        if tracker.active and resume is None:
+            _log_run_start(tracker, cfg, dataset, split, config_file, run_dir)
+        _write_run_info(run_dir, {"run_id": tracker.run_id, "tracking_uri": tracking_uri})
+        holder["tracker"] = tracker
+        return tracker
+
+    if resume is None:
+        _write_config(run_dir, cfg)
+    fit_started = time.perf_counter()
+    trainer, module, datamodule, history = _fit(cfg, model, dataset, split, run_dir, start_tracker,
+                                                last_ckpt if resume is not None else None)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, None, None, tracking_uri, {})
+
+    tracker = holder["tracker"]
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        _load_weights(module, Path(best))
+    metrics = _final_metrics(module, datamodule, cfg)
+    metrics["epochs_run"] = float(trainer.current_epoch)
+    metrics["best_epoch"] = float(_best_epoch(history))
+    metrics["fit_s"] = time.perf_counter() - fit_started  # this process's fit (after a resume: since it)
+    model_dir = _save(cfg, module.model, dataset, split, metrics, run_dir, tracker)
+    version = _finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir)
+    return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split: Split, run_dir: Path,
+         start_tracker: Any, ckpt_path: Path | None) -> tuple[Any, Any, Any, list[dict[str, float]]]:
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from recsys.training.callbacks import EpochHistory
+    from recsys.training.datamodule import SequenceDataModule
+    from recsys.training.module import VAL_MONITOR, RecommenderModule
+
+    model_cfg = cfg.model
+    objective = getattr(type(model), "objective", "shift")
+    datamodule = SequenceDataModule(
+        split, max_len=model_cfg.max_len, objective=objective, batch_size=cfg.trainer.batch_size,
+        eval_batch_size=cfg.trainer.eval_batch_size, windows=cfg.trainer.train_windows,
+        mask_token=getattr(model, "mask_token", 0), mask_prob=getattr(model_cfg, "mask_prob", 0.0),
+        num_workers=cfg.trainer.num_workers, seed=cfg.trainer.seed,
+    )
+    module = RecommenderModule(
+        model, dataset.n_items, loss=getattr(model_cfg, "loss", "ce"),
+        n_negatives=getattr(model_cfg, "n_negatives", 0), gbce_t=getattr(model_cfg, "gbce_t", 0.0),
+        trainer_config=cfg.trainer,
+    )
+    history = EpochHistory(start_tracker)
+    # save_on_train_epoch_end: the checkpoint is written after EpochHistory recorded the epoch
+    # (Lightning runs checkpoint callbacks last), so a resumed run knows what it already logged.
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_MONITOR,
+                                 mode="max", save_top_k=1, save_last=True, save_on_train_epoch_end=True,
+                                 enable_version_counter=False)
+    callbacks: list[Any] = [history, checkpoint]
+    if cfg.trainer.patience > 0:
+        callbacks.append(EarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience,
+                                       check_on_train_epoch_end=True))
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        precision=_precision(cfg.trainer.precision),
+        gradient_clip_val=cfg.trainer.grad_clip,
+        check_val_every_n_epoch=cfg.trainer.val_every,
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # see SequenceDataModule.train_dataloader
+        deterministic=cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available(),
+        default_root_dir=str(run_dir),
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                    weights_only=True)
+    return trainer, module, datamodule, history.history
+
+
+def _precision(value: str) -> str:
+    """'auto': bf16 mixed precision on a GPU that has it, else full fp32 (CPU bf16 is slower here)."""
+    if value != "auto":
+        return value
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _configure_threads(cfg: RunConfig) -> None:
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+
+
+def _load_weights(module: Any, checkpoint: Path) -> None:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+
+
+def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, float]:
+    from recsys.evaluation.runner import evaluate_loader
+
+    model = module.model.to("cpu").eval()
+    metrics: dict[str, float] = {}
+    for stage, loader in (("valid", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):
+        for key, value in evaluate_loader(model, loader, module.n_items).items():
+            metrics[f"{stage}_{key}"] = value
+    return metrics
+
+
+def _best_epoch(history: list[dict[str, float]]) -> int:
+    scored = [row for row in history if "val_ndcg@10" in row]
+    if not scored:
+        return -1
+    return int(max(scored, key=lambda row: row["val_ndcg@10"])["epoch"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run folders
+
+
+def _claim_run_dir(cfg: RunConfig) -> Path:
+    """A new, empty run folder. mkdir without exist_ok is atomic, so two runs started in the same second
+    in the same folder still get different folders. Worker processes of a multi-process run reuse the
+    folder their launcher claimed."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        return Path(inherited)
+    root = Path(cfg.tracking.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{cfg.model_name}-{cfg.data.name}-{cfg.data.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for attempt in range(1000):
+        candidate = root / (stem if attempt == 0 else f"{stem}-{attempt + 1}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        os.environ[RUN_DIR_ENV] = str(candidate)
+        _write_json_atomic(candidate / RUN_INFO, {"started": time.time()})
+        return candidate
+    raise ConfigError(f"{root}: could not claim a new run folder for {stem}")
+
+
+def _write_config(run_dir: Path, cfg: RunConfig) -> None:
+    import yaml
+
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_INFO
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a recsys run folder (no {RUN_INFO})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_run_info(run_dir: Path, values: dict[str, Any]) -> None:
+    path = run_dir / RUN_INFO
+    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    _write_json_atomic(path, {**current, **values})
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def latest_run_dir(cfg: RunConfig) -> Path:
+    """The most recently started run folder under tracking.output_dir."""
+    root = Path(cfg.tracking.output_dir)
+    runs = [p for p in root.glob("*/") if (p / RUN_INFO).is_file()] if root.is_dir() else []
+    if not runs:
+        raise ConfigError(f"{root}: no run to resume")
+    return max(runs, key=lambda p: _read_run_info(p).get("started", 0.0))
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
+    """The config a run folder was started with, plus overrides (e.g. a larger trainer.max_epochs)."""
+    import yaml
+
+    from recsys.config import apply_overrides
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a recsys run folder (no config.yaml)")
+    data = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")), overrides)
+    return run_config_from_dict(data, where=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saving and tracking
+
+
+def _save(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split: Split,
+          metrics: dict[str, float], run_dir: Path, tracker: Tracker | None) -> Path:
+    histories = dataset.sequences.select(schema.USER_IDX, schema.ITEMS)
+    saved = SavedModel(
+        model_name=cfg.model_name,
+        config=cfg.to_dict(),
+        state_dict=model.state_dict(),
+        n_items=dataset.n_items,
+        item_map=dataset.item_map,
+        user_map=dataset.user_map,
+        items=dataset.items,
+        histories=histories,
+        metrics=metrics,
+        extra={"dataset": dataset.name, "preset": dataset.preset, "fingerprint": dataset.fingerprint,
+               "split": split.kind, "mlflow_run_id": tracker.run_id if tracker else None},
+    )
+    return save_model(saved, run_dir / "model")
+
+
+def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, split: Split,
+                   config_file: str | Path | None, run_dir: Path) -> None:
+    tracker.log_params(flatten(cfg.to_dict()))
+    tracker.log_params({"dataset.fingerprint": dataset.fingerprint, "dataset.n_users": dataset.n_users,
+                        "dataset.n_items": dataset.n_items, "dataset.n_interactions": dataset.n_interactions,
+                        "split.n_valid": split.valid.height, "split.n_test": split.test.height})
+    tags = {"model": cfg.model_name, "dataset": cfg.data.name, "preset": cfg.data.preset,
+            "split": split.kind, "loss": getattr(cfg.model, "loss", ""), "run_dir": str(run_dir.resolve()),
+            "mlflow.note.content": _description(cfg, dataset, split)}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    tracker.set_tags(tags)
+    tracker.log_artifact(run_dir / "config.yaml")
+    if config_file is not None and Path(config_file).is_file():
+        tracker.log_artifact(config_file, "source_config")
+
+
+def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split) -> str:
+    return (f"{cfg.model_name} on {dataset.name} (preset {dataset.preset}: {dataset.n_users:,} users, "
+            f"{dataset.n_items:,} items, {dataset.n_interactions:,} interactions), {split.kind} split, "
+            f"full ranking over all items, seen items excluded; loss {getattr(cfg.model, 'loss', '?')}.")
+
+
+def _finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, float],
+                     history: list[dict[str, float]], run_dir: Path, model_dir: Path) -> str | None:
+    from recsys.training.plots import plot_learning_curves, plot_metrics_at_k
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    title = f"{cfg.model_name} on {cfg.data.name} ({cfg.data.preset})"
+    if history:
+        plot_learning_curves(history, plots / "learning_curves.png", title)
+    plot_metrics_at_k({k: v for k, v in metrics.items() if k.startswith("test_")}, plots / "test_metrics_at_k.png",
+                      f"test metrics at K: {title}")
+    if tracker is None or not tracker.active:
+        return None
+    final_step = int(metrics.get("epochs_run", 0))
+    tracker.log_metrics(metrics, step=final_step)
+    tracker.log_artifact(plots, "plots")
+    tracker.log_artifact(model_dir, MODEL_ARTIFACT)
+    version = None
+    if cfg.tracking.register_as:
+        tags = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and "@10" in k}
+        version = tracker.register_model(cfg.tracking.register_as, MODEL_ARTIFACT, tags)
+    tracker.finish()
+    return version
+
+
+def _experiment(cfg: RunConfig) -> str:
+    return cfg.tracking.experiment or f"recsys-{cfg.data.name}"
+
+
+def _run_name(cfg: RunConfig, run_dir: Path) -> str:
+    return cfg.tracking.run_name or run_dir.name
+
+
+__all__ = ["TrainResult", "build_model", "load_run_config", "resume_config", "train"]
