@@ -1,0 +1,165 @@
+"""A user's own interaction log: CSV (optionally gzipped) or Parquet, with configurable column names.
+
+Ids may be integers (kept as Int64) or any text (kept as String). Timestamps may be numbers (seconds;
+fractions are dropped, equal seconds keep file order), Parquet datetimes/dates, or ISO-8601 strings such as
+'2024-05-01T12:30:00' or '2024-05-01' (one format per file; the first value decides it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recsys.config import DataConfig
+from recsys.data import schema
+from recsys.data.io import Member
+from recsys.data.raw import INTERACTION_COLUMNS, RawData
+from recsys.errors import DataError
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def custom_members(cfg: DataConfig) -> list[Member]:
+    """The files a custom dataset reads (interactions, then the item table if any)."""
+    if not cfg.interactions_file:
+        raise DataError("dataset 'custom' needs interactions_file (a CSV or Parquet log of user, item, timestamp)")
+    files = [cfg.interactions_file] + ([cfg.items_file] if cfg.items_file else [])
+    return [_member(Path(f)) for f in files]
+
+
+def read_custom(cfg: DataConfig) -> RawData:
+    """Interactions (and the optional item table) of a user's own log, as `RawData`."""
+    members = custom_members(cfg)
+    interactions = read_interactions(members[0], cfg)
+    items = read_items(members[1], cfg, interactions[schema.ITEM_ID].dtype) if len(members) > 1 else _no_items(interactions)
+    text_columns = tuple(c for c in items.columns if c != schema.ITEM_ID)
+    return RawData(interactions, items, text_columns)
+
+
+def read_interactions(member: Member, cfg: DataConfig) -> pl.DataFrame:
+    """user_id, item_id, rating, timestamp, row from the configured columns of one file."""
+    wanted = {cfg.user_column: schema.USER_ID, cfg.item_column: schema.ITEM_ID, cfg.timestamp_column: schema.TIMESTAMP}
+    if cfg.rating_column:
+        wanted[cfg.rating_column] = schema.RATING
+    frame = _read_table(member, cfg, list(wanted)).rename(wanted).with_row_index(schema.ROW)
+    first_line = 1 if _is_parquet(member) else 2  # CSV line numbers count the header
+    columns = {
+        schema.USER_ID: _ids(frame[schema.USER_ID], member, cfg.user_column, first_line),
+        schema.ITEM_ID: _ids(frame[schema.ITEM_ID], member, cfg.item_column, first_line),
+        schema.RATING: _ratings(frame, member, cfg.rating_column, first_line),
+        schema.TIMESTAMP: parse_timestamps(frame[schema.TIMESTAMP], member, cfg.timestamp_column, first_line),
+        schema.ROW: frame[schema.ROW],
+    }
+    return pl.DataFrame(columns).select(INTERACTION_COLUMNS)
+
+
+def read_items(member: Member, cfg: DataConfig, id_dtype: pl.DataType) -> pl.DataFrame:
+    """The item table: item_id (as in the interactions) plus the text columns (all other columns if none named)."""
+    header = _read_table(member, cfg, None)
+    text = list(cfg.text_columns) or [c for c in header.columns if c != cfg.item_column]
+    _check_columns(member, header.columns, [cfg.item_column, *text])
+    items = header.select(cfg.item_column, *text).rename({cfg.item_column: schema.ITEM_ID})
+    ids = _ids(items[schema.ITEM_ID].cast(pl.String), member, cfg.item_column, 2).cast(id_dtype, strict=False)
+    return items.with_columns(ids).unique(schema.ITEM_ID, keep="first", maintain_order=True)
+
+
+def parse_timestamps(values: pl.Series, member: Member, column: str, first_line: int) -> pl.Series:
+    """Int64 seconds since the epoch from numbers, datetimes, dates or ISO strings (see the module doc)."""
+    if values.dtype.is_numeric():
+        return values.cast(pl.Int64)
+    if values.dtype == pl.Datetime or values.dtype == pl.Date:
+        return values.cast(pl.Datetime("us")).dt.epoch("s")
+    text = values.cast(pl.String)
+    _check_no_empty(text, member, column, first_line)
+    numbers = text.cast(pl.Float64, strict=False)
+    if numbers.null_count() == 0:
+        return numbers.floor().cast(pl.Int64)
+    try:
+        parsed = text.str.to_datetime(strict=False).dt.epoch("s")
+    except pl.exceptions.PolarsError:
+        parsed = pl.Series([None] * text.len(), dtype=pl.Int64)
+    _raise_first_null(parsed, text, member, column, first_line, "not a number or ISO datetime")
+    return parsed
+
+
+def _ids(values: pl.Series, member: Member, column: str, first_line: int) -> pl.Series:
+    """Integer ids as Int64, anything else as String; empty ids are a DataError."""
+    if values.dtype.is_integer():
+        _check_no_empty(values, member, column, first_line)
+        return values.cast(pl.Int64)
+    text = values.cast(pl.String)
+    _check_no_empty(text, member, column, first_line)
+    as_int = text.cast(pl.Int64, strict=False)
+    return as_int if as_int.null_count() == 0 else text
+
+
+def _ratings(frame: pl.DataFrame, member: Member, column: str | None, first_line: int) -> pl.Series:
+    if column is None:
+        return pl.Series(schema.RATING, [None] * frame.height, dtype=pl.Float32)
+    values = frame[schema.RATING]
+    text = values.cast(pl.String)
+    numbers = values.cast(pl.Float32, strict=False)
+    _raise_first_null(numbers, text, member, column, first_line, "not a number")
+    return numbers
+
+
+def _read_table(member: Member, cfg: DataConfig, columns: list[str] | None) -> pl.DataFrame:
+    """Read `columns` (None: all) of a CSV (as text, converted later) or Parquet file."""
+    try:
+        if _is_parquet(member):
+            frame = pl.read_parquet(member.polars_input())
+        else:
+            frame = pl.read_csv(
+                member.polars_input(), separator=cfg.separator, infer_schema=False, raise_if_empty=False
+            )
+    except pl.exceptions.PolarsError as exc:
+        kind = "Parquet" if _is_parquet(member) else f"CSV with separator {cfg.separator!r}"
+        raise DataError(f"{member.label}: cannot read as {kind} ({str(exc).strip().splitlines()[0]})") from None
+    if columns is None:
+        return frame
+    _check_columns(member, frame.columns, columns, cfg.separator)
+    return frame.select(columns)
+
+
+def _check_columns(member: Member, found: list[str], required: list[str], separator: str | None = None) -> None:
+    missing = [c for c in required if c not in found]
+    if missing:
+        hint = f" (wrong separator? using {separator!r})" if separator and len(found) == 1 else ""
+        raise DataError(
+            f"{member.label}: missing column {missing[0]!r}{hint}; found {', '.join(map(repr, found[:10]))}"
+        )
+
+
+def _check_no_empty(values: pl.Series, member: Member, column: str, first_line: int) -> None:
+    if values.null_count():
+        row = values.is_null().arg_true()[0]
+        raise DataError(f"{member.label}: {_where(member, row, first_line)}: column {column!r} is empty")
+
+
+def _raise_first_null(
+    parsed: pl.Series, text: pl.Series, member: Member, column: str, first_line: int, problem: str
+) -> None:
+    bad = parsed.is_null() & text.is_not_null()
+    if bad.any():
+        row = bad.arg_true()[0]
+        raise DataError(f"{member.label}: {_where(member, row, first_line)}: column {column!r}: {problem}: {text[row]!r}")
+
+
+def _where(member: Member, row: int, first_line: int) -> str:
+    return f"row {row + first_line}" if _is_parquet(member) else f"line {row + first_line}"
+
+
+def _member(path: Path) -> Member:
+    path = path.expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return Member(path.parent, path.name, in_zip=False)
+
+
+def _is_parquet(member: Member) -> bool:
+    return member.name.endswith(PARQUET_SUFFIXES)
+
+
+def _no_items(interactions: pl.DataFrame) -> pl.DataFrame:
+    return pl.DataFrame({schema.ITEM_ID: pl.Series([], dtype=interactions[schema.ITEM_ID].dtype)})

@@ -1,0 +1,302 @@
+"""From a raw release (or a user's log) to a cached `PreparedDataset`.
+
+`prepare_dataset` reads, filters, maps ids, builds sequences and attaches the item table, then caches the
+result as Parquet under `<cache>/prepared/<name>-<fingerprint>/`. The fingerprint is a sha256 over the
+content identity of every raw file read (sha256 of a file, CRC-32 and size of a zip entry), the resolved
+preprocessing settings and FORMAT_VERSION, so a changed file or setting rebuilds and anything else reuses
+the cache. A cache folder is built under a temporary name and renamed into place only when complete: a
+failed or interrupted run leaves no partial cache and never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+from recsys.config import DataConfig
+from recsys.data import schema
+from recsys.data.dataset import PreparedDataset
+from recsys.data.generic import custom_members, read_custom
+from recsys.data.ids import build_item_map, build_user_map, dense_index
+from recsys.data.io import Member, Source, fsync_path, open_source
+from recsys.data.movielens import READERS
+from recsys.data.presets import Preprocessing, resolve_preprocessing
+from recsys.data.raw import RawData
+from recsys.data.sequences import build_sequences, filter_counts, filter_min_rating, keep_last
+from recsys.errors import DataError
+
+FORMAT_VERSION = 1
+"""Bump when the prepared files change meaning or layout: every old cache then rebuilds."""
+EMBEDDED = Path(__file__).resolve().parent / "embedded"
+"""Datasets shipped inside the package (ml-latest-small, whose licence allows redistribution)."""
+CUSTOM = "custom"
+KNOWN_DATASETS = (*READERS, CUSTOM)
+FILES = ("sequences", "user_map", "item_map", "items")  # <name>.parquet in a prepared folder
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where things live
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """`cache_dir`, else $RECSYS_CACHE, else ~/.cache/recsys."""
+    return Path(cache_dir or os.environ.get("RECSYS_CACHE") or Path.home() / ".cache" / "recsys").expanduser()
+
+
+def raw_dir(name: str, cache_dir: str | None = None) -> Path:
+    """The folder `data_scripts/fetch_movielens.py` unpacks a release into."""
+    return cache_root(cache_dir) / "raw" / name
+
+
+def locate_source(cfg: DataConfig) -> Source:
+    """The folder or zip holding a MovieLens release: cfg.path, the embedded copy, or the raw-data folder."""
+    if cfg.name not in READERS:
+        raise DataError(f"dataset {cfg.name!r} is unknown (known: {', '.join(KNOWN_DATASETS)})")
+    if cfg.path:
+        return open_source(cfg.path)
+    if (EMBEDDED / cfg.name).is_dir():
+        return open_source(EMBEDDED / cfg.name)
+    folder = raw_dir(cfg.name, cfg.cache_dir)
+    if not folder.is_dir():
+        raise DataError(
+            f"{cfg.name}: raw files not found in {folder}; get them with "
+            f"`python data_scripts/fetch_movielens.py {cfg.name}` (or `... {cfg.name} --from PATH` for a local "
+            f"zip or folder), or pass the folder as path / --from"
+        )
+    return open_source(folder)
+
+
+def source_members(cfg: DataConfig) -> list[Member]:
+    """Every raw file `prepare_dataset` reads for `cfg`."""
+    if cfg.name == CUSTOM:
+        return custom_members(cfg)
+    return READERS[cfg.name].members(locate_source(cfg))
+
+
+def read_raw(cfg: DataConfig) -> RawData:
+    """The dataset as read, unfiltered."""
+    if cfg.name == CUSTOM:
+        return read_custom(cfg)
+    return READERS[cfg.name].read(locate_source(cfg))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fingerprint and cache folders
+
+
+def fingerprint(cfg: DataConfig, members: list[Member], preprocessing: Preprocessing) -> str:
+    """sha256 over the raw files' content identities, the settings that shape the result and FORMAT_VERSION.
+
+    Paths are left out on purpose: the same files elsewhere share a cache.
+    """
+    reading: dict[str, Any] = {}
+    if cfg.name == CUSTOM:
+        reading = {
+            k: getattr(cfg, k)
+            for k in ("user_column", "item_column", "timestamp_column", "rating_column", "text_columns", "separator")
+        }
+    payload = {
+        "format": FORMAT_VERSION,
+        "name": cfg.name,
+        "preset": cfg.preset,
+        "preprocessing": preprocessing.as_dict(),
+        "reading": reading,
+        "files": [[Path(m.name).name, m.identity()] for m in members],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def prepared_dir(cfg: DataConfig, fingerprint_hex: str) -> Path:
+    """The cache folder of one prepared dataset."""
+    return cache_root(cfg.cache_dir) / "prepared" / f"{cfg.name}-{fingerprint_hex[:16]}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preparing
+
+
+def prepare_dataset(cfg: DataConfig, progress: bool = False, use_cache: bool = True) -> PreparedDataset:
+    """The dataset `cfg` describes, as per-user sequences over internal ids (see PreparedDataset).
+
+    Reuses `<cache>/prepared/<name>-<fingerprint>/` when present and complete; otherwise builds it and writes
+    it atomically (use_cache=False: build, write nothing). `progress` shows the stages on stderr.
+    Every problem with the input is a DataError naming the file, line, column or filter at fault.
+    """
+    preprocessing = resolve_preprocessing(cfg)
+    members = source_members(cfg)
+    fp = fingerprint(cfg, members, preprocessing)
+    folder = prepared_dir(cfg, fp)
+    if use_cache:
+        cached = load_prepared(folder, fp)
+        if cached is not None:
+            return cached
+    ds = build_dataset(cfg, preprocessing, fp, _stages(progress, cfg.name))
+    if use_cache:
+        save_prepared(ds, folder, preprocessing)
+    return ds
+
+
+def build_dataset(
+    cfg: DataConfig, preprocessing: Preprocessing, fp: str, stage: Callable[[str], None] | None = None
+) -> PreparedDataset:
+    """Read, filter, map ids and build sequences; no caching."""
+    stage = stage or _quiet
+    stage("read")
+    raw = read_raw(cfg)
+    stage("filter")
+    kept = filter_min_rating(raw.interactions, preprocessing.min_rating)
+    kept = filter_counts(
+        kept, preprocessing.min_user_interactions, preprocessing.min_item_interactions, preprocessing.core
+    )
+    kept = keep_last(kept, preprocessing.max_history)
+    stage("ids")
+    user_map = build_user_map(kept[schema.USER_ID])
+    item_map = build_item_map(kept[schema.ITEM_ID])
+    # Dense ranks follow the same sort order as the maps, so no join over all interactions is needed.
+    indexed = kept.lazy().select(
+        dense_index(schema.USER_ID).alias(schema.USER_IDX),
+        dense_index(schema.ITEM_ID).alias(schema.ITEM_IDX),
+        schema.TIMESTAMP,
+        schema.ROW,
+    )
+    del kept
+    stage("sequences")
+    sequences = build_sequences(indexed)
+    items = attach_items(item_map, raw.items)
+    stage("done")
+    return PreparedDataset(cfg.name, cfg.preset, sequences, user_map, item_map, items, fp, raw.text_columns)
+
+
+def attach_items(item_map: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """One row per mapped item: item_idx, item_id and the item table's columns (null where unknown)."""
+    table = items.with_columns(pl.col(schema.ITEM_ID).cast(item_map[schema.ITEM_ID].dtype, strict=False))
+    table = table.unique(schema.ITEM_ID, keep="first", maintain_order=True)
+    return item_map.join(table, on=schema.ITEM_ID, how="left", maintain_order="left")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cache folders
+
+
+def save_prepared(ds: PreparedDataset, folder: Path, preprocessing: Preprocessing) -> None:
+    """Write `ds` to `folder` atomically: build a sibling temp folder, then rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, frame in zip(FILES, (ds.sequences, ds.user_map, ds.item_map, ds.items)):
+            frame.write_parquet(tmp / f"{name}.parquet")
+            fsync_path(tmp / f"{name}.parquet")
+        meta = {
+            "format": FORMAT_VERSION,
+            "fingerprint": ds.fingerprint,
+            "name": ds.name,
+            "preset": ds.preset,
+            "preprocessing": preprocessing.as_dict(),
+            "text_columns": list(ds.text_columns),
+            "stats": dataset_stats(ds),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        fsync_path(tmp / "meta.json")
+        fsync_path(tmp)
+        _move_into_place(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    if load_prepared(folder, None) is not None:
+        return  # another process finished the same dataset first; theirs is as good as ours
+    old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+    if folder.exists():
+        folder.rename(old)  # an incomplete or corrupt folder from an older crash
+    os.rename(tmp, folder)
+    fsync_path(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_prepared(folder: Path, expected_fingerprint: str | None) -> PreparedDataset | None:
+    """The dataset cached in `folder`, or None when it is missing, incomplete, corrupt or another version."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT_VERSION:
+            return None
+        if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
+            return None
+        frames = [pl.read_parquet(folder / f"{name}.parquet") for name in FILES]
+    except (OSError, ValueError, pl.exceptions.PolarsError):
+        return None  # json.JSONDecodeError is a ValueError
+    return PreparedDataset(
+        name=meta["name"],
+        preset=meta["preset"],
+        sequences=frames[0],
+        user_map=frames[1],
+        item_map=frames[2],
+        items=frames[3],
+        fingerprint=meta["fingerprint"],
+        text_columns=tuple(meta.get("text_columns", ())),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics and progress
+
+
+def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
+    """Users, items, interactions, density and the distribution of sequence lengths."""
+    lengths = ds.sequences[schema.ITEMS].list.len()
+    interactions = int(lengths.sum())
+    cells = ds.n_users * ds.n_items
+    quantiles = {f"p{q}": _quantile(lengths, q / 100) for q in (50, 90, 99)}
+    return {
+        "name": ds.name,
+        "preset": ds.preset,
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "interactions": interactions,
+        "density": interactions / cells if cells else 0.0,
+        "sequence_length": {"mean": float(lengths.mean() or 0.0), **quantiles, "max": int(lengths.max() or 0)},
+        "fingerprint": ds.fingerprint,
+    }
+
+
+def _quantile(lengths: pl.Series, q: float) -> float:
+    value = lengths.quantile(q, interpolation="linear")
+    return float(value) if value is not None else 0.0
+
+
+def _quiet(_stage: str) -> None:
+    return None
+
+
+@dataclass
+class _Progress:
+    """Stage-by-stage progress on stderr (tqdm is imported only when asked for)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=4, desc=f"prepare {self.name}", unit="stage", leave=True)
+
+    def __call__(self, stage: str) -> None:
+        if stage == "done":
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
+            return
+        if stage != "read":
+            self.bar.update(1)
+        self.bar.set_postfix_str(stage)
+
+
+def _stages(progress: bool, name: str) -> Callable[[str], None]:
+    return _Progress(name) if progress else _quiet

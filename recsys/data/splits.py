@@ -1,0 +1,140 @@
+"""Train / validation / test splits of prepared sequences.
+
+leave_one_out (SASRec, BERT4Rec): a user's last item is the test target (history: everything before it),
+the second-to-last the validation target (history: everything before that), and the model trains on the
+rest. Users with fewer than 3 items cannot give both targets and a non-empty history: their whole sequence
+goes to training and they are not evaluated (with the default min_user_interactions=5 there are none).
+
+temporal: one global cut for everybody, at timestamp quantiles, so no model sees the future of the
+evaluation period. With valid_cut = the `valid_quantile` and test_cut = the `test_quantile` of all
+timestamps (the 'lower' quantile, so each cut is a timestamp that occurs):
+  * train: every user's interactions strictly before valid_cut;
+  * valid: users with an interaction in [valid_cut, test_cut); history = their items before valid_cut,
+    target = their first item at or after valid_cut;
+  * test: users with an interaction at or after test_cut; history = their items before test_cut, target =
+    their first item at or after test_cut.
+Users whose history would be empty (they arrive after the cut) are skipped in valid and test.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from recsys.config import DataConfig
+from recsys.data import schema
+from recsys.data.dataset import PreparedDataset, Split
+from recsys.errors import DataError
+
+MIN_EVALUATED_LENGTH = 3
+"""Leave-one-out evaluates users with at least this many items (train >= 1, valid and test targets)."""
+
+
+def n_items() -> pl.Expr:
+    return pl.col(schema.ITEMS).list.len()
+
+
+def head_without_last(k: int) -> pl.Expr:
+    """The items except the last `k` (empty when there are no more than `k`)."""
+    return pl.col(schema.ITEMS).list.head((n_items() - k).clip(0))
+
+
+def leave_one_out(sequences: pl.DataFrame) -> Split:
+    """Last item: test target; second-to-last: validation target; the rest trains (see the module doc)."""
+    evaluated = sequences.lazy().filter(n_items() >= MIN_EVALUATED_LENGTH)
+    train = sequences.lazy().select(
+        schema.USER_IDX,
+        pl.when(n_items() >= MIN_EVALUATED_LENGTH)
+        .then(head_without_last(2))
+        .otherwise(pl.col(schema.ITEMS))
+        .alias(schema.ITEMS),
+    )
+    valid = evaluated.select(
+        schema.USER_IDX,
+        head_without_last(2).alias(schema.HISTORY),
+        pl.col(schema.ITEMS).list.get(-2).alias(schema.TARGET),
+    )
+    test = evaluated.select(
+        schema.USER_IDX,
+        head_without_last(1).alias(schema.HISTORY),
+        pl.col(schema.ITEMS).list.get(-1).alias(schema.TARGET),
+    )
+    return Split("leave_one_out", _train_frame(train), _eval_frame(valid), _eval_frame(test))
+
+
+def temporal_split(sequences: pl.DataFrame, valid_quantile: float, test_quantile: float) -> Split:
+    """Global cut at timestamp quantiles (see the module doc); needs the `timestamps` column."""
+    if not 0.0 < valid_quantile <= test_quantile <= 1.0:
+        raise DataError(
+            f"temporal split: need 0 < valid_quantile <= test_quantile <= 1, got {valid_quantile} and {test_quantile}"
+        )
+    flat = sequences.lazy().select(schema.USER_IDX, schema.ITEMS, schema.TIMESTAMPS).explode(
+        [schema.ITEMS, schema.TIMESTAMPS]
+    )
+    valid_cut, test_cut = _cuts(flat, valid_quantile, test_quantile)
+    train = _before(flat, valid_cut, schema.ITEMS)
+    valid = _history_and_next(flat, valid_cut, test_cut)
+    test = _history_and_next(flat, test_cut, None)
+    return Split("temporal", _train_frame(train), _eval_frame(valid), _eval_frame(test))
+
+
+def make_split(ds: PreparedDataset, cfg: DataConfig) -> Split:
+    """The split `cfg.split` names, over `ds.sequences`."""
+    if cfg.split == "leave_one_out":
+        return leave_one_out(ds.sequences)
+    if cfg.split == "temporal":
+        return temporal_split(ds.sequences, cfg.valid_quantile, cfg.test_quantile)
+    raise DataError(f"split {cfg.split!r} is unknown (known: leave_one_out, temporal)")
+
+
+def _cuts(flat: pl.LazyFrame, valid_quantile: float, test_quantile: float) -> tuple[int, int]:
+    ts = pl.col(schema.TIMESTAMPS)
+    row = flat.select(
+        ts.quantile(valid_quantile, interpolation="lower").alias("valid"),
+        ts.quantile(test_quantile, interpolation="lower").alias("test"),
+    ).collect()
+    if row["valid"][0] is None:
+        raise DataError("temporal split: the dataset has no interactions")
+    return int(row["valid"][0]), int(row["test"][0])
+
+
+def _before(flat: pl.LazyFrame, cut: int, name: str) -> pl.LazyFrame:
+    """Each user's items strictly before `cut`, in order (group_by keeps the row order within a group)."""
+    return (
+        flat.filter(pl.col(schema.TIMESTAMPS) < cut)
+        .group_by(schema.USER_IDX, maintain_order=True)
+        .agg(pl.col(schema.ITEMS).alias(name))
+    )
+
+
+def _history_and_next(flat: pl.LazyFrame, cut: int, until: int | None) -> pl.LazyFrame:
+    """History before `cut` and the first item at or after it (which must fall before `until`, if given)."""
+    targets = (
+        flat.filter(pl.col(schema.TIMESTAMPS) >= cut)
+        .group_by(schema.USER_IDX, maintain_order=True)
+        .agg(pl.col(schema.ITEMS).first().alias(schema.TARGET), pl.col(schema.TIMESTAMPS).first().alias("at"))
+    )
+    if until is not None:
+        targets = targets.filter(pl.col("at") < until)
+    history = _before(flat, cut, schema.HISTORY)
+    return history.join(targets, on=schema.USER_IDX, how="inner").select(schema.USER_IDX, schema.HISTORY, schema.TARGET)
+
+
+def _train_frame(frame: pl.LazyFrame) -> pl.DataFrame:
+    return (
+        frame.filter(pl.col(schema.ITEMS).list.len() > 0)
+        .select(pl.col(schema.USER_IDX).cast(pl.Int32), pl.col(schema.ITEMS).cast(pl.List(pl.Int32)))
+        .sort(schema.USER_IDX)
+        .collect()
+    )
+
+
+def _eval_frame(frame: pl.LazyFrame) -> pl.DataFrame:
+    return (
+        frame.select(
+            pl.col(schema.USER_IDX).cast(pl.Int32),
+            pl.col(schema.HISTORY).cast(pl.List(pl.Int32)),
+            pl.col(schema.TARGET).cast(pl.Int32),
+        )
+        .sort(schema.USER_IDX)
+        .collect()
+    )
