@@ -58,8 +58,9 @@ def raw_dir(name: str, cache_dir: str | None = None) -> Path:
 
 def locate_source(cfg: DataConfig) -> Source:
     """The folder or zip holding a MovieLens release: cfg.path, the embedded copy, or the raw-data folder."""
-    if cfg.name not in READERS:
-        raise DataError(f"dataset {cfg.name!r} is unknown (known: {', '.join(KNOWN_DATASETS)})")
+    check_name(cfg.name)
+    if cfg.name == CUSTOM:
+        raise DataError("dataset 'custom' has no release folder: set interactions_file (CLI: --from FILE)")
     if cfg.path:
         return open_source(cfg.path)
     if (EMBEDDED / cfg.name).is_dir():
@@ -74,8 +75,15 @@ def locate_source(cfg: DataConfig) -> Source:
     return open_source(folder)
 
 
+def check_name(name: str) -> None:
+    """A DataError listing the known datasets when `name` is not one of them."""
+    if name not in KNOWN_DATASETS:
+        raise DataError(f"dataset {name!r} is unknown (known: {', '.join(KNOWN_DATASETS)})")
+
+
 def source_members(cfg: DataConfig) -> list[Member]:
     """Every raw file `prepare_dataset` reads for `cfg`."""
+    check_name(cfg.name)
     if cfg.name == CUSTOM:
         return custom_members(cfg)
     return READERS[cfg.name].members(locate_source(cfg))
@@ -130,6 +138,7 @@ def prepare_dataset(cfg: DataConfig, progress: bool = False, use_cache: bool = T
     it atomically (use_cache=False: build, write nothing). `progress` shows the stages on stderr.
     Every problem with the input is a DataError naming the file, line, column or filter at fault.
     """
+    check_name(cfg.name)
     preprocessing = resolve_preprocessing(cfg)
     members = source_members(cfg)
     fp = fingerprint(cfg, members, preprocessing)
