@@ -1,0 +1,137 @@
+"""SASRec: shapes, causality, left-padding invariance, NaN safety, the score contract, config and registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.config import from_dict, to_dict
+from recsys.errors import ConfigError
+from recsys.models import MODELS, SASRec, SASRecConfig, get_model_spec
+
+N_ITEMS = 30
+
+
+def make_model(**overrides: object) -> SASRec:
+    torch.manual_seed(0)
+    config = SASRecConfig(**{"max_len": 12, "hidden": 16, "n_heads": 2, "n_layers": 2, **overrides})  # type: ignore[arg-type]
+    return SASRec(N_ITEMS, config).eval()
+
+
+def left_pad(history: list[int], width: int) -> torch.Tensor:
+    return torch.tensor([[0] * (width - len(history)) + history])
+
+
+def test_shapes() -> None:
+    model = make_model()
+    items = torch.randint(1, N_ITEMS + 1, (4, 7))
+    assert model.encode(items).shape == (4, 7, 16)
+    assert model(items).shape == (4, 7, 16)
+    assert model.user_vector(items).shape == (4, 16)
+    assert model.item_vectors().shape == (N_ITEMS + 1, 16)
+    assert model.score(items).shape == (4, N_ITEMS + 1)
+
+
+@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+def test_causality_later_items_do_not_change_earlier_states(layer_norm: str) -> None:
+    model = make_model(layer_norm=layer_norm)
+    items = torch.tensor([[0, 0, 5, 9, 2, 7, 3]])
+    changed = items.clone()
+    changed[0, 5] = 11
+    before, after = model.encode(items), model.encode(changed)
+    torch.testing.assert_close(before[:, :5], after[:, :5])
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_each_state_equals_the_user_vector_of_its_prefix() -> None:
+    # The training objective relies on this: position t sees exactly the history items[:t+1].
+    model = make_model()
+    history = [4, 8, 15, 16, 23]
+    states = model.encode(left_pad(history, 8))[0]  # [8, hidden]
+    for t in range(1, len(history) + 1):
+        prefix = model.user_vector(left_pad(history[:t], 8))[0]
+        torch.testing.assert_close(states[8 - len(history) + t - 1], prefix, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+def test_left_padding_invariance(layer_norm: str) -> None:
+    model = make_model(layer_norm=layer_norm)
+    history = [3, 1, 4, 1, 5]
+    short = model.user_vector(left_pad(history, 5))
+    long = model.user_vector(left_pad(history, 12))
+    torch.testing.assert_close(short, long, atol=1e-5, rtol=1e-5)
+    # Also within one batch, next to a longer sequence.
+    batch = torch.cat([left_pad(history, 12), torch.randint(1, N_ITEMS + 1, (1, 12))])
+    torch.testing.assert_close(model.user_vector(batch)[:1], long, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+def test_no_nan_with_heavy_padding(layer_norm: str) -> None:
+    model = make_model(layer_norm=layer_norm).train()
+    items = torch.zeros(3, 12, dtype=torch.long)
+    items[1, -1] = 7  # one real item
+    items[2, -2:] = torch.tensor([2, 9])  # row 0: nothing but padding (a cold user)
+    states = model.encode(items)
+    assert torch.isfinite(states).all()
+    states[items > 0].sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is None or torch.isfinite(param.grad).all(), name
+    model.eval()
+    assert torch.isfinite(model.score(items)).all()
+
+
+def test_score_is_user_vector_times_item_vectors() -> None:
+    model = make_model()
+    items = torch.randint(0, N_ITEMS + 1, (5, 9))
+    expected = model.user_vector(items) @ model.item_vectors().T
+    torch.testing.assert_close(model.score(items), expected)
+
+
+def test_padding_row_is_zero_and_gets_no_gradient() -> None:
+    model = make_model().train()
+    assert torch.equal(model.item_vectors()[0], torch.zeros(16))
+    items = torch.tensor([[0, 0, 1, 2, 3]])
+    # Padding id 0 in the input contributes no gradient to row 0 (padding_idx); column 0 of score would,
+    # which is why losses and rankers never use it.
+    model.score(items)[:, 1:].sum().backward()
+    assert torch.equal(model.item_emb.weight.grad[0], torch.zeros(16))
+
+
+def test_padding_positions_carry_no_embedding() -> None:
+    # An item changed at a padding position would be a different input, but the 0 id must contribute
+    # nothing: two paddings of different lengths already agree (above); here the positional table's
+    # padding row is zero too.
+    model = make_model()
+    assert torch.equal(model.pos_emb.weight[0], torch.zeros(16))
+
+
+def test_bad_inputs_raise() -> None:
+    model = make_model()
+    with pytest.raises(ValueError, match="max_len 12"):
+        model.encode(torch.ones(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[batch, seq_len\]"):
+        model.encode(torch.ones(13, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        model.encode(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="n_items"):
+        SASRec(0, SASRecConfig())
+
+
+def test_config_validation_and_round_trip() -> None:
+    config = from_dict(SASRecConfig, {"hidden": 32, "n_heads": 4, "loss": "gbce", "layer_norm": "post"}, "model")
+    assert from_dict(SASRecConfig, to_dict(config)) == config
+    with pytest.raises(ConfigError, match="model.loss"):
+        from_dict(SASRecConfig, {"loss": "hinge"}, "model")
+    with pytest.raises(ConfigError, match=r"hidden \(30\) must be divisible by n_heads \(4\)"):
+        from_dict(SASRecConfig, {"hidden": 30, "n_heads": 4}, "model")
+    with pytest.raises(ConfigError, match="gbce_t"):
+        from_dict(SASRecConfig, {"gbce_t": 1.5}, "model")
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(SASRecConfig, {"n_items": 10}, "model")
+
+
+def test_registry() -> None:
+    assert MODELS["sasrec"] == (SASRec, SASRecConfig)
+    assert get_model_spec("sasrec") == (SASRec, SASRecConfig)
+    with pytest.raises(ConfigError, match="known: sasrec"):
+        get_model_spec("sasrek")
