@@ -323,23 +323,27 @@ def _diagnose(
     member: Member, fmt: TextFormat, data: Path | bytes, columns: dict[str, pl.DataType], positional: tuple[str, ...]
 ) -> DataError:
     """The error for the first bad line, found by re-reading everything as text."""
-    options = _csv_options(fmt, positional) | {"missing_columns": "insert", "extra_columns": "ignore"}
     try:
-        selection = list(columns) if fmt.header else None
-        text = pl.read_csv(data, **options, columns=selection, infer_schema=False).select(list(columns))
+        text = _read_as_text(data, fmt, list(columns))
     except pl.exceptions.PolarsError as exc:
         return DataError(f"{member.label}: cannot parse as {fmt.shown_separator}-separated text ({_first_line(exc)})")
     first_line = 2 if fmt.header else 1
+    if not fmt.header and text.width < len(positional):
+        return DataError(
+            f"{member.label}: line 1: expected {len(positional)} fields separated by {fmt.shown_separator}, "
+            f"found {text.width} (wrong separator?)"
+        )
+    if not fmt.header:
+        text = text.rename(dict(zip(text.columns, positional))).select(list(columns))
     for name, dtype in columns.items():
         empty = text.select(pl.arg_where(pl.col(name).is_null()).first()).item()
         if empty is not None:
-            line = empty + first_line
             if not fmt.header:
                 return DataError(
-                    f"{member.label}: line {line}: expected {len(positional)} fields separated by "
-                    f"{fmt.shown_separator}, field {name!r} is missing or empty (wrong separator?)"
+                    f"{member.label}: line {empty + first_line}: expected {len(positional)} fields separated by "
+                    f"{fmt.shown_separator}, field {name!r} is missing or empty"
                 )
-            return DataError(f"{member.label}: line {line}: column {name!r} is empty")
+            return DataError(f"{member.label}: line {empty + first_line}: column {name!r} is empty")
         if dtype == pl.String:
             continue
         bad = text.select(pl.arg_where(pl.col(name).cast(dtype, strict=False).is_null()).first()).item()
@@ -347,6 +351,20 @@ def _diagnose(
             value = text[name][bad]
             return DataError(f"{member.label}: line {bad + first_line}: column {name!r}: not a number: {value!r}")
     return DataError(f"{member.label}: cannot parse as {fmt.shown_separator}-separated text")
+
+
+def _read_as_text(data: Path | bytes, fmt: TextFormat, columns: list[str]) -> pl.DataFrame:
+    """Every field as a string; short lines padded with nulls (headerless: positional column_0, column_1...)."""
+    return pl.read_csv(
+        data,
+        separator=fmt.separator,
+        has_header=fmt.header,
+        quote_char=fmt.quote_char,
+        infer_schema=False,
+        truncate_ragged_lines=True,
+        columns=columns if fmt.header else None,
+        raise_if_empty=False,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

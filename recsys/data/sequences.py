@@ -77,8 +77,9 @@ def keep_last(interactions: pl.DataFrame, max_history: int | None) -> pl.DataFra
         return interactions
     if max_history < 1:
         raise DataError(f"max_history={max_history}: must be at least 1")
-    position = pl.int_range(pl.len()).over(schema.USER_ID, order_by=list(CHRONOLOGICAL))
-    return interactions.lazy().filter(position >= pl.len().over(schema.USER_ID) - max_history).collect()
+    position = pl.int_range(pl.len(), dtype=pl.Int64).over(schema.USER_ID, order_by=list(CHRONOLOGICAL))
+    count = pl.len().over(schema.USER_ID).cast(pl.Int64)  # unsigned: `count - max_history` would wrap around
+    return interactions.lazy().filter(position >= count - max_history).collect()
 
 
 def build_sequences(interactions: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
