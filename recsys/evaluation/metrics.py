@@ -15,6 +15,9 @@ reorder models, Krichene & Rendle, KDD 2020). The rules, in order:
 5. coverage@K = fraction of the n_items real items that appear in at least one user's top-K list (excluded
    items never do). Ties at the K-th place are broken by `torch.topk`, i.e. arbitrarily.
 
+Pass float32 scores: bfloat16 keeps 8 bits of mantissa, so many items tie with the target and, by rule 3,
+push it down (compute the final `user_vector @ item_vectors().T` outside autocast).
+
 Memory: a batch of scores is [batch, n_items + 1] float32, 4 * batch * (n_items + 1) bytes, and ranking
 needs about two more matrices of that size (the masked copy and a comparison). Recommended eval batch size:
 512-1024 users up to ~100k items; 64-128 for a million items (256 MB per matrix at 64). The accumulator
