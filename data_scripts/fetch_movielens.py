@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = DataConfig(name=args.name, preset=args.preset, cache_dir=args.cache_dir)
             ds = prepare_dataset(cfg, progress=sys.stderr.isatty())
             stats = dataset_stats(ds)
-            print(f"prepared: {stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions")
+            print(
+                f"prepared: {stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions"
+            )
             print(f"cache: {prepared_dir(cfg, ds.fingerprint)}")
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -32,7 +32,9 @@ def read_custom(cfg: DataConfig) -> RawData:
     """Interactions (and the optional item table) of a user's own log, as `RawData`."""
     members = custom_members(cfg)
     interactions = read_interactions(members[0], cfg)
-    items = read_items(members[1], cfg, interactions[schema.ITEM_ID].dtype) if len(members) > 1 else _no_items(interactions)
+    items = (
+        read_items(members[1], cfg, interactions[schema.ITEM_ID].dtype) if len(members) > 1 else _no_items(interactions)
+    )
     text_columns = tuple(c for c in items.columns if c != schema.ITEM_ID)
     return RawData(interactions, items, text_columns)
 
@@ -143,7 +145,9 @@ def _raise_first_null(
     bad = parsed.is_null() & text.is_not_null()
     if bad.any():
         row = bad.arg_true()[0]
-        raise DataError(f"{member.label}: {_where(member, row, first_line)}: column {column!r}: {problem}: {text[row]!r}")
+        raise DataError(
+            f"{member.label}: {_where(member, row, first_line)}: column {column!r}: {problem}: {text[row]!r}"
+        )
 
 
 def _where(member: Member, row: int, first_line: int) -> str:

@@ -15,6 +15,8 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,27 +186,20 @@ def write_json_atomic(data: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-class _atomic_target:
-    """Context manager: yields a temp path next to `path`; on success fsyncs and renames it over `path`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = Path()
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.tmp.unlink(missing_ok=True)
-            return
-        fsync_path(self.tmp)
-        os.replace(self.tmp, self.path)
-        fsync_path(self.path.parent)
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temp path next to `path`; when the block succeeds, fsync it and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there when the block failed
+    fsync_path(path.parent)
 
 
 def fsync_path(path: Path) -> None:
@@ -334,7 +329,7 @@ def _diagnose(
             f"found {text.width} (wrong separator?)"
         )
     if not fmt.header:
-        text = text.rename(dict(zip(text.columns, positional))).select(list(columns))
+        text = text.rename(dict(zip(text.columns, positional, strict=False))).select(list(columns))
     for name, dtype in columns.items():
         empty = text.select(pl.arg_where(pl.col(name).is_null()).first()).item()
         if empty is not None:

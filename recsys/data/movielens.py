@@ -1,10 +1,10 @@
 """Readers for the MovieLens releases, each in its own on-disk format.
 
-| release                                   | ratings                           | movies                                  |
-|-------------------------------------------|-----------------------------------|-----------------------------------------|
-| ml-100k                                   | `u.data`, tab-separated           | `u.item`, `|`-separated, 19 genre flags |
-| ml-1m, ml-10m (folder `ml-10M100K`)       | `ratings.dat`, `::`-separated     | `movies.dat`, `::`-separated            |
-| ml-20m, ml-25m, ml-32m, ml-latest-small   | `ratings.csv`, header             | `movies.csv`, quoted titles             |
+| release                                 | ratings                       | movies                                  |
+|-----------------------------------------|-------------------------------|-----------------------------------------|
+| ml-100k                                 | `u.data`, tab-separated       | `u.item`, `|`-separated, 19 genre flags |
+| ml-1m, ml-10m (folder `ml-10M100K`)     | `ratings.dat`, `::`-separated | `movies.dat`, `::`-separated            |
+| ml-20m, ml-25m, ml-32m, ml-latest-small | `ratings.csv`, header         | `movies.csv`, quoted titles             |
 
 Old releases are latin-1; every reader returns the same `RawData` shape (see `recsys.data.raw`).
 F. M. Harper and J. A. Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 5(4), 2015.
@@ -12,8 +12,8 @@ F. M. Harper and J. A. Konstan, "The MovieLens Datasets: History and Context", A
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import polars as pl
 
@@ -41,7 +41,12 @@ TAB = TextFormat(separator="\t", header=False)
 DAT = TextFormat(separator="\t", header=False, source_separator="::", legacy_encoding=True)
 PIPE = TextFormat(separator="|", header=False, legacy_encoding=True)
 CSV = TextFormat(separator=",", header=True, quote_char='"')
-CSV_RATING_COLUMNS = {"userId": schema.USER_ID, "movieId": schema.ITEM_ID, "rating": schema.RATING, "timestamp": schema.TIMESTAMP}
+CSV_RATING_COLUMNS = {
+    "userId": schema.USER_ID,
+    "movieId": schema.ITEM_ID,
+    "rating": schema.RATING,
+    "timestamp": schema.TIMESTAMP,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------

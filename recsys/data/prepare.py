@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
@@ -201,7 +202,7 @@ def save_prepared(ds: PreparedDataset, folder: Path, preprocessing: Preprocessin
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for name, frame in zip(FILES, (ds.sequences, ds.user_map, ds.item_map, ds.items)):
+        for name, frame in zip(FILES, (ds.sequences, ds.user_map, ds.item_map, ds.items), strict=True):
             frame.write_parquet(tmp / f"{name}.parquet")
             fsync_path(tmp / f"{name}.parquet")
         meta = {
@@ -272,9 +273,14 @@ def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
         "items": ds.n_items,
         "interactions": interactions,
         "density": interactions / cells if cells else 0.0,
-        "sequence_length": {"mean": float(lengths.mean() or 0.0), **quantiles, "max": int(lengths.max() or 0)},
+        "sequence_length": {"mean": _number(lengths.mean()), **quantiles, "max": int(_number(lengths.max()))},
         "fingerprint": ds.fingerprint,
     }
+
+
+def _number(value: Any) -> float:
+    """A polars scalar aggregate as a float (0.0 for the empty case, where polars returns None)."""
+    return float(value) if value is not None else 0.0
 
 
 def _quantile(lengths: pl.Series, q: float) -> float:

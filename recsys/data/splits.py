@@ -67,8 +67,10 @@ def temporal_split(sequences: pl.DataFrame, valid_quantile: float, test_quantile
         raise DataError(
             f"temporal split: need 0 < valid_quantile <= test_quantile <= 1, got {valid_quantile} and {test_quantile}"
         )
-    flat = sequences.lazy().select(schema.USER_IDX, schema.ITEMS, schema.TIMESTAMPS).explode(
-        [schema.ITEMS, schema.TIMESTAMPS]
+    flat = (
+        sequences.lazy()
+        .select(schema.USER_IDX, schema.ITEMS, schema.TIMESTAMPS)
+        .explode([schema.ITEMS, schema.TIMESTAMPS])
     )
     valid_cut, test_cut = _cuts(flat, valid_quantile, test_quantile)
     train = _before(flat, valid_cut, schema.ITEMS)

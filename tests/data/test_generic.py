@@ -46,7 +46,9 @@ def custom_cfg(log: Path, tmp_path: Path, **overrides: object) -> DataConfig:
 def test_csv_with_custom_columns_iso_times_and_items(tmp_path: Path) -> None:
     (tmp_path / "log.csv").write_text(LOG)
     (tmp_path / "items.csv").write_text(ITEMS)
-    cfg = custom_cfg(tmp_path / "log.csv", tmp_path, items_file=str(tmp_path / "items.csv"), text_columns=("name", "colour"))
+    cfg = custom_cfg(
+        tmp_path / "log.csv", tmp_path, items_file=str(tmp_path / "items.csv"), text_columns=("name", "colour")
+    )
     ds = prepare_dataset(cfg)
     assert ds.user_map.rows() == [(1, "alice"), (2, "bob")]
     assert ds.item_map.rows() == [(1, "A-1"), (2, "B-2")]
@@ -79,7 +81,9 @@ def test_parquet_with_datetimes_and_integer_ids(tmp_path: Path) -> None:
 
 def test_numeric_timestamps_as_text(tmp_path: Path) -> None:
     (tmp_path / "log.csv").write_text("user_id,item_id,timestamp\n1,5,20.7\n1,6,10\n")
-    ds = prepare_dataset(DataConfig(name="custom", interactions_file=str(tmp_path / "log.csv"), min_user_interactions=1))
+    ds = prepare_dataset(
+        DataConfig(name="custom", interactions_file=str(tmp_path / "log.csv"), min_user_interactions=1)
+    )
     assert ds.sequences.rows() == [(1, [2, 1], [10, 20])]
 
 

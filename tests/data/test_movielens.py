@@ -28,7 +28,12 @@ def test_dat_release_parses_ratings_rows_and_latin1_titles(tiny_ml1m: Path) -> N
     assert frame.row(0) == (1, 20, 5.0, 100, 0)
     assert frame[schema.ROW].to_list() == list(range(9))
     items = {row[schema.ITEM_ID]: row for row in raw.items.iter_rows(named=True)}
-    assert items[10] == {"item_id": 10, "title": "Toy Story", "year": 1995, "genres": ["Animation", "Children's", "Comedy"]}
+    assert items[10] == {
+        "item_id": 10,
+        "title": "Toy Story",
+        "year": 1995,
+        "genres": ["Animation", "Children's", "Comedy"],
+    }
     assert items[30]["title"] == "Café au lait"
     assert items[40]["title"] == "Untitled" and items[40]["year"] is None
     assert raw.text_columns == ("title", "year", "genres")
@@ -37,18 +42,25 @@ def test_dat_release_parses_ratings_rows_and_latin1_titles(tiny_ml1m: Path) -> N
 def test_csv_release_with_quoted_titles_and_no_genres(tmp_path: Path) -> None:
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.5,10\n1,2,0.5,11\n")
     (tmp_path / "movies.csv").write_text(
-        'movieId,title,genres\n1,"American President, The (1995)",Comedy|Drama|Romance\n2,Nothing (2003),(no genres listed)\n'
+        "movieId,title,genres\n"
+        '1,"American President, The (1995)",Comedy|Drama|Romance\n'
+        "2,Nothing (2003),(no genres listed)\n"
     )
     raw = READERS["ml-25m"].read(open_source(tmp_path))
     assert raw.interactions.rows() == [(1, 1, 4.5, 10, 0), (1, 2, 0.5, 11, 1)]
-    assert raw.items.rows() == [(1, "American President, The", 1995, ["Comedy", "Drama", "Romance"]), (2, "Nothing", 2003, [])]
+    assert raw.items.rows() == [
+        (1, "American President, The", 1995, ["Comedy", "Drama", "Romance"]),
+        (2, "Nothing", 2003, []),
+    ]
 
 
 def test_u_item_genre_flags(tmp_path: Path) -> None:
     (tmp_path / "u.data").write_text("1\t7\t3\t881250949\n")
     flags = ["0"] * 19
     flags[1] = flags[16] = "1"  # Action, Thriller
-    (tmp_path / "u.item").write_bytes(("7|Se\xf1or (1996)|01-Jan-1996||http://x|" + "|".join(flags) + "\n").encode("latin-1"))
+    (tmp_path / "u.item").write_bytes(
+        ("7|Se\xf1or (1996)|01-Jan-1996||http://x|" + "|".join(flags) + "\n").encode("latin-1")
+    )
     raw = READERS["ml-100k"].read(open_source(tmp_path))
     assert raw.items.rows() == [(7, "Señor", 1996, ["Action", "Thriller"])]
 
@@ -99,7 +111,12 @@ def test_ml100k_counts(shared_data: Path) -> None:
     frame = raw.interactions
     assert (frame.height, frame[schema.USER_ID].n_unique(), frame[schema.ITEM_ID].n_unique()) == (100_000, 943, 1_682)
     assert raw.items.height == 1_682
-    assert raw.items.filter(pl.col(schema.ITEM_ID) == 1).row(0) == (1, "Toy Story", 1995, ["Animation", "Children's", "Comedy"])
+    assert raw.items.filter(pl.col(schema.ITEM_ID) == 1).row(0) == (
+        1,
+        "Toy Story",
+        1995,
+        ["Animation", "Children's", "Comedy"],
+    )
 
 
 def test_ml1m_raw_file_shape(shared_data: Path) -> None:

@@ -88,7 +88,12 @@ def test_explicit_values_override_the_preset() -> None:
 
 
 def tiny_cfg(folder: Path, cache: Path, **overrides: object) -> DataConfig:
-    settings: dict[str, object] = {"name": "ml-1m", "path": str(folder), "cache_dir": str(cache), "min_user_interactions": 1}
+    settings: dict[str, object] = {
+        "name": "ml-1m",
+        "path": str(folder),
+        "cache_dir": str(cache),
+        "min_user_interactions": 1,
+    }
     return DataConfig(**(settings | overrides))  # type: ignore[arg-type]
 
 
@@ -140,7 +145,9 @@ def test_failed_run_leaves_the_cache_alone(tiny_ml1m: Path, tmp_path: Path, monk
     with pytest.raises(DataError, match=r"ratings\.dat: line 10: column 'item_id': not a number: '4x'"):
         prepare_dataset(tiny_cfg(tiny_ml1m, cache))
     (tiny_ml1m / "ratings.dat").write_text(TINY_RATINGS)
-    assert [p.name for p in (cache / "prepared").iterdir()] == [prepared_dir(tiny_cfg(tiny_ml1m, cache), good.fingerprint).name]
+    assert [p.name for p in (cache / "prepared").iterdir()] == [
+        prepared_dir(tiny_cfg(tiny_ml1m, cache), good.fingerprint).name
+    ]
 
     # A crash while writing the cache leaves neither a partial folder nor a temp folder behind.
     def broken_stats(_ds: PreparedDataset) -> dict[str, object]:

@@ -50,11 +50,15 @@ def test_iterated_core_repeats_until_stable() -> None:
 def test_sequences_are_chronological_with_file_order_tie_break() -> None:
     frame = log([(7, "x", 1, 100), (7, "y", 1, 100), (7, "z", 1, 50), (8, "y", 1, 100), (8, "x", 1, 100)])
     assert sequences_of(frame) == {1: ["z", "x", "y"], 2: ["y", "x"]}
-    indexed = frame.with_columns(dense_index(schema.USER_ID).alias(schema.USER_IDX), dense_index(schema.ITEM_ID).alias(schema.ITEM_IDX))
+    indexed = frame.with_columns(
+        dense_index(schema.USER_ID).alias(schema.USER_IDX), dense_index(schema.ITEM_ID).alias(schema.ITEM_IDX)
+    )
     seqs = build_sequences(indexed.reverse())  # input order must not matter: the row column decides
     assert seqs[schema.ITEMS].to_list() == [[3, 1, 2], [2, 1]]
     assert seqs[schema.TIMESTAMPS].to_list() == [[50, 100, 100], [100, 100]]
-    assert seqs.schema == pl.Schema({schema.USER_IDX: pl.Int32, schema.ITEMS: pl.List(pl.Int32), schema.TIMESTAMPS: pl.List(pl.Int64)})
+    assert seqs.schema == pl.Schema(
+        {schema.USER_IDX: pl.Int32, schema.ITEMS: pl.List(pl.Int32), schema.TIMESTAMPS: pl.List(pl.Int64)}
+    )
 
 
 def test_keep_last_keeps_the_most_recent() -> None:
