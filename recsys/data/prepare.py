@@ -161,8 +161,11 @@ def build_dataset(
     stage = stage or _quiet
     stage("read")
     raw = read_raw(cfg)
+    interactions, item_table, text_columns = raw.interactions, raw.items, raw.text_columns
+    del raw  # let each filter step free the frame before it (matters at ml-25m scale)
     stage("filter")
-    kept = filter_min_rating(raw.interactions, preprocessing.min_rating)
+    kept = filter_min_rating(interactions, preprocessing.min_rating)
+    del interactions
     kept = filter_counts(
         kept, preprocessing.min_user_interactions, preprocessing.min_item_interactions, preprocessing.core
     )
@@ -180,9 +183,9 @@ def build_dataset(
     del kept
     stage("sequences")
     sequences = build_sequences(indexed)
-    items = attach_items(item_map, raw.items)
+    items = attach_items(item_map, item_table)
     stage("done")
-    return PreparedDataset(cfg.name, cfg.preset, sequences, user_map, item_map, items, fp, raw.text_columns)
+    return PreparedDataset(cfg.name, cfg.preset, sequences, user_map, item_map, items, fp, text_columns)
 
 
 def attach_items(item_map: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
