@@ -22,6 +22,27 @@ from recsys.data.dataset import Split
 Objective = Literal["shift", "mask"]
 
 
+class EpochShuffle(Sampler[int]):
+    """A random order that depends only on (seed, epoch): a run resumed at epoch N shuffles epoch N
+    exactly as the uninterrupted run did (a generator carried across epochs would not survive a restart).
+    Lightning calls `set_epoch` before each epoch, as it does for DistributedSampler."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 class SequenceDataModule(L.LightningDataModule):
     """Serves one prepared split.
 
@@ -73,16 +94,18 @@ class SequenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # The trainer runs with use_distributed_sampler=False (validation must see every user on every
         # process), so multi-process training shards its windows here.
-        sampler: Sampler | None = None
+        sampler: Sampler
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = DistributedSampler(self._train, shuffle=True, seed=self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
+        else:
+            sampler = EpochShuffle(len(self._train), self.seed)
         return DataLoader(
             self._train,
             batch_size=self.batch_size,
-            shuffle=sampler is None,
             sampler=sampler,
-            generator=generator,
+            # A loader without its own generator draws a seed from the global RNG each time an epoch
+            # starts iterating, which would shift the dropout stream of a resumed run.
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=self._training_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -96,7 +119,7 @@ class SequenceDataModule(L.LightningDataModule):
 
     def _evaluation_loader(self, rows: EvaluationRows | None) -> DataLoader:
         return DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False, collate_fn=pass_through,
-                          num_workers=0)
+                          num_workers=0, generator=torch.Generator().manual_seed(self.seed))
 
     def _training_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         windows = batch["windows"]

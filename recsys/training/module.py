@@ -48,6 +48,12 @@ class RecommenderModule(L.LightningModule):
         return self.model.score(items)
 
     # -- training -------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Dropout, negatives and masks draw from the global RNG. Reseeding it per epoch makes each epoch a
+        # function of (seed, epoch) alone, so a run resumed from a checkpoint continues exactly as the
+        # uninterrupted run would have (checkpoints do not carry RNG states).
+        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch + 1_000_000 * self.global_rank)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hidden = self.model.encode(batch["input"])  # [batch, seq_len, hidden]
         has_target = batch["target"] > 0  # [batch, seq_len]

@@ -68,7 +68,10 @@ class Tracker:
         self._client = client
 
     def finish(self, status: str = "FINISHED") -> None:
-        self._call(lambda: self._client.set_terminated(self.run_id, status=status), "close the MLflow run")
+        """Close the run; tried even after an earlier call failed, so a run is not left RUNNING."""
+        if self._client is not None and self.run_id is not None:
+            self.enabled = True
+            self._call(lambda: self._client.set_terminated(self.run_id, status=status), "close the MLflow run")
 
     @property
     def active(self) -> bool:

@@ -55,6 +55,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     from recsys.data.splits import make_split
 
     _configure_threads(cfg)
+    _quiet_libraries()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     dataset = prepare_dataset(cfg.data, progress=cfg.trainer.progress_bar)
     split = make_split(dataset, cfg.data)
@@ -128,6 +129,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     history = EpochHistory(start_tracker)
     # save_on_train_epoch_end: the checkpoint is written after EpochHistory recorded the epoch
     # (Lightning runs checkpoint callbacks last), so a resumed run knows what it already logged.
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_MONITOR,
                                  mode="max", save_top_k=1, save_last=True, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
@@ -168,6 +170,19 @@ def _precision(value: str) -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def _quiet_libraries() -> None:
+    """Lightning's device banners and tips, and MLflow's database set-up notes, say nothing a user of
+    `recsys train` needs; warnings and errors still come through."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "mlflow.store", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    # A tracking server that is down must not stall the end of a run for minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def _configure_threads(cfg: RunConfig) -> None:
@@ -291,7 +306,16 @@ def _save(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, spli
         extra={"dataset": dataset.name, "preset": dataset.preset, "fingerprint": dataset.fingerprint,
                "split": split.kind, "mlflow_run_id": tracker.run_id if tracker else None},
     )
-    return save_model(saved, run_dir / "model")
+    return save_model(saved, _free_model_dir(run_dir))
+
+
+def _free_model_dir(run_dir: Path) -> Path:
+    """run_dir/model, or model-2, model-3, ... when a resumed run already saved one (never overwritten)."""
+    candidate, n = run_dir / "model", 1
+    while candidate.exists():
+        n += 1
+        candidate = run_dir / f"model-{n}"
+    return candidate
 
 
 def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, split: Split,
@@ -337,7 +361,7 @@ def _finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str,
     tracker.log_artifact(model_dir, MODEL_ARTIFACT)
     version = None
     if cfg.tracking.register_as:
-        tags = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and "@10" in k}
+        tags = {k.replace("@", "_at_"): f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and "@10" in k}
         version = tracker.register_model(cfg.tracking.register_as, MODEL_ARTIFACT, tags)
     tracker.finish()
     return version

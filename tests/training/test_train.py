@@ -1,0 +1,142 @@
+"""Training end to end on real data (the embedded ml-latest-small, cut short) with a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recsys.data.prepare import prepare_dataset
+from recsys.saved_model import load_model_files
+from recsys.training.run_config import load_run_config
+from recsys.training.train import resume_config, train
+
+# Small enough for seconds per epoch on 2 cores, real enough to learn something: the last 30 items of
+# every ml-latest-small user, a 2-layer SASRec of width 32.
+QUICK = [
+    "data.max_history=30",
+    "model.max_len=30",
+    "model.hidden=32",
+    "trainer.progress_bar=false",
+    "trainer.threads=2",
+]
+
+
+def quick_config(tmp_path: Path, *extra: str):
+    overrides = [*QUICK, f"tracking.output_dir={tmp_path / 'runs'}",
+                 f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    return load_run_config(Path(__file__).parents[2] / "configs" / "sasrec_ml-latest-small.yaml", overrides)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory: pytest.TempPathFactory):
+    tmp_path = tmp_path_factory.mktemp("run")
+    cfg = quick_config(tmp_path, "trainer.max_epochs=2", "tracking.register_as=quick-sasrec")
+    return tmp_path, cfg, train(cfg)
+
+
+def test_run_is_logged_to_a_real_mlflow_store(two_epoch_run) -> None:
+    tmp_path, cfg, result = two_epoch_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.hidden"] == "32"
+    assert params["data.name"] == "ml-latest-small"
+    assert params["model.loss"] == "ce"
+    assert params["dataset.n_users"] == "610"
+    assert len(params["dataset.fingerprint"]) >= 16
+    assert run.data.tags["model"] == "sasrec"
+    assert run.data.tags["dataset"] == "ml-latest-small"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "recsys-ml-latest-small"
+
+    losses = client.get_metric_history(result.run_id, "train_loss")
+    assert [m.step for m in losses] == [0, 1]
+    assert losses[1].value < losses[0].value  # it learns
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_ndcg_at_10")] == [0, 1]
+    assert 0.0 <= run.data.metrics["test_ndcg_at_10"] <= run.data.metrics["test_hr_at_10"] <= 1.0
+    assert run.data.metrics["test_hr_at_10"] == pytest.approx(result.metrics["test_hr@10"])
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "plots", "model"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/test_metrics_at_k.png"} <= plots
+    model_files = {a.path for a in client.list_artifacts(result.run_id, "model")}
+    assert "model/weights.safetensors" in model_files and "model/manifest.json" in model_files
+
+    versions = client.search_model_versions("name='quick-sasrec'")
+    assert [v.run_id for v in versions] == [result.run_id]
+
+
+def test_saved_model_holds_everything_needed_to_recommend(two_epoch_run) -> None:
+    _, cfg, result = two_epoch_run
+    saved = load_model_files(result.model_dir)
+    assert saved.model_name == "sasrec"
+    dataset = prepare_dataset(cfg.data)
+    assert saved.n_items == saved.item_map.height == dataset.n_items
+    assert dataset.n_items < 9724  # max_history=30 leaves part of the catalogue
+    assert saved.user_map.height == saved.histories.height == 610
+    assert saved.items.height == dataset.n_items and "title" in saved.items.columns
+    assert saved.state_dict["item_emb.weight"].shape == (dataset.n_items + 1, 32)
+    assert saved.histories["items"].to_list() == dataset.sequences["items"].to_list()
+    assert saved.config["model"]["hidden"] == 32
+    assert saved.metrics["test_ndcg@10"] == pytest.approx(result.metrics["test_ndcg@10"])
+    assert saved.extra["fingerprint"]
+    assert (result.run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (result.run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_full_ranking_metrics_are_consistent(two_epoch_run) -> None:
+    _, _, result = two_epoch_run
+    m = result.metrics
+    assert m["test_n_users"] == 610
+    for split in ("valid", "test"):
+        hr = [m[f"{split}_hr@{k}"] for k in (1, 5, 10, 20, 50)]
+        assert hr == sorted(hr)  # HR@K grows with K
+        assert m[f"{split}_hr@1"] == pytest.approx(m[f"{split}_ndcg@1"]) == pytest.approx(m[f"{split}_mrr@1"])
+        assert m[f"{split}_mrr@10"] <= m[f"{split}_ndcg@10"] <= m[f"{split}_hr@10"]
+
+
+def test_runs_never_clobber_each_other(tmp_path: Path) -> None:
+    cfg = quick_config(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=1")
+    first, second = train(cfg), train(cfg)
+    assert first.run_dir != second.run_dir
+    assert first.model_dir.is_dir() and second.model_dir.is_dir()
+    assert first.run_id != second.run_id
+
+
+def test_same_seed_reproduces_metrics_exactly(tmp_path: Path) -> None:
+    cfg = quick_config(tmp_path, "trainer.max_epochs=1", "tracking.enabled=false")
+    first, second = train(cfg), train(cfg)
+    assert first.metrics["test_ndcg@10"] == second.metrics["test_ndcg@10"]
+    assert {k: v for k, v in first.metrics.items() if k != "fit_s"} == \
+        {k: v for k, v in second.metrics.items() if k != "fit_s"}
+
+
+def test_resume_continues_the_same_run_without_gaps(tmp_path: Path) -> None:
+    straight = train(quick_config(tmp_path / "straight", "trainer.max_epochs=2", "tracking.enabled=false"))
+
+    first = train(quick_config(tmp_path, "trainer.max_epochs=1"))
+    resumed = train(resume_config(first.run_dir, ["trainer.max_epochs=2"]), resume=first.run_dir)
+    assert resumed.run_id == first.run_id
+    assert resumed.run_dir == first.run_dir
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [0, 1]
+    # Each epoch's randomness depends only on (seed, epoch): resuming equals not stopping.
+    assert resumed.metrics["test_ndcg@10"] == pytest.approx(straight.metrics["test_ndcg@10"], abs=1e-6)
+    info = json.loads((first.run_dir / "run.json").read_text())
+    assert info["run_id"] == first.run_id
+
+
+def test_unreachable_tracking_store_does_not_stop_training(tmp_path: Path) -> None:
+    # Port 9 (discard) on localhost: nothing listens, the connection is refused at once.
+    cfg = quick_config(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                       "tracking.tracking_uri=http://127.0.0.1:9")
+    with pytest.warns(RuntimeWarning, match="MLflow tracking at http://127.0.0.1:9 failed"):
+        result = train(cfg)
+    assert result.model_dir is not None and (result.model_dir / "manifest.json").is_file()
+    assert result.run_id is None
+
