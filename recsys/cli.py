@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(commands)
     add_train_command(commands)
     add_evaluate_command(commands)
+    add_recommend_command(commands)
+    add_serve_command(commands)
     return parser
 
 
@@ -255,6 +257,101 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for k in ks:
         print(f"{k:>4}  {result[f'hr@{k}']:8.4f}  {result[f'ndcg@{k}']:8.4f}  {result[f'mrr@{k}']:8.4f}  "
               f"{result[f'coverage@{k}']:8.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# recsys recommend / serve
+
+
+def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    recommend = commands.add_parser(
+        "recommend",
+        help="top-k items for a known user or a list of items, from a saved model",
+        description="Recommend the next items for a known user (their saved history) or for any sequence of "
+        "item ids (oldest first), from a model directory or an MLflow URI (runs:/<run_id>/model, "
+        "models:/<name>/<version>). Items the user has seen are left out unless --include-seen.",
+        formatter_class=_formatter,
+    )
+    recommend.add_argument("--model", required=True, metavar="DIR|URI",
+                           help="saved model directory, runs:/<run_id>/<path> or models:/<name>/<version>")
+    query = recommend.add_mutually_exclusive_group(required=True)
+    query.add_argument("--user", metavar="ID", help="a known user's original id")
+    query.add_argument("--items", metavar="ID,ID,...", help="comma-separated original item ids, oldest first")
+    recommend.add_argument("-k", type=int, default=10, help="number of items to recommend")
+    recommend.add_argument("--format", choices=("table", "json"), default="table",
+                           help="a readable table, or JSON for scripts")
+    recommend.add_argument("--include-seen", action="store_true",
+                           help="allow items of the history in the results (default: left out)")
+    recommend.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat",
+                           help="FAISS index: flat is exact; hnsw and ivf are approximate, for large catalogues")
+    recommend.add_argument("--on-unknown", choices=("skip", "error"), default="skip",
+                           help="item ids the model does not know: skip them (with a warning) or fail")
+    recommend.add_argument("--tracking-uri", default=None,
+                           help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
+                           "else sqlite:///mlflow.db)")
+    recommend.set_defaults(handler=run_recommend)
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    """`recsys recommend`: print the top-k as a table (rank, item id, title, score) or as JSON."""
+    import json
+
+    from recsys.retrieval.recommender import Recommender
+
+    rec = Recommender.load(args.model, index=args.index, tracking_uri=args.tracking_uri)
+    skipped: list[object] = []
+    if args.user is not None:
+        recs = rec.recommend(user=args.user, k=args.k, exclude_seen=not args.include_seen)
+    else:
+        items = [item.strip() for item in args.items.split(",") if item.strip()]
+        known, skipped = rec.split_known(items)
+        if skipped and args.on_unknown == "skip":
+            print(f"warning: skipped {len(skipped)} unknown item ids: {', '.join(map(str, skipped))}",
+                  file=sys.stderr)
+        history = known if known and args.on_unknown == "skip" else items
+        recs = rec.recommend(history=history, k=args.k, exclude_seen=not args.include_seen,
+                             on_unknown=args.on_unknown)
+    if args.format == "json":
+        rows = [{"rank": rank, "item_id": r.item_id, "title": r.title, "score": r.score}
+                for rank, r in enumerate(recs, start=1)]
+        print(json.dumps({"model": str(args.model), "user": args.user, "items": rows, "skipped_items": skipped},
+                         indent=2, default=str))
+        return 0
+    width = max([len(str(r.item_id)) for r in recs] + [7])
+    print(f"{'rank':>4}  {'item_id':>{width}}  {'score':>8}  title")
+    for rank, r in enumerate(recs, start=1):
+        title = r.title if r.title is not None else "-"
+        print(f"{rank:>4}  {str(r.item_id):>{width}}  {r.score:8.4f}  {title[:70]}")
+    return 0
+
+
+def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = commands.add_parser(
+        "serve",
+        help="serve a saved model over HTTP (POST /recommend, /recommend/batch; GET /health)",
+        description="Serve recommendations from a saved model over HTTP with FastAPI and uvicorn. Endpoints: "
+        "POST /recommend, POST /recommend/batch, GET /health, GET /items/{item_id}; the OpenAPI description "
+        "is at /openapi.json and interactive docs at /docs.",
+        formatter_class=_formatter,
+    )
+    serve.add_argument("--model", required=True, metavar="DIR|URI",
+                       help="saved model directory, runs:/<run_id>/<path> or models:/<name>/<version>")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat",
+                       help="FAISS index: flat is exact; hnsw and ivf are approximate, for large catalogues")
+    serve.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
+                       "else sqlite:///mlflow.db)")
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`recsys serve`: load the model, then serve it until interrupted."""
+    from recsys.serving.http import serve
+
+    serve(args.model, host=args.host, port=args.port, index=args.index, tracking_uri=args.tracking_uri)
     return 0
 
 

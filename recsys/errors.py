@@ -24,3 +24,8 @@ class NotFittedError(RecsysError):
 
 class UnknownIdError(RecsysError):
     """A user or item id that the model does not know."""
+
+
+class InvalidRequestError(RecsysError):
+    """A recommendation request that cannot be answered as asked: k out of range, an empty history, an
+    unknown option value, more results asked for than items are left after filtering."""

@@ -359,6 +359,13 @@ def _finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str,
     tracker.log_metrics(metrics, step=final_step)
     tracker.log_artifact(plots, "plots")
     tracker.log_artifact(model_dir, MODEL_ARTIFACT)
+    try:  # the pyfunc flavour (for `mlflow models serve`) is a bonus: its failure must not fail the run
+        from recsys.retrieval.pyfunc import log_pyfunc  # lazy: retrieval sits above training
+
+        log_pyfunc(model_dir, tracker.uri, run_id=tracker.run_id)
+    except Exception as exc:  # noqa: BLE001 - like Tracker._call: warn, keep the run and the saved model
+        warnings.warn(f"could not log the MLflow pyfunc model ({str(exc).strip()[:200]}); the model "
+                      "directory is still logged as an artifact", RuntimeWarning, stacklevel=2)
     version = None
     if cfg.tracking.register_as:
         tags = {k.replace("@", "_at_"): f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and "@10" in k}

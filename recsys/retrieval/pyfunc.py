@@ -1,0 +1,139 @@
+"""The saved model as an MLflow pyfunc, so `mlflow models serve` and `mlflow.pyfunc.load_model` can use it.
+
+Input: a pandas DataFrame, one query per row, with a `user_id` column (known users) and/or an `items` column
+(lists of original item ids, oldest first; used where user_id is missing), plus an optional `k` column
+(default: the `k` param, else 10). Output: a DataFrame with one row per recommendation: `query` (the input
+row's position), `rank` (1 = best), `item_id`, `title`, `score`. Seen items are excluded, unknown history items
+skipped (as `Recommender.recommend` does by default).
+
+The pyfunc holds the model directory as an artifact (`artifacts/model_dir`) and the recsys package as code,
+so it loads wherever its pip requirements are installed; nothing is pickled but this small wrapper.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+from recsys.errors import InvalidRequestError
+from recsys.saved_model import read_manifest
+
+MODEL_DIR_ARTIFACT = "model_dir"
+DEFAULT_K = 10
+# Packages the wrapper needs at predict time (recsys itself travels as code).
+RUNTIME_PACKAGES = ("torch", "faiss-cpu", "polars", "numpy", "pandas", "safetensors", "pyyaml", "mlflow")
+
+
+class RecsysPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """`Recommender` behind MLflow's pyfunc interface; see the module docstring for the frames."""
+
+    def load_context(self, context: Any) -> None:
+        from recsys.retrieval.recommender import Recommender
+
+        # save_index=False: the artifact folder may be read-only or shared; a flat index builds in milliseconds.
+        self.recommender = Recommender.load(context.artifacts[MODEL_DIR_ARTIFACT], save_index=False)
+
+    # No type hints here on purpose: MLflow reads predict's hints as an input schema and rejects `Any`.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        return predict_frame(self.recommender, _as_frame(model_input), int((params or {}).get("k", DEFAULT_K)))
+
+
+def predict_frame(recommender: Any, frame: pd.DataFrame, default_k: int = DEFAULT_K) -> pd.DataFrame:
+    """Recommendations for every row of `frame` (see the module docstring), batched per (kind, k)."""
+    if "user_id" not in frame.columns and "items" not in frame.columns:
+        raise InvalidRequestError(f"input needs a 'user_id' or an 'items' column, got {list(frame.columns)}")
+    groups: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+    for position, row in enumerate(frame.to_dict("records")):
+        k = row.get("k", default_k)
+        k = default_k if _missing(k) else int(k)
+        user = row.get("user_id")
+        if not _missing(user):
+            groups.setdefault(("user", k), []).append((position, user))
+        elif row.get("items") is not None and not isinstance(row.get("items"), float):
+            groups.setdefault(("items", k), []).append((position, list(row["items"])))
+        else:
+            raise InvalidRequestError(f"row {position}: neither a user_id nor a list of items")
+    out: list[dict[str, Any]] = []
+    for (kind, k), rows in groups.items():
+        values = [value for _, value in rows]
+        results = (recommender.recommend_batch(users=values, k=k) if kind == "user"
+                   else recommender.recommend_batch(histories=values, k=k))
+        for (position, _), recs in zip(rows, results):
+            out.extend({"query": position, "rank": rank, "item_id": rec.item_id, "title": rec.title,
+                        "score": rec.score} for rank, rec in enumerate(recs, start=1))
+    columns = ["query", "rank", "item_id", "title", "score"]
+    return pd.DataFrame(out, columns=columns).sort_values(["query", "rank"], kind="stable").reset_index(drop=True)
+
+
+def log_pyfunc(model_dir: str | Path, tracking_uri: str | None = None, run_id: str | None = None,
+               experiment: str | None = None, artifact_path: str = "pyfunc") -> str:
+    """Log `model_dir` as a pyfunc model into run `run_id` (or a new run of `experiment`) at
+    `artifact_path`; returns its URI, `runs:/<run_id>/<artifact_path>`, for `mlflow.pyfunc.load_model` or
+    `mlflow models serve -m`. Uses only an MlflowClient (no global MLflow state is changed)."""
+    from mlflow.tracking import MlflowClient
+
+    from recsys.training.tracking import resolve_tracking_uri
+
+    read_manifest(model_dir)  # a clear ModelLoadError before anything is logged
+    if (run_id is None) == (experiment is None):
+        raise InvalidRequestError("log_pyfunc needs exactly one of run_id or experiment")
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    new_run = run_id is None
+    if run_id is None:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        run_id = client.create_run(experiment_id, run_name="recsys-pyfunc").info.run_id
+    with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
+        saved = Path(tmp) / artifact_path
+        mlflow.pyfunc.save_model(
+            path=str(saved),
+            python_model=RecsysPyfunc(),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            code_paths=[_package_copy(Path(tmp) / "code")],
+            pip_requirements=_requirements(),
+        )
+        client.log_artifacts(run_id, str(saved), artifact_path)
+    if new_run:
+        client.set_terminated(run_id)
+    return f"runs:/{run_id}/{artifact_path}"
+
+
+def _package_copy(into: Path) -> str:
+    """The recsys package without caches or the embedded datasets (a served model needs neither)."""
+    import recsys
+
+    target = into / "recsys"
+    shutil.copytree(Path(recsys.__file__).parent, target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "embedded"))
+    return str(target)
+
+
+def _requirements() -> list[str]:
+    out = []
+    for name in RUNTIME_PACKAGES:
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _as_frame(model_input: Any) -> pd.DataFrame:
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    return pd.DataFrame(model_input)  # a list of records, a dict of columns
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array is not a missing scalar
+        return False

@@ -1,0 +1,397 @@
+"""`Recommender`: next-item recommendations from a saved model, the public Python API.
+
+    rec = Recommender.load("runs/.../model")                    # or runs:/<run_id>/model, models:/<name>/<version>
+    rec.recommend(user=42, k=10)                                 # a known user: their saved history
+    rec.recommend(history=[1, 260, 1196], k=10)                  # any sequence of original item ids, oldest first
+    rec.recommend_batch(users=[1, 2, 3], k=10)                   # one list per user, same as one call each
+
+Results are lists of `Recommendation(item_id, title, score)`, best first: `item_id` is the original id,
+`title` None where the item table has none, `score` the inner product `user_vector . item_vector`.
+
+Filtering: seen items (the history) are excluded unless `exclude_seen=False`; `deny` items never appear;
+`allow` restricts the results to those items (scored exactly). Asking for more results (k) than items are
+left after filtering is an InvalidRequestError naming both numbers, never a silently short list.
+
+Unknown item ids in a history are skipped with an `UnknownItemsWarning` listing them (`on_unknown="skip"`,
+the default) or raise UnknownIdError (`on_unknown="error"`); a history left empty is an InvalidRequestError.
+An unknown user is an UnknownIdError naming the id. Unknown ids in `allow`/`deny` are ignored: a deny list
+written for a whole catalogue should not break on a smaller model.
+
+The model always runs on the CPU unless `device` says otherwise, whatever device trained it; item vectors are
+searched with FAISS (`recsys.retrieval.index`), exactly by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from recsys.data import schema
+from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, UnknownIdError
+from recsys.retrieval.index import IndexConfig, ItemIndex, as_index_config, load_or_build, top_k_filtered
+from recsys.saved_model import FORMAT_VERSION, SavedModel, load_model_files, read_manifest
+
+OnUnknown = Literal["skip", "error"]
+ENCODE_BATCH = 256  # users encoded at a time: bounds the [batch, len, len] attention memory
+_IMMUTABLE_URI = re.compile(r"^(runs:/[^/]+/.+|models:/[^/@]+/\d+)$")  # safe to serve from the download cache
+
+
+class UnknownItemsWarning(UserWarning):
+    """Item ids of a history that the model does not know, skipped (on_unknown="skip")."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """One recommended item."""
+
+    item_id: Any
+    """The original item id (the dtype of the training data)."""
+    title: str | None
+    """The item's title, None where the item table has none."""
+    score: float
+    """Inner product of the user vector and the item vector: higher is better; comparable within one call."""
+
+
+class Recommender:
+    """Recommendations from a saved model. Create it with `Recommender.load(...)` (or `from_saved`); an
+    instance that was not loaded raises NotFittedError. Safe to call from several threads once loaded."""
+
+    def __init__(self) -> None:
+        self._loaded = False
+        self.directory: Path | None = None
+        self.model_name = ""
+        self.format_version = FORMAT_VERSION
+        self.n_items = 0
+        self.n_users = 0
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path_or_uri: str | Path, index: str | IndexConfig = "flat", device: str = "cpu",
+             tracking_uri: str | None = None, cache_dir: str | Path | None = None,
+             save_index: bool = True) -> "Recommender":
+        """Load a saved model: a directory, `runs:/<run_id>/<path>` or `models:/<name>/<version|alias>`.
+
+        MLflow URIs are downloaded into `cache_dir` (default: $RECSYS_CACHE or ~/.cache/recsys, under
+        `models/`) from `tracking_uri` (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); a run
+        artifact or numbered version already there is reused. The index of kind `index` is loaded from the
+        model directory, or built and saved there (see `recsys.retrieval.index.load_or_build`).
+        Raises ModelLoadError for a missing, corrupt or incompatible model (or a failed download).
+        """
+        directory = resolve_model_dir(path_or_uri, tracking_uri=tracking_uri, cache_dir=cache_dir)
+        manifest = read_manifest(directory)
+        saved = load_model_files(directory)
+        rec = cls.from_saved(saved, index=index, device=device, directory=directory, save_index=save_index)
+        rec.format_version = int(manifest["format_version"])
+        return rec
+
+    @classmethod
+    def from_saved(cls, saved: SavedModel, index: str | IndexConfig = "flat", device: str = "cpu",
+                   directory: str | Path | None = None, save_index: bool = True) -> "Recommender":
+        """A Recommender over an in-memory SavedModel; the index is saved in `directory` if one is given."""
+        from recsys.training.run_config import run_config_from_dict
+        from recsys.training.train import build_model
+
+        cfg = run_config_from_dict(saved.config, where=f"{directory or 'saved model'}: config")
+        model = build_model(cfg.model_name, cfg.model, saved.n_items)
+        try:
+            model.load_state_dict(saved.state_dict)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{directory or 'saved model'}: weights do not fit the {cfg.model_name} config "
+                                 f"({str(exc).splitlines()[0]})") from None
+        rec = cls()
+        rec._model = model.to(device).eval()
+        rec._device = torch.device(device)
+        rec._max_len = int(cfg.model.max_len)
+        rec.directory = Path(directory) if directory is not None else None
+        rec.model_name = saved.model_name
+        rec.n_items = saved.n_items
+        rec.n_users = saved.user_map.height
+        rec.metrics = dict(saved.metrics)
+        rec._set_tables(saved)
+        with torch.no_grad():
+            # [n_items, hidden]: row i is item_idx i + 1 (row 0 of item_vectors() is padding, not indexed)
+            rec._vectors = np.ascontiguousarray(model.item_vectors()[1:].detach().float().cpu().numpy())
+        rec.index = load_or_build(rec.directory if save_index else None, rec._vectors, as_index_config(index))
+        rec._loaded = True
+        return rec
+
+    def _set_tables(self, saved: SavedModel) -> None:
+        item_ids = saved.item_map.sort(schema.ITEM_IDX)
+        self._item_ids: list[Any] = [None, *item_ids[schema.ITEM_ID].to_list()]  # position = item_idx
+        self._item_idx = dict(zip(item_ids[schema.ITEM_ID].to_list(), item_ids[schema.ITEM_IDX].to_list()))
+        self._items_numeric = item_ids[schema.ITEM_ID].dtype.is_numeric()
+        self._titles: list[str | None] = [None] * (self.n_items + 1)
+        if schema.TITLE in saved.items.columns and schema.ITEM_IDX in saved.items.columns:
+            for idx, title in saved.items.select(schema.ITEM_IDX, schema.TITLE).iter_rows():
+                if idx is not None and 0 < idx <= self.n_items:
+                    self._titles[idx] = title
+        self._items_table = saved.items
+        users = saved.user_map
+        self._user_idx = dict(zip(users[schema.USER_ID].to_list(), users[schema.USER_IDX].to_list()))
+        self._users_numeric = users[schema.USER_ID].dtype.is_numeric()
+        self._histories: dict[int, np.ndarray] = {
+            int(idx): np.asarray(items, dtype=np.int64)
+            for idx, items in saved.histories.select(schema.USER_IDX, schema.ITEMS).iter_rows()
+        }
+
+    # -- recommending --------------------------------------------------------------------------------------
+
+    def recommend(self, user: Any = None, history: Sequence[Any] | None = None, k: int = 10,
+                  exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
+                  on_unknown: OnUnknown = "skip") -> list[Recommendation]:
+        """Top k items for a known `user` (original id) or for a `history` of original item ids, oldest first.
+
+        Exactly one of user/history. Best first. Errors: NotFittedError before load; UnknownIdError for an
+        unknown user (or an unknown item with on_unknown="error"); InvalidRequestError for k < 1, an empty
+        history, or k larger than the number of items left after filtering.
+        """
+        if (user is None) == (history is None):
+            raise InvalidRequestError("pass exactly one of user=... or history=[...]")
+        if user is not None:
+            return self._batch([user], None, k, exclude_seen, allow, deny, on_unknown)[0]
+        return self._batch(None, [history], k, exclude_seen, allow, deny, on_unknown)[0]
+
+    def recommend_batch(self, users: Sequence[Any] | None = None, histories: Sequence[Sequence[Any]] | None = None,
+                        k: int = 10, exclude_seen: bool = True, allow: Iterable[Any] | None = None,
+                        deny: Iterable[Any] | None = None,
+                        on_unknown: OnUnknown = "skip") -> list[list[Recommendation]]:
+        """`recommend` for many users or many histories at once: one result list per input, in input order,
+        equal to calling `recommend` for each (but encoded and searched in batches)."""
+        return self._batch(users, histories, k, exclude_seen, allow, deny, on_unknown)
+
+    def _batch(self, users: Sequence[Any] | None, histories: Sequence[Sequence[Any]] | None, k: int,
+               exclude_seen: bool, allow: Iterable[Any] | None, deny: Iterable[Any] | None,
+               on_unknown: OnUnknown) -> list[list[Recommendation]]:
+        """Both public methods, which call it directly: the warning's stacklevel 3 names their caller."""
+        self._check_loaded()
+        if (users is None) == (histories is None):
+            raise InvalidRequestError("pass exactly one of users=[...] or histories=[[...], ...]")
+        _check_k(k)
+        if on_unknown not in ("skip", "error"):
+            raise InvalidRequestError(f"on_unknown must be 'skip' or 'error', got {on_unknown!r}")
+        if users is not None:
+            names = [f"user {user!r}" for user in users]
+            sequences = [self._history_of(user) for user in users]
+        else:
+            rows = list(histories or [])
+            names = [f"history {row}" if len(rows) > 1 else "the history" for row in range(len(rows))]
+            sequences = []
+            for items, name in zip(rows, names):
+                known, unknown = self._map_history(items, on_unknown, name)
+                if unknown:
+                    warnings.warn(f"{name}: skipped {len(unknown)} unknown item ids: {_preview(unknown)}",
+                                  UnknownItemsWarning, stacklevel=3)
+                sequences.append(known)
+        return self._rank(sequences, names, k, exclude_seen, allow, deny)
+
+    def split_known(self, item_ids: Iterable[Any]) -> tuple[list[Any], list[Any]]:
+        """(known, unknown) original item ids, each in input order: what on_unknown="skip" keeps and drops."""
+        self._check_loaded()
+        known, unknown = [], []
+        for item in item_ids:
+            (known if self._lookup_item(item) is not None else unknown).append(item)
+        return known, unknown
+
+    def history(self, user: Any) -> list[Any]:
+        """The saved history of a known user as original item ids, oldest first; UnknownIdError otherwise."""
+        self._check_loaded()
+        return [self._item_ids[idx] for idx in self._history_of(user)]
+
+    def item(self, item_id: Any) -> dict[str, Any]:
+        """The item table's row for an original item id (item_id, title, year, genres, ...); UnknownIdError."""
+        self._check_loaded()
+        idx = self._lookup_item(item_id)
+        if idx is None:
+            raise UnknownIdError(f"item_id {item_id!r} is not in the model's catalogue ({self.n_items} items)")
+        rows = self._items_table.filter(self._items_table[schema.ITEM_IDX] == idx).to_dicts()
+        row = rows[0] if rows else {}
+        return {"item_id": self._item_ids[idx], **{k: v for k, v in row.items() if k != schema.ITEM_IDX}}
+
+    @property
+    def index_kind(self) -> str:
+        """The FAISS index kind in use: flat, hnsw or ivf."""
+        self._check_loaded()
+        return self.index.config.kind
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _rank(self, sequences: list[np.ndarray], names: list[str], k: int, exclude_seen: bool,
+              allow: Iterable[Any] | None, deny: Iterable[Any] | None) -> list[list[Recommendation]]:
+        if not sequences:
+            return []
+        deny_idx = self._known_idx(deny) if deny is not None else np.empty(0, dtype=np.int64)
+        filtered = [np.union1d(seq, deny_idx) if exclude_seen else deny_idx for seq in sequences]
+        queries = self._encode(sequences)  # [batch, hidden]
+        if allow is not None:
+            scores, labels = self._rank_allowed(queries, filtered, names, k, self._known_idx(allow))
+        else:
+            for items, name in zip(filtered, names):
+                _check_left(k, self.n_items - len(items), name, "of the catalogue")
+            scores, labels = top_k_filtered(self.index, self._vectors, queries, k, filtered)
+        return [[Recommendation(self._item_ids[idx], self._titles[idx], float(score))
+                 for score, idx in zip(row_scores, row_labels)] for row_scores, row_labels in zip(scores, labels)]
+
+    def _rank_allowed(self, queries: np.ndarray, filtered: list[np.ndarray], names: list[str], k: int,
+                      allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top k among the allowed items (an allow list is small: scoring it beats oversampling)."""
+        scores = queries @ self._vectors[allowed - 1].T  # [batch, n_allowed]
+        for row, (items, name) in enumerate(zip(filtered, names)):
+            out = np.isin(allowed, items)
+            _check_left(k, len(allowed) - int(out.sum()), name, "of the allow list")
+            scores[row, out] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, axis=1), allowed[top]
+
+    def _encode(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """User vectors [batch, hidden]. Users are encoded in batches of similar length, each padded only to
+        its longest history: SASRec's states do not depend on the amount of left padding, and short
+        batches cost far less attention."""
+        from recsys.data.batches import left_pad
+
+        out = np.empty((len(sequences), self._vectors.shape[1]), dtype=np.float32)
+        order = np.argsort([len(seq) for seq in sequences], kind="stable")
+        with torch.inference_mode():
+            for start in range(0, len(order), ENCODE_BATCH):
+                rows = order[start:start + ENCODE_BATCH]
+                length = min(self._max_len, max(len(sequences[row]) for row in rows))
+                items = left_pad([sequences[row] for row in rows], length).to(self._device)
+                out[rows] = self._model.user_vector(items).float().cpu().numpy()
+        return out
+
+    def _history_of(self, user: Any) -> np.ndarray:
+        idx = self._user_idx.get(_coerce(user, self._users_numeric)) if not isinstance(user, bool) else None
+        if idx is None:
+            raise UnknownIdError(f"user_id {user!r} is not a known user of this model ({self.n_users} users)")
+        history = self._histories.get(int(idx))
+        if history is None or len(history) == 0:
+            raise InvalidRequestError(f"history is empty: user_id {user!r} has no saved history")
+        return history
+
+    def _map_history(self, items: Sequence[Any], on_unknown: OnUnknown, name: str) -> tuple[np.ndarray, list[Any]]:
+        """(item_idx of the known items, unknown original ids); raises as on_unknown and emptiness say."""
+        if isinstance(items, (str, bytes)):
+            raise InvalidRequestError(f"{name}: expected a list of item ids, got the string {items!r}")
+        mapped = [self._lookup_item(item) for item in items]
+        unknown = [item for item, idx in zip(items, mapped) if idx is None]
+        if unknown and on_unknown == "error":
+            raise UnknownIdError(f"{name}: unknown item ids {_preview(unknown)} ({self.n_items} items known)")
+        known = np.asarray([idx for idx in mapped if idx is not None], dtype=np.int64)
+        if len(known) == 0:
+            skipped = f" after skipping {len(unknown)} unknown item ids {_preview(unknown)}" if unknown else ""
+            raise InvalidRequestError(f"history is empty{skipped}: {name} needs at least one known item id")
+        return known, unknown
+
+    def _lookup_item(self, item: Any) -> int | None:
+        if isinstance(item, bool):  # True == 1 in a dict lookup; a flag is never an item id
+            return None
+        try:
+            return self._item_idx.get(_coerce(item, self._items_numeric))
+        except TypeError:  # unhashable, e.g. a nested list
+            return None
+
+    def _known_idx(self, item_ids: Iterable[Any]) -> np.ndarray:
+        if isinstance(item_ids, (str, bytes)):
+            raise InvalidRequestError(f"allow/deny must be lists of item ids, got the string {item_ids!r}")
+        found = (self._lookup_item(item) for item in item_ids)
+        return np.unique(np.asarray([idx for idx in found if idx is not None], dtype=np.int64))
+
+    def _check_loaded(self) -> None:
+        if not self._loaded:
+            raise NotFittedError("this Recommender holds no model: create it with Recommender.load(path_or_uri)")
+
+    def __repr__(self) -> str:
+        if not self._loaded:
+            return "Recommender(not loaded)"
+        return (f"Recommender({self.model_name}, {self.n_items} items, {self.n_users} users, "
+                f"index={self.index.config.kind}, directory={self.directory})")
+
+
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidRequestError(f"k must be a positive integer, got {k!r}")
+    if k < 1:
+        raise InvalidRequestError(f"k must be at least 1, got {k}")
+
+
+def _check_left(k: int, left: int, name: str, where: str) -> None:
+    if k > left:
+        raise InvalidRequestError(f"k={k} but only {left} items {where} are left for {name} after filtering "
+                                  "(seen items and the deny list); ask for fewer")
+
+
+def _coerce(value: Any, numeric: bool) -> Any:
+    """Match the id map's dtype: '42' finds item 42 in an integer map (ids typed on a command line or in a
+    URL) and 42 finds '42' in a string map."""
+    if numeric and isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+    if not numeric and isinstance(value, (int, np.integer)):
+        return str(value)
+    return value
+
+
+def _preview(values: list[Any], limit: int = 10) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+# -- MLflow URIs ------------------------------------------------------------------------------------------------
+
+
+def resolve_model_dir(path_or_uri: str | Path, tracking_uri: str | None = None,
+                      cache_dir: str | Path | None = None) -> Path:
+    """A local model directory for a path, `runs:/...` or `models:/...` URI (downloaded into the cache)."""
+    text = str(path_or_uri)
+    if not text.startswith(("runs:/", "models:/")):
+        return Path(path_or_uri).expanduser()
+    from recsys.data.prepare import cache_root
+    from recsys.training.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "models"
+    target = root / hashlib.sha256(f"{uri}|{text}".encode()).hexdigest()[:20]
+    if _IMMUTABLE_URI.match(text) and (target / "manifest.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        found = _download(text, uri, tmp)
+        shutil.rmtree(target, ignore_errors=True)  # a moved alias (models:/name@alias) replaces its old copy
+        try:
+            os.rename(found, target)
+        except OSError:
+            if not (target / "manifest.json").is_file():  # another process may have just put it there
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _download(uri: str, tracking_uri: str, into: Path) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into),
+                                                         tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{uri}: cannot download it from MLflow at {tracking_uri} ({first[:300]})") from None
+    for candidate in (local, *sorted(p for p in local.iterdir() if p.is_dir())) if local.is_dir() else ():
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    raise ModelLoadError(f"{uri}: the MLflow artifact at {tracking_uri} is not a recsys model directory "
+                         "(no manifest.json); point at the logged model folder, e.g. runs:/<run_id>/model")

@@ -1,0 +1,1 @@
+"""Serving: HTTP over `recsys.retrieval.Recommender` (see `recsys.serving.http`)."""
