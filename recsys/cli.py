@@ -344,6 +344,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--tracking-uri", default=None,
                        help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
                        "else sqlite:///mlflow.db)")
+    serve.add_argument("--precompute-users", action="store_true",
+                       help="encode every known user at start-up: requests by user_id then only search the index")
     serve.set_defaults(handler=run_serve)
 
 
@@ -351,7 +353,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """`recsys serve`: load the model, then serve it until interrupted."""
     from recsys.serving.http import serve
 
-    serve(args.model, host=args.host, port=args.port, index=args.index, tracking_uri=args.tracking_uri)
+    serve(args.model, host=args.host, port=args.port, index=args.index, tracking_uri=args.tracking_uri,
+          precompute_users=args.precompute_users)
     return 0
 
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 IndexKind = Literal["flat", "hnsw", "ivf"]
 KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
 INDEX_FORMAT_VERSION = 1
+SMALL_BATCH = 16  # fewer queries than this are searched on one thread (see ItemIndex._search)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,9 +168,24 @@ class ItemIndex:
             import faiss
 
             params = faiss.SearchParametersHNSW(efSearch=n)
-        scores, labels = self.index.search(queries, n, params=params)
+        scores, labels = self._search(queries, n, params)
         scores[labels < 0] = -np.inf
         return scores, labels
+
+    def _search(self, queries: np.ndarray, n: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        threads = faiss.omp_get_max_threads()
+        if len(queries) >= SMALL_BATCH or threads == 1:
+            return self.index.search(queries, n, params=params)
+        # A few queries gain nothing from OpenMP, and on a busy machine its barrier waits for a descheduled
+        # thread: one query over 50k items took 24 ms with 2 threads and 0.5 ms with 1. The setting is per
+        # calling thread (an OpenMP ICV), so concurrent searches do not disturb each other.
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(queries, n, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
 
     # -- persistence -------------------------------------------------------------------------------------
 
@@ -270,31 +286,39 @@ def load_or_build(directory: str | Path | None, vectors: np.ndarray, config: Ind
 
 
 MASK_CELLS = 1 << 25  # rows x catalogue booleans per chunk of `top_k_filtered` (32 MB)
+FILTER_GROUP = 256  # queries searched together by `top_k_filtered`
+DENSE_CANDIDATES = 128  # a flat search for more candidates than this scores all items instead (_dense_top_k)
 
 
 def top_k_filtered(index: ItemIndex, vectors: np.ndarray, queries: np.ndarray, k: int,
                    filtered: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Top k items per query leaving out each query's `filtered` item_idx: (scores [b, k], item_idx [b, k]).
 
-    Oversampling: a query with f filtered items searches k + f candidates (the chunk's largest f), so k
-    survive whatever the filter removes; for a flat index that is exact. An approximate index can still come
-    back short (it may return fewer candidates than asked for): those queries are scored exactly against
-    `vectors` [n_items, dim] instead. The caller makes sure that every query has at least k items left.
-    Rows are ordered by score, best first.
+    Oversampling: a query with f filtered items searches k + f candidates (the largest f of its group of
+    queries with similar f), so k survive whatever the filter removes; for a flat index that is exact, and
+    beyond DENSE_CANDIDATES candidates a flat search scores all `vectors` [n_items, dim] in one matrix product
+    instead (same result, faster). An approximate index can still come back short (it may return fewer
+    candidates than asked for): those queries are scored exactly against `vectors`. The caller makes sure
+    that every query has at least k items left. Rows are ordered by score, best first.
     """
     n_items = index.n_items
     out_scores = np.empty((len(queries), k), dtype=np.float32)
     out_labels = np.empty((len(queries), k), dtype=np.int64)
-    step = max(1, MASK_CELLS // (n_items + 1))
-    for start in range(0, len(queries), step):
-        rows = slice(start, min(start + step, len(queries)))
-        chunk_filtered = filtered[rows]
+    # Queries with similar filter sizes are searched together, so one user with a long history does not
+    # make a whole batch ask for thousands of candidates.
+    order = np.argsort([len(items) for items in filtered], kind="stable")
+    step = max(1, min(FILTER_GROUP, MASK_CELLS // (n_items + 1)))
+    for start in range(0, len(order), step):
+        rows = order[start:start + step]
         # drop[r, i]: item_idx i must not be returned to query r; column 0 (padding, FAISS's -1) never is.
-        drop = np.zeros((len(chunk_filtered), n_items + 1), dtype=bool)
+        drop = np.zeros((len(rows), n_items + 1), dtype=bool)
         drop[:, 0] = True
-        for row, items in enumerate(chunk_filtered):
-            drop[row, items] = True
-        n_candidates = k + max(len(items) for items in chunk_filtered)
+        for row, query in enumerate(rows):
+            drop[row, filtered[query]] = True
+        n_candidates = k + max(len(filtered[query]) for query in rows)
+        if index.config.kind == "flat" and n_candidates > DENSE_CANDIDATES:
+            out_scores[rows], out_labels[rows] = _dense_top_k(vectors, queries[rows], k, drop)
+            continue
         scores, labels = index.search(queries[rows], n_candidates)
         labels = np.where(labels < 0, 0, labels)
         dropped = np.take_along_axis(drop, labels, axis=1)  # [rows, n_candidates]
@@ -302,11 +326,22 @@ def top_k_filtered(index: ItemIndex, vectors: np.ndarray, queries: np.ndarray, k
         first = np.argsort(dropped, axis=1, kind="stable")[:, :k]
         out_scores[rows] = np.take_along_axis(scores, first, axis=1)
         out_labels[rows] = np.take_along_axis(labels, first, axis=1)
-        short = np.flatnonzero(np.take_along_axis(dropped, first, axis=1).any(axis=1))
-        for row in short:
-            out_scores[start + row], out_labels[start + row] = _exact_top_k(
-                vectors, queries[start + row], k, drop[row])
+        for row in np.flatnonzero(np.take_along_axis(dropped, first, axis=1).any(axis=1)):
+            query = rows[row]
+            out_scores[query], out_labels[query] = _exact_top_k(vectors, queries[query], k, drop[row])
     return out_scores, out_labels
+
+
+def _dense_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top k of each query by scoring every item in one matrix product: what IndexFlatIP computes, but
+    it then selects k + f candidates with a heap per query, which costs more than the product once f runs
+    into the hundreds (6,040 ml-1m users: 0.73 s in FAISS, a tenth of that here)."""
+    scores = queries @ vectors.T  # [rows, n_items], column i is item_idx i + 1
+    scores[drop[:, 1:]] = -np.inf
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1) + 1
 
 
 def _exact_top_k(vectors: np.ndarray, query: np.ndarray, k: int, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,8 @@ from recsys.saved_model import FORMAT_VERSION, SavedModel, load_model_files, rea
 
 OnUnknown = Literal["skip", "error"]
 ENCODE_BATCH = 256  # users encoded at a time: bounds the [batch, len, len] attention memory
-_IMMUTABLE_URI = re.compile(r"^(runs:/[^/]+/.+|models:/[^/@]+/\d+)$")  # safe to serve from the download cache
+# Safe to serve from the download cache; models:/<name>/latest and @alias move, so they are fetched again.
+_IMMUTABLE_URI = re.compile(r"^(runs:/[^/]+/.+|models:/[^/@]+/\d+)$")
 
 
 class UnknownItemsWarning(UserWarning):
@@ -74,6 +75,7 @@ class Recommender:
         self.format_version = FORMAT_VERSION
         self.n_items = 0
         self.n_users = 0
+        self._user_vectors: np.ndarray | None = None  # [n_users + 1, hidden] once precompute_user_vectors ran
 
     # -- loading ------------------------------------------------------------------------------------------
 
@@ -181,9 +183,12 @@ class Recommender:
         _check_k(k)
         if on_unknown not in ("skip", "error"):
             raise InvalidRequestError(f"on_unknown must be 'skip' or 'error', got {on_unknown!r}")
+        queries = None
         if users is not None:
             names = [f"user {user!r}" for user in users]
             sequences = [self._history_of(user) for user in users]
+            if self._user_vectors is not None and len(users):
+                queries = self._user_vectors[[self._user_index(user) for user in users]]
         else:
             rows = list(histories or [])
             names = [f"history {row}" if len(rows) > 1 else "the history" for row in range(len(rows))]
@@ -194,7 +199,18 @@ class Recommender:
                     warnings.warn(f"{name}: skipped {len(unknown)} unknown item ids: {_preview(unknown)}",
                                   UnknownItemsWarning, stacklevel=3)
                 sequences.append(known)
-        return self._rank(sequences, names, k, exclude_seen, allow, deny)
+        return self._rank(sequences, names, k, exclude_seen, allow, deny, queries)
+
+    def precompute_user_vectors(self) -> None:
+        """Encode every known user's saved history once and keep the vectors [n_users, hidden] in memory
+        (4 bytes x hidden per user), so that `recommend(user=...)` only searches. Histories in a model
+        directory never change, so the vectors stay valid for the Recommender's life."""
+        self._check_loaded()
+        users = sorted(self._histories)
+        vectors = np.zeros((max(self._user_idx.values(), default=0) + 1, self._vectors.shape[1]), dtype=np.float32)
+        if users:
+            vectors[users] = self._encode([self._histories[idx] for idx in users])
+        self._user_vectors = vectors
 
     def split_known(self, item_ids: Iterable[Any]) -> tuple[list[Any], list[Any]]:
         """(known, unknown) original item ids, each in input order: what on_unknown="skip" keeps and drops."""
@@ -228,12 +244,14 @@ class Recommender:
     # -- internals ------------------------------------------------------------------------------------------
 
     def _rank(self, sequences: list[np.ndarray], names: list[str], k: int, exclude_seen: bool,
-              allow: Iterable[Any] | None, deny: Iterable[Any] | None) -> list[list[Recommendation]]:
+              allow: Iterable[Any] | None, deny: Iterable[Any] | None,
+              queries: np.ndarray | None = None) -> list[list[Recommendation]]:
         if not sequences:
             return []
         deny_idx = self._known_idx(deny) if deny is not None else np.empty(0, dtype=np.int64)
         filtered = [np.union1d(seq, deny_idx) if exclude_seen else deny_idx for seq in sequences]
-        queries = self._encode(sequences)  # [batch, hidden]
+        if queries is None:
+            queries = self._encode(sequences)  # [batch, hidden]
         if allow is not None:
             scores, labels = self._rank_allowed(queries, filtered, names, k, self._known_idx(allow))
         else:
@@ -270,11 +288,17 @@ class Recommender:
                 out[rows] = self._model.user_vector(items).float().cpu().numpy()
         return out
 
-    def _history_of(self, user: Any) -> np.ndarray:
-        idx = self._user_idx.get(_coerce(user, self._users_numeric)) if not isinstance(user, bool) else None
+    def _user_index(self, user: Any) -> int:
+        try:
+            idx = self._user_idx.get(_coerce(user, self._users_numeric)) if not isinstance(user, bool) else None
+        except TypeError:  # unhashable, e.g. a list
+            idx = None
         if idx is None:
             raise UnknownIdError(f"user_id {user!r} is not a known user of this model ({self.n_users} users)")
-        history = self._histories.get(int(idx))
+        return int(idx)
+
+    def _history_of(self, user: Any) -> np.ndarray:
+        history = self._histories.get(self._user_index(user))
         if history is None or len(history) == 0:
             raise InvalidRequestError(f"history is empty: user_id {user!r} has no saved history")
         return history
@@ -385,7 +409,9 @@ def _download(uri: str, tracking_uri: str, into: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into),
+        # models:/ goes through a client bound to this store: MLflow would otherwise ask the global registry
+        source = _registry_source(uri, tracking_uri) if uri.startswith("models:/") else uri
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into),
                                                          tracking_uri=tracking_uri))
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -395,3 +421,25 @@ def _download(uri: str, tracking_uri: str, into: Path) -> Path:
             return candidate
     raise ModelLoadError(f"{uri}: the MLflow artifact at {tracking_uri} is not a recsys model directory "
                          "(no manifest.json); point at the logged model folder, e.g. runs:/<run_id>/model")
+
+
+def _registry_source(uri: str, tracking_uri: str) -> str:
+    """The artifact URI behind `models:/<name>/<version>`, `models:/<name>/latest` or `models:/<name>@<alias>`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    ref = uri[len("models:/"):]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    elif "/" in ref:
+        name, version = ref.split("/", 1)
+        if version == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise MlflowException(f"registered model {name!r} has no versions")
+            version = str(max(int(v.version) for v in versions))
+    else:
+        raise MlflowException(f"expected models:/<name>/<version> or models:/<name>@<alias>, got {uri}")
+    return str(client.get_model_version_download_uri(name, version))

@@ -145,11 +145,14 @@ def create_app(recommender: Recommender) -> FastAPI:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "flat",
-          tracking_uri: str | None = None) -> None:
-    """Load `model` (a directory or an MLflow URI) and serve it until interrupted."""
+          tracking_uri: str | None = None, precompute_users: bool = False) -> None:
+    """Load `model` (a directory or an MLflow URI) and serve it until interrupted; with `precompute_users`
+    every known user is encoded at start-up (see `Recommender.precompute_user_vectors`)."""
     import uvicorn
 
     recommender = Recommender.load(model, index=index, tracking_uri=tracking_uri)
+    if precompute_users:
+        recommender.precompute_user_vectors()
     uvicorn.run(create_app(recommender), host=host, port=port, log_level="info")
 
 

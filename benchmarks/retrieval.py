@@ -1,0 +1,301 @@
+"""Benchmark of retrieval and serving: ml-1m through the Python API and HTTP, and a 1M-item synthetic catalogue.
+
+    python benchmarks/retrieval.py [--model ML1M_MODEL_DIR] [--shared-data /work/shared/data] [--n-items 1000000]
+
+(1) ml-1m (6,040 users, 3,706 items): a SASRec with the configs/sasrec_ml-1m.yaml architecture, randomly
+initialised over the real ml-1m item map and user histories unless --model gives a trained one (retrieval
+speed does not depend on the weights). Top-10 for all users, seen items excluded, warm (one untimed pass first):
+encode + search, and search only with precomputed user vectors. Single-query latency through
+`Recommender.recommend(user=...)` (p50/p99 of 1,000 random users). HTTP: `recsys serve` in a child process,
+2,000 POST /recommend requests from 8 client threads (httpx), throughput, p50/p99, error count.
+(2) 1,000,000 clustered random vectors, d=64: IVF-Flat (inner product) built and its nprobe swept to the
+smallest value with recall@10 >= 0.95 against exact search; query p50/p99 one query at a time; build time,
+index bytes and RSS growth, next to the exact flat index. Writes benchmarks/results/retrieval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "retrieval.json"
+SEED = 0
+TARGETS = {"all_users_top10_s": 1.0, "api_p99_ms": 5.0, "ann_p99_ms": 5.0, "ann_recall@10": 0.95, "http_errors": 0}
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def ml1m_model(shared: Path, into: Path) -> tuple[Path, str]:
+    """A saved ml-1m SASRec (random weights, real item map and histories) and a description of it."""
+    import torch
+
+    from recsys.config import DataConfig
+    from recsys.data import schema
+    from recsys.data.prepare import prepare_dataset
+    from recsys.saved_model import SavedModel, save_model
+    from recsys.training.run_config import load_run_config
+    from recsys.training.train import build_model
+
+    cfg = load_run_config(ROOT / "configs" / "sasrec_ml-1m.yaml", [f"data.path={shared / 'ml-1m'}"])
+    dataset = prepare_dataset(DataConfig(name="ml-1m", path=str(shared / "ml-1m")))
+    torch.manual_seed(SEED)
+    model = build_model(cfg.model_name, cfg.model, dataset.n_items)
+    saved = SavedModel(model_name=cfg.model_name, config=cfg.to_dict(), state_dict=model.state_dict(),
+                       n_items=dataset.n_items, item_map=dataset.item_map, user_map=dataset.user_map,
+                       items=dataset.items, histories=dataset.sequences.select(schema.USER_IDX, schema.ITEMS),
+                       metrics={}, extra={"dataset": "ml-1m", "preset": "raw"})
+    path = save_model(saved, into / "ml1m-model")
+    return path, f"SASRec (configs/sasrec_ml-1m.yaml architecture: hidden {cfg.model.hidden}, {cfg.model.n_layers} " \
+                 f"layers, max_len {cfg.model.max_len}), randomly initialised (seed {SEED}) over the real ml-1m " \
+                 "item map and user histories"
+
+
+def bench_api(model_dir: Path) -> dict[str, float]:
+    from recsys.retrieval import Recommender
+
+    rec = Recommender.load(model_dir)
+    users = sorted(rec._user_idx)  # every known user
+    rec.recommend_batch(users=users, k=10)  # warm-up: allocations, thread pools, page cache
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        rec.recommend_batch(users=users, k=10)
+        runs.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    rec.precompute_user_vectors()
+    precompute = time.perf_counter() - start
+    cached = []
+    for _ in range(3):
+        start = time.perf_counter()
+        rec.recommend_batch(users=users, k=10)
+        cached.append(time.perf_counter() - start)
+    fresh = Recommender.load(model_dir)  # single queries encode the history each time (no cached vectors)
+    rng = np.random.default_rng(SEED)
+    sample = rng.choice(users, size=1000)
+    for user in sample[:50]:
+        fresh.recommend(user=user, k=10)
+    latencies = []
+    for user in sample:
+        start = time.perf_counter()
+        fresh.recommend(user=user, k=10)
+        latencies.append(time.perf_counter() - start)
+    p50, p99 = percentiles(latencies)
+    return {"n_users": len(users), "all_users_top10_s": min(runs), "all_users_top10_median_s": float(np.median(runs)),
+            "precompute_user_vectors_s": precompute, "all_users_top10_precomputed_s": min(cached),
+            "api_p50_ms": p50, "api_p99_ms": p99}
+
+
+def bench_http(model_dir: Path, n_requests: int = 2000, clients: int = 8) -> dict[str, float]:
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(model_dir), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"recsys serve did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.2)
+        with httpx.Client(base_url=base) as warm:
+            health = warm.get("/health").json()
+            for user in range(1, 51):
+                warm.post("/recommend", json={"user_id": user, "k": 10})
+        rng = np.random.default_rng(SEED + 1)
+        users = [int(u) for u in rng.integers(1, health["n_users"] + 1, n_requests)]
+
+        def worker(chunk: list[int]) -> tuple[list[float], int]:
+            times, errors = [], 0
+            with httpx.Client(base_url=base, timeout=30) as client:
+                for user in chunk:
+                    start = time.perf_counter()
+                    try:
+                        ok = client.post("/recommend", json={"user_id": user, "k": 10}).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    times.append(time.perf_counter() - start)
+                    errors += not ok
+            return times, errors
+
+        chunks = [users[i::clients] for i in range(clients)]
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(worker, chunks))
+        wall = time.perf_counter() - start
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+        os.unlink(log.name)
+    latencies = [t for times, _ in results for t in times]
+    p50, p99 = percentiles(latencies)
+    return {"http_requests": n_requests, "http_clients": clients, "http_rps_8clients": n_requests / wall,
+            "http_p50_ms": p50, "http_p99_ms": p99, "http_errors": sum(e for _, e in results)}
+
+
+def clustered_vectors(n: int, dim: int, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian clusters of unequal sizes and spreads: embeddings are clustered, uniform noise is not."""
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    sizes = rng.dirichlet(np.full(n_clusters, 2.0))
+    labels = rng.choice(n_clusters, size=n, p=sizes)
+    spread = rng.uniform(0.3, 0.8, n_clusters).astype(np.float32)[labels, None]
+    out = centres[labels]
+    out += spread * rng.standard_normal((n, dim), dtype=np.float32)
+    return out
+
+
+def bench_ann(n_items: int, dim: int = 64, n_queries: int = 500) -> dict[str, Any]:
+    import faiss
+
+    from recsys.retrieval.index import IndexConfig, ItemIndex
+
+    rng = np.random.default_rng(SEED)
+    vectors = clustered_vectors(n_items, dim, 1000, rng)
+    # queries look like user vectors: near the items, not identical to any of them
+    queries = vectors[rng.choice(n_items, n_queries)] + 0.5 * rng.standard_normal((n_queries, dim), dtype=np.float32)
+    out: dict[str, Any] = {"ann_n_items": n_items, "ann_dim": dim}
+
+    before = rss_bytes()
+    start = time.perf_counter()
+    flat = ItemIndex.build(vectors, IndexConfig(kind="flat"))
+    out["flat_build_s"] = time.perf_counter() - start
+    out["flat_rss_delta_mb"] = (rss_bytes() - before) / 2**20
+    out["flat_index_mb"] = faiss.serialize_index(flat.index).nbytes / 2**20
+    truth = flat.search(queries, 10)[1]  # batched: BLAS
+    flat_times = []
+    for query in queries[:100]:
+        start = time.perf_counter()
+        flat.search(query[None], 10)
+        flat_times.append(time.perf_counter() - start)
+    out["flat_p50_ms"], out["flat_p99_ms"] = percentiles(flat_times)
+    del flat
+
+    nlist = 1024
+    before = rss_bytes()
+    start = time.perf_counter()
+    ivf = ItemIndex.build(vectors, IndexConfig(kind="ivf", ivf_nlist=nlist, ivf_nprobe=1))
+    out["ann_build_s"] = time.perf_counter() - start
+    out["ann_rss_delta_mb"] = (rss_bytes() - before) / 2**20
+    out["ann_index_mb"] = faiss.serialize_index(ivf.index).nbytes / 2**20
+    inner = faiss.extract_index_ivf(ivf.index)
+    sweep = {}
+    chosen = None
+    for nprobe in (4, 8, 16, 32, 64, 128, 256):
+        inner.nprobe = nprobe
+        found = ivf.search(queries, 10)[1]
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+        sweep[nprobe] = recall
+        if recall >= 0.95:
+            chosen = nprobe
+            break
+    inner.nprobe = chosen or 256
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        ivf.search(query[None], 10)
+        times.append(time.perf_counter() - start)
+    out["ann_kind"] = "ivf"
+    out["ann_nlist"] = nlist
+    out["ann_nprobe"] = inner.nprobe
+    out["ann_recall@10"] = sweep[inner.nprobe]
+    out["ann_recall_by_nprobe"] = sweep
+    out["ann_p50_ms"], out["ann_p99_ms"] = percentiles(times)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a saved ml-1m model directory (default: random weights)")
+    parser.add_argument("--shared-data", default="/work/shared/data", help="folder holding ml-1m/")
+    parser.add_argument("--n-items", type=int, default=1_000_000, help="synthetic catalogue size")
+    parser.add_argument("--skip-http", action="store_true", help="leave out the HTTP load test")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:
+        if args.model:
+            model_dir, model = Path(args.model), f"trained model from {args.model}"
+        else:
+            model_dir, model = ml1m_model(Path(args.shared_data), Path(tmp))
+        metrics.update(bench_api(model_dir))
+        print(json.dumps(metrics, indent=2), flush=True)
+        if not args.skip_http:
+            metrics.update(bench_http(model_dir))
+            print(json.dumps(metrics, indent=2), flush=True)
+    metrics.update(bench_ann(args.n_items))
+    rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    result = {
+        "benchmark": "retrieval",
+        "dataset": {"api_http": "ml-1m", "preset": "raw", "ann": f"synthetic: {args.n_items:,} clustered "
+                    "random normal vectors (1,000 Gaussian clusters of unequal size and spread), d=64"},
+        "model": model,
+        "metrics": rounded,
+        "targets": TARGETS,
+        "seeds": [SEED],
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": {"cores": os.cpu_count(), "gpu": None, "cpu": cpu, "python": platform.python_version()},
+        "command": "python " + " ".join(["benchmarks/retrieval.py", *sys.argv[1:]]),
+        "commit": commit,
+        "notes": NOTES,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+
+
+NOTES = (
+    "The 2 cores were shared with other engineers' jobs while this ran, so timings are noisy upper bounds. "
+    "all_users_top10_s is encode + search for all 6,040 users (seen items excluded, batches of similar history "
+    "length padded to their longest, best of 3 warm runs); the SASRec encoder (2 layers over up to 200 items) is "
+    "most of it. all_users_top10_precomputed_s is the same after Recommender.precompute_user_vectors() "
+    "(known users' histories are frozen in the model directory, so their vectors are computed once). "
+    "api_* is one recommend(user=...) call at a time, encoding the history each call. HTTP: recsys serve "
+    "(uvicorn, 1 worker) in a child process on the same 2 cores as the 8 client threads. "
+    "ANN choice: IVF-Flat rather than HNSW, because on 2 cores its k-means trains on a sample (FAISS uses "
+    "256 x nlist points) in far less time than an HNSW graph over 1M vectors takes to build, it adds only the "
+    "8-byte ids to the raw vectors (HNSW with M=32 adds ~256 bytes per item of graph), and nprobe is a direct, "
+    "monotone recall/latency knob; HNSW over unnormalised inner products also has less reliable recall. "
+    "nprobe is the smallest of 4..256 reaching recall@10 >= 0.95 against exact flat search on 500 queries. "
+    "RSS deltas are for building each index (the 256 MB of vectors were already resident)."
+)
+
+
+if __name__ == "__main__":
+    main()
