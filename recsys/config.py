@@ -92,6 +92,9 @@ class TrainerConfig:
     """Validate every N epochs."""
     train_windows: Literal["last", "all"] = "last"
     """'last': each user's most recent max_len items (the papers'); 'all': older history too, in more windows."""
+    bucket_by_length: bool = True
+    """Group training windows of similar length into batches (each batch is trimmed to its longest window):
+    the same data and model, far fewer padded positions to compute; batch order stays random."""
     eval_batch_size: int = 512
     """Users per batch when scoring the full catalogue."""
     seed: int = 42

@@ -82,8 +82,18 @@ def pass_through(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def trim_padding(windows: torch.Tensor, keep: int = 1) -> torch.Tensor:
+    """Drop leading columns that are padding in every row (left padding), keeping at least `keep` columns:
+    a batch of short histories then costs its own length, not max_len."""
+    real_columns = (windows != schema.PADDING_IDX).any(dim=0).nonzero()
+    start = int(real_columns[0]) if len(real_columns) else windows.shape[1] - keep
+    return windows[:, min(start, windows.shape[1] - keep):]
+
+
 def shift_batch(windows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Next-item objective: input = items[:-1], target = items[1:] (0 where there is nothing to predict)."""
+    """Next-item objective: input = items[:-1], target = items[1:] (0 where there is nothing to predict).
+    All-padding leading columns are trimmed."""
+    windows = trim_padding(windows, keep=2)
     inputs = windows[:, :-1]
     targets = windows[:, 1:].clone()
     targets[inputs == schema.PADDING_IDX] = schema.PADDING_IDX
@@ -101,7 +111,7 @@ def mask_batch(
     The window's last `max_len` items are used (the extra leading item of a shift window is dropped).
     Every window gets at least one masked item, so no row is wasted.
     """
-    items = windows[:, 1:].clone()
+    items = trim_padding(windows[:, 1:]).clone()
     real = items != schema.PADDING_IDX
     draw = torch.rand(items.shape, generator=generator) < mask_prob
     masked = draw & real

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import lightning as L
@@ -31,11 +32,28 @@ class EpochHistory(L.Callback):
                 steps = [m.step for m in self.tracker.metric_history("train_loss")]
                 self.logged_through = max([self.logged_through, *steps])
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+        self._train_s: float | None = None
+        self._val_s = 0.0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_started = time.perf_counter()
+        if self._train_s is None and hasattr(self, "_epoch_started"):
+            self._train_s = self._val_started - self._epoch_started  # validation ends the training part
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_s = time.perf_counter() - self._val_started
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        if self._train_s is None:
+            self._train_s = time.perf_counter() - self._epoch_started
+        row["epoch_train_s"] = self._train_s  # optimisation only, without validation
+        row["epoch_val_s"] = self._val_s
         optimizers = trainer.optimizers
         if optimizers:
             row["lr"] = float(optimizers[0].param_groups[0]["lr"])

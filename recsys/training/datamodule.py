@@ -20,6 +20,7 @@ from recsys.data.batches import (
 from recsys.data.dataset import Split
 
 Objective = Literal["shift", "mask"]
+BUCKET_BATCHES = 32  # batches per sorting chunk: enough to group lengths, few enough to stay random
 
 
 class EpochShuffle(Sampler[int]):
@@ -27,10 +28,12 @@ class EpochShuffle(Sampler[int]):
     exactly as the uninterrupted run did (a generator carried across epochs would not survive a restart).
     Lightning calls `set_epoch` before each epoch, as it does for DistributedSampler."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, lengths: torch.Tensor | None = None, batch_size: int = 1) -> None:
         self.n = n
         self.seed = seed
         self.epoch = 0
+        self.lengths = lengths
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -40,7 +43,24 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator)
+        if self.lengths is not None:
+            order = self._bucketed(order, generator)
+        return iter(order.tolist())
+
+    def _bucketed(self, order: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Batches of similar length, in random order: within chunks of BUCKET_BATCHES random batches,
+        windows are sorted by length and cut into batches, so a batch of short histories is trimmed to
+        its longest one instead of being padded to max_len. Batch order is then shuffled."""
+        assert self.lengths is not None
+        chunk = self.batch_size * BUCKET_BATCHES
+        batches: list[torch.Tensor] = []
+        for start in range(0, self.n, chunk):
+            part = order[start:start + chunk]
+            part = part[torch.argsort(self.lengths[part], stable=True)]
+            batches.extend(part.split(self.batch_size))
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return torch.cat([batches[i] for i in shuffled]) if batches else order
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -58,6 +78,7 @@ class SequenceDataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 512,
         windows: Windows = "last",
+        bucket_by_length: bool = False,
         mask_token: int = 0,
         mask_prob: float = 0.2,
         num_workers: int = 0,
@@ -70,6 +91,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.windows = windows
+        self.bucket_by_length = bucket_by_length
         self.mask_token = mask_token
         self.mask_prob = mask_prob
         self.num_workers = num_workers
@@ -98,7 +120,8 @@ class SequenceDataModule(L.LightningDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = DistributedSampler(self._train, shuffle=True, seed=self.seed)
         else:
-            sampler = EpochShuffle(len(self._train), self.seed)
+            lengths = (self._train.tensors["windows"] != 0).sum(dim=1) if self.bucket_by_length else None
+            sampler = EpochShuffle(len(self._train), self.seed, lengths, self.batch_size)
         return DataLoader(
             self._train,
             batch_size=self.batch_size,

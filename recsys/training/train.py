@@ -95,6 +95,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     metrics["epochs_run"] = float(trainer.current_epoch)
     metrics["best_epoch"] = float(_best_epoch(history))
     metrics["fit_s"] = time.perf_counter() - fit_started  # this process's fit (after a resume: since it)
+    metrics.update(_epoch_times(history))
     model_dir = _save(cfg, module.model, dataset, split, metrics, run_dir, tracker)
     version = _finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir)
     return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version)
@@ -118,6 +119,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     datamodule = SequenceDataModule(
         split, max_len=model_cfg.max_len, objective=objective, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, windows=cfg.trainer.train_windows,
+        bucket_by_length=cfg.trainer.bucket_by_length,
         mask_token=getattr(model, "mask_token", 0), mask_prob=getattr(model_cfg, "mask_prob", 0.0),
         num_workers=cfg.trainer.num_workers, seed=cfg.trainer.seed,
     )
@@ -204,6 +206,18 @@ def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, fl
         for key, value in evaluate_loader(model, loader, module.n_items).items():
             metrics[f"{stage}_{key}"] = value
     return metrics
+
+
+def _epoch_times(history: list[dict[str, float]]) -> dict[str, float]:
+    """Mean seconds per epoch of optimisation alone (`epoch_s`) and of validation (`val_epoch_s`)."""
+    train = [row["epoch_train_s"] for row in history if "epoch_train_s" in row]
+    val = [row["epoch_val_s"] for row in history if row.get("epoch_val_s")]
+    times = {}
+    if train:
+        times["epoch_s"] = sum(train) / len(train)
+    if val:
+        times["val_epoch_s"] = sum(val) / len(val)
+    return times
 
 
 def _best_epoch(history: list[dict[str, float]]) -> int:

@@ -198,3 +198,23 @@ def test_each_loss_trains_a_tiny_sasrec(name: str) -> None:
     predicted = model.score(probes)[:, 1:].argmax(dim=1) + 1
     accuracy = (predicted == probes[:, -1] % n_items + 1).float().mean().item()
     assert accuracy >= 0.75
+
+
+def test_chunked_cross_entropy_matches_materialised_logits() -> None:
+    from recsys.models.losses import ChunkedCrossEntropy
+
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(700, 16, generator=generator, requires_grad=True)
+    table = torch.randn(51, 16, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 51, (700,), generator=generator)
+
+    expected = torch.nn.functional.cross_entropy(hidden @ table.T, targets)
+    expected.backward()
+    want_hidden, want_table = hidden.grad.clone(), table.grad.clone()
+    hidden.grad, table.grad = None, None
+
+    got = ChunkedCrossEntropy.apply(hidden, table, targets, 128)  # 700 rows: 5 full chunks and a partial one
+    got.backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(hidden.grad, want_hidden)
+    torch.testing.assert_close(table.grad, want_table)
