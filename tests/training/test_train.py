@@ -140,3 +140,25 @@ def test_unreachable_tracking_store_does_not_stop_training(tmp_path: Path) -> No
     assert result.model_dir is not None and (result.model_dir / "manifest.json").is_file()
     assert result.run_id is None
 
+
+
+def test_evaluate_recomputes_the_saved_test_metrics(two_epoch_run) -> None:
+    from recsys.evaluation.runner import evaluate_saved_model
+
+    _, _, result = two_epoch_run
+    test = evaluate_saved_model(result.model_dir, split="test")
+    assert test["ndcg@10"] == pytest.approx(result.metrics["test_ndcg@10"], abs=1e-9)
+    assert test["hr@50"] == pytest.approx(result.metrics["test_hr@50"], abs=1e-9)
+    valid = evaluate_saved_model(result.model_dir, split="valid")
+    assert valid["ndcg@10"] == pytest.approx(result.metrics["valid_ndcg@10"], abs=1e-9)
+    # Keeping seen items in the ranking can only push targets down (or leave them): never a better rank.
+    unmasked = evaluate_saved_model(result.model_dir, split="test", exclude_history=False)
+    assert unmasked["hr@50"] <= test["hr@50"]
+
+
+def test_run_config_round_trips(tmp_path: Path) -> None:
+    from recsys.training.run_config import run_config_from_dict
+
+    cfg = quick_config(tmp_path, "model.loss=gbce", "trainer.betas=[0.9, 0.99]")
+    assert run_config_from_dict(cfg.to_dict()) == cfg
+    assert cfg.trainer.betas == (0.9, 0.99)

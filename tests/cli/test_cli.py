@@ -1,0 +1,84 @@
+"""The command line: help for every command, fast start-up, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys.cli import build_parser, main
+
+CONFIG = Path(__file__).parents[2] / "configs" / "sasrec_ml-latest-small.yaml"
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recsys.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_help_imports_no_heavy_library() -> None:
+    code = ("import sys; from recsys.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'lightning', 'mlflow', 'polars', 'faiss') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+
+
+def test_every_command_and_option_has_help() -> None:
+    parser = build_parser()
+    seen = []
+
+    def walk(p) -> None:
+        for action in p._actions:
+            if action.dest == "help":
+                continue
+            if hasattr(action, "choices") and isinstance(action.choices, dict):  # sub-commands
+                for name, sub in action.choices.items():
+                    seen.append(name)
+                    walk(sub)
+                continue
+            assert action.help, f"{p.prog}: option {action.option_strings or action.dest} has no help"
+
+    walk(parser)
+    assert {"data", "train", "evaluate"} <= set(seen)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.hiden=32", "model.hiden: unknown key"),
+        ("trainer.max_epochs=two", "trainer.max_epochs: expected an integer, got 'two'"),
+        ("model.loss=mse", "model.loss: 'mse' is not one of 'ce', 'sampled_ce', 'bce', 'gbce'"),
+        ("model.name=gpt", "model.name: unknown model 'gpt'"),
+        ("modle.hidden=3", "modle: unknown section"),
+        ("model.dropout=1.5", "dropout must be in [0, 1), got 1.5"),
+        ("trainer.max_epochs", "expected key=value"),
+    ],
+)
+def test_bad_overrides_stop_with_one_line_naming_the_key(override: str, message: str, tmp_path: Path) -> None:
+    done = run_cli("train", "--config", str(CONFIG), override, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_bad_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hidden: 32\n   loss: ce\n")
+    done = run_cli("train", "--config", str(bad), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {bad}:") and "line 3" in done.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_evaluate_a_missing_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", str(tmp_path / "nothing")]) == 2
+    assert "no such model directory" in capsys.readouterr().err
