@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
 
-    from recsys.training.run_config import load_run_config
+    from recsys.run_config import load_run_config
     from recsys.training.train import train
 
     started = time.perf_counter()

@@ -183,7 +183,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:  # type: ig
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from recsys.training.run_config import load_run_config
+    from recsys.run_config import load_run_config
     from recsys.training.train import latest_run_dir, resume_config, train
 
     overrides = list(args.overrides)

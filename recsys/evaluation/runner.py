@@ -60,8 +60,8 @@ def evaluate_saved_model(
     from recsys.data.splits import make_split
     from recsys.errors import ConfigError, DataError
     from recsys.saved_model import load_model_files
-    from recsys.training.run_config import run_config_from_dict
-    from recsys.training.train import build_model
+    from recsys.run_config import run_config_from_dict
+    from recsys.models import build_model
 
     if split not in ("valid", "test"):
         raise ConfigError(f"--split: expected valid or test, got {split!r}")

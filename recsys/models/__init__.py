@@ -25,4 +25,10 @@ def get_model_spec(name: str) -> tuple[type[nn.Module], type]:
         raise ConfigError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})") from None
 
 
-__all__ = ["MODELS", "SASRec", "SASRecConfig", "get_model_spec"]
+def build_model(name: str, config: object, n_items: int) -> nn.Module:
+    """A fresh model of the registered kind `name` over `n_items` items."""
+    model_cls, _ = get_model_spec(name)
+    return model_cls(n_items, config)
+
+
+__all__ = ["MODELS", "SASRec", "SASRecConfig", "build_model", "get_model_spec"]

@@ -102,8 +102,8 @@ class Recommender:
     def from_saved(cls, saved: SavedModel, index: str | IndexConfig = "flat", device: str = "cpu",
                    directory: str | Path | None = None, save_index: bool = True) -> "Recommender":
         """A Recommender over an in-memory SavedModel; the index is saved in `directory` if one is given."""
-        from recsys.training.run_config import run_config_from_dict
-        from recsys.training.train import build_model
+        from recsys.run_config import run_config_from_dict
+        from recsys.models import build_model
 
         cfg = run_config_from_dict(saved.config, where=f"{directory or 'saved model'}: config")
         model = build_model(cfg.model_name, cfg.model, saved.n_items)

@@ -28,6 +28,16 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store live beside its database file (<db folder>/mlartifacts/<experiment>), not
+    in MLflow's default ./mlruns of whatever folder the process happens to run in. Other stores: MLflow's
+    own default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).resolve()
+    return (db.parent / "mlartifacts" / experiment).as_uri()
+
+
 def git_commit(path: str | Path = ".") -> str | None:
     """The commit of the git checkout holding `path`, with '-dirty' when it has uncommitted changes."""
     try:
@@ -63,7 +73,8 @@ class Tracker:
             self.run_id = run_id
         else:
             found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+            experiment_id = (found.experiment_id if found is not None
+                             else client.create_experiment(experiment, artifact_location=artifact_root(self.uri, experiment)))
             self.run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
         self._client = client
 

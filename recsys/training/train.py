@@ -22,9 +22,9 @@ from recsys.config import flatten
 from recsys.data import schema
 from recsys.data.dataset import PreparedDataset, Split
 from recsys.errors import ConfigError
-from recsys.models import get_model_spec
+from recsys.models import build_model
 from recsys.saved_model import SavedModel, save_model
-from recsys.training.run_config import RunConfig, load_run_config, run_config_from_dict
+from recsys.run_config import RunConfig, load_run_config, run_config_from_dict
 from recsys.training.tracking import Tracker, git_commit, resolve_tracking_uri
 
 RUN_INFO = "run.json"
@@ -40,11 +40,6 @@ class TrainResult:
     tracking_uri: str
     metrics: dict[str, float]
     registered_version: str | None = None
-
-
-def build_model(name: str, model_config: Any, n_items: int) -> torch.nn.Module:
-    model_cls, _ = get_model_spec(name)
-    return model_cls(n_items, model_config)
 
 
 def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | Path | None = None) -> TrainResult:
@@ -396,4 +391,4 @@ def _run_name(cfg: RunConfig, run_dir: Path) -> str:
     return cfg.tracking.run_name or run_dir.name
 
 
-__all__ = ["TrainResult", "build_model", "load_run_config", "resume_config", "train"]
+__all__ = ["TrainResult", "load_run_config", "resume_config", "train"]

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from recsys.data.prepare import prepare_dataset
 from recsys.saved_model import load_model_files
-from recsys.training.run_config import load_run_config
+from recsys.run_config import load_run_config
 from recsys.training.train import resume_config, train
 
 # Small enough for seconds per epoch on 2 cores, real enough to learn something: the last 30 items of
@@ -112,8 +112,11 @@ def test_same_seed_reproduces_metrics_exactly(tmp_path: Path) -> None:
     cfg = quick_config(tmp_path, "trainer.max_epochs=1", "tracking.enabled=false")
     first, second = train(cfg), train(cfg)
     assert first.metrics["test_ndcg@10"] == second.metrics["test_ndcg@10"]
-    assert {k: v for k, v in first.metrics.items() if k != "fit_s"} == \
-        {k: v for k, v in second.metrics.items() if k != "fit_s"}
+    def quality(metrics: dict) -> dict:
+        return {k: v for k, v in metrics.items() if not k.endswith("_s")}  # drop timings
+
+    assert quality(first.metrics) == quality(second.metrics)
+    assert len(quality(first.metrics)) > 40
 
 
 def test_resume_continues_the_same_run_without_gaps(tmp_path: Path) -> None:
@@ -157,7 +160,7 @@ def test_evaluate_recomputes_the_saved_test_metrics(two_epoch_run) -> None:
 
 
 def test_run_config_round_trips(tmp_path: Path) -> None:
-    from recsys.training.run_config import run_config_from_dict
+    from recsys.run_config import run_config_from_dict
 
     cfg = quick_config(tmp_path, "model.loss=gbce", "trainer.betas=[0.9, 0.99]")
     assert run_config_from_dict(cfg.to_dict()) == cfg

@@ -1,4 +1,4 @@
-"""The whole configuration of a training run: data, model, trainer, tracking.
+"""The whole configuration of a run: data, model, trainer, tracking.
 
 A run config is one YAML file (see configs/) plus `section.key=value` overrides. The model section names
 a model of the registry (`model.name: sasrec`) and its other keys are that model's config fields.
