@@ -1,0 +1,115 @@
+"""Speed benchmark: SASRec epoch time, ours against RecTools and RecBole, in one run on one machine.
+
+    python benchmarks/sasrec_speed.py --peers-venv ~/peers-venv --shared ../shared
+
+Same data (ml-1m, raw preset: 6,040 users, 3,706 items, leave-one-out), same model size (2 blocks, hidden 64,
+1 head, max_len 200, batch 128, full softmax cross-entropy), one after another so that no two runs share the
+cores. The peers are driven by ../shared/peers (their own virtual environment). RecBole trains on every prefix
+of every sequence (982k samples, 7,673 steps per ML-1M epoch, hours here), so its epoch time is measured on the
+first 100 users' data, as the peers' README does, and extrapolated per step; that is stated in the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import command, commit, machine, write_result  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+RECBOLE_ML1M_STEPS = 7673  # 982,089 prefix samples / batch 128 (peers README)
+
+
+def ours(data_path: Path, epochs: int, extra: list[str]) -> dict:
+    from recsys.run_config import load_run_config
+    from recsys.training.train import train
+
+    cfg = load_run_config(ROOT / "configs" / "sasrec_ml-1m.yaml", [
+        f"data.path={data_path}", f"trainer.max_epochs={epochs}", "trainer.patience=0",
+        "tracking.enabled=false", "trainer.progress_bar=false", f"tracking.output_dir={ROOT / '.cache' / 'bench-runs'}",
+        *extra])
+    result = train(cfg)
+    return {"epoch_s": result.metrics["epoch_s"], "val_epoch_s": result.metrics.get("val_epoch_s"),
+            "overrides": extra, "epochs": epochs, "test_ndcg@10": result.metrics["test_ndcg@10"]}
+
+
+def peer(venv: Path, shared: Path, script: str, args: list[str]) -> dict:
+    env = {**os.environ, "SHARED_DATA": str(shared / "data"), "TORCH_THREADS": str(os.cpu_count()),
+           "PEERS_DIR": str(ROOT / ".cache" / "peers")}
+    done = subprocess.run([str(venv / "bin" / "python"), str(shared / "peers" / script), *args],
+                          capture_output=True, text=True, env=env, cwd=shared / "peers")
+    if done.returncode != 0:
+        raise SystemExit(f"{script} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers-venv", type=Path, default=Path.home() / "peers-venv", help="peers' venv")
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the shared folder")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of our model (mean epoch time reported)")
+    parser.add_argument("--skip-recbole", action="store_true", help="leave RecBole out")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    data = args.shared / "data" / "ml-1m"
+
+    results = {"ours": ours(data, args.epochs, []),
+               "ours_attention_dropout": ours(data, args.epochs, ["model.attention_dropout=0.2"])}
+    print("ours", results["ours"], results["ours_attention_dropout"], flush=True)
+    rectools = peer(args.peers_venv, args.shared, "run_rectools.py",
+                    ["--data", "ml-1m", "--model", "sasrec", "--epochs", "1", "--patience", "0"])
+    results["rectools"] = rectools
+    print("rectools", rectools.get("s_per_epoch"), flush=True)
+    if not args.skip_recbole:
+        probe = peer(args.peers_venv, args.shared, "run_recbole.py",
+                     ["--data", "ml-1m", "--model", "sasrec", "--epochs", "1", "--patience", "0", "--max-users", "100"])
+        results["recbole_probe"] = probe
+        print("recbole probe", probe.get("s_per_epoch"), flush=True)
+
+    ours_epoch = results["ours"]["epoch_s"]
+    metrics = {
+        "epoch_s": ours_epoch,
+        "epoch_s_attention_dropout": results["ours_attention_dropout"]["epoch_s"],
+        "val_epoch_s": results["ours"]["val_epoch_s"],
+        "rectools_epoch_s": rectools["s_per_epoch"],
+        "rectools_val_epoch_s": rectools.get("val_s_per_epoch"),
+        "speedup_vs_rectools": rectools["s_per_epoch"] / ours_epoch,
+        "speedup_vs_rectools_attention_dropout": rectools["s_per_epoch"] / results["ours_attention_dropout"]["epoch_s"],
+    }
+    if "recbole_probe" in results:
+        probe = results["recbole_probe"]
+        samples = probe.get("train_samples_per_epoch")
+        steps = -(-samples // 128) if samples else None  # batch 128, last batch partial
+        per_step = probe["s_per_epoch"] / steps if steps else None
+        if per_step:
+            metrics["recbole_s_per_step"] = per_step
+            metrics["recbole_epoch_s_extrapolated"] = per_step * RECBOLE_ML1M_STEPS
+            metrics["speedup_vs_recbole"] = per_step * RECBOLE_ML1M_STEPS / ours_epoch
+    write_result("sasrec_speed", {
+        "benchmark": "sasrec_speed",
+        "dataset": "ml-1m",
+        "preset": "raw",
+        "model": "sasrec",
+        "metrics": metrics,
+        "runs": results,
+        "notes": ("Same data, same model size (2 blocks, hidden 64, 1 head, max_len 200, batch 128, full "
+                  "softmax CE), one run after another on the same machine. epoch_s = optimisation only, "
+                  "validation separate. Ours by default trims padding (length-bucketed batches), computes the "
+                  "loss only at positions with a target (chunked CE) and has no attention-weight dropout; "
+                  "'_attention_dropout' is ours with the peers' attention dropout 0.2."),
+        "seeds": [42],
+        "wall_s": time.perf_counter() - started,
+        "machine": machine(),
+        "command": command(),
+        "commit": commit(),
+    })
+
+
+if __name__ == "__main__":
+    main()
