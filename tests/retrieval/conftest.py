@@ -69,7 +69,7 @@ def tiny_rec(tiny_saved: SavedModel):
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object]]:
     """(store folder, TrainResult) of a 1-epoch, 3-batch SASRec on ml-latest-small (last 30 items per user),
     logged to sqlite in the store folder and registered as 'recsys-retrieval-test'."""
-    from recsys.training.run_config import load_run_config
+    from recsys.run_config import load_run_config
     from recsys.training.train import train
 
     store = tmp_path_factory.mktemp("store")
