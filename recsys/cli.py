@@ -198,7 +198,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"resuming {resume}")
     else:
         cfg = load_run_config(args.config or default_config_path(), overrides)
-    result = train(cfg, config_file=args.config, resume=resume)
+    result = train(cfg, config_file=args.config, resume=resume, after_logging=log_pyfunc_flavour)
     if result.model_dir is None:  # a worker process of a multi-process run
         return 0
     print(f"run folder:   {result.run_dir}")
@@ -211,6 +211,13 @@ def run_train(args: argparse.Namespace) -> int:
                                         if k.startswith("test_") and k.endswith("@10")))
     print(f"saved model:  {result.model_dir}")
     return 0
+
+
+def log_pyfunc_flavour(tracking_uri: str, run_id: str, model_dir: object) -> None:
+    """Log the saved model as an MLflow pyfunc too, so `mlflow models serve -m runs:/<run>/pyfunc` works."""
+    from recsys.retrieval.pyfunc import log_pyfunc
+
+    log_pyfunc(model_dir, tracking_uri, run_id=run_id)  # type: ignore[arg-type]
 
 
 def default_config_path() -> str | None:

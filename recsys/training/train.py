@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 import torch
@@ -27,6 +27,7 @@ from recsys.saved_model import SavedModel, save_model
 from recsys.run_config import RunConfig, load_run_config, run_config_from_dict
 from recsys.training.tracking import Tracker, git_commit, resolve_tracking_uri
 
+AfterLogging = Callable[[str, str, Path], object]
 RUN_INFO = "run.json"
 RUN_DIR_ENV = "RECSYS_RUN_DIR"  # hands the run folder to the worker processes of a multi-process run
 MODEL_ARTIFACT = "model"
@@ -42,8 +43,13 @@ class TrainResult:
     registered_version: str | None = None
 
 
-def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | Path | None = None) -> TrainResult:
-    """Train per `cfg`; with `resume` (a run folder) continue that run from its last checkpoint."""
+def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | Path | None = None,
+          after_logging: AfterLogging | None = None) -> TrainResult:
+    """Train per `cfg`; with `resume` (a run folder) continue that run from its last checkpoint.
+
+    `after_logging(tracking_uri, run_id, model_dir)` runs once the model directory is logged and before the
+    MLflow run closes: the CLI uses it to add the pyfunc flavour, which lives in a layer above training.
+    """
     import lightning as L
 
     from recsys.data.prepare import prepare_dataset
@@ -92,7 +98,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     metrics["fit_s"] = time.perf_counter() - fit_started  # this process's fit (after a resume: since it)
     metrics.update(_epoch_times(history))
     model_dir = _save(cfg, module.model, dataset, split, metrics, run_dir, tracker)
-    version = _finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir)
+    version = _finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir, after_logging)
     return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version)
 
 
@@ -116,6 +122,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
         eval_batch_size=cfg.trainer.eval_batch_size, windows=cfg.trainer.train_windows,
         bucket_by_length=cfg.trainer.bucket_by_length,
         mask_token=getattr(model, "mask_token", 0), mask_prob=getattr(model_cfg, "mask_prob", 0.0),
+        last_item_mask_prob=getattr(model_cfg, "last_item_mask_prob", 0.0),
         num_workers=cfg.trainer.num_workers, seed=cfg.trainer.seed,
     )
     module = RecommenderModule(
@@ -123,6 +130,8 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
         n_negatives=getattr(model_cfg, "n_negatives", 0), gbce_t=getattr(model_cfg, "gbce_t", 0.0),
         trainer_config=cfg.trainer,
     )
+    if objective == "count":
+        return _fit_counts(model, split, datamodule, module, start_tracker)
     history = EpochHistory(start_tracker)
     # save_on_train_epoch_end: the checkpoint is written after EpochHistory recorded the epoch
     # (Lightning runs checkpoint callbacks last), so a resumed run knows what it already logged.
@@ -158,6 +167,22 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)
     return trainer, module, datamodule, history.history
+
+
+def _fit_counts(model: torch.nn.Module, split: Split, datamodule: Any, module: Any,
+                start_tracker: Any) -> tuple[Any, Any, Any, list[dict[str, float]]]:
+    """Objective "count" (the popularity baseline): the model is fitted by counting the training split, so
+    there are no optimiser steps, epochs or checkpoints. Validation and test metrics then come from the same
+    evaluator as every other model's (`_final_metrics`), and saving and MLflow logging are unchanged. A
+    Trainer that never fits stands in for the fitted one (main process, no checkpoint, epoch 0)."""
+    import lightning as L
+
+    start_tracker()
+    model.fit_counts(split.train[schema.ITEMS].to_list())  # type: ignore[operator]
+    datamodule.setup("validate")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    return trainer, module, datamodule, []
 
 
 def _precision(value: str) -> str:
@@ -352,7 +377,8 @@ def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split) -> str:
 
 
 def _finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, float],
-                     history: list[dict[str, float]], run_dir: Path, model_dir: Path) -> str | None:
+                     history: list[dict[str, float]], run_dir: Path, model_dir: Path,
+                     after_logging: AfterLogging | None) -> str | None:
     from recsys.training.plots import plot_learning_curves, plot_metrics_at_k
 
     plots = run_dir / "plots"
@@ -368,13 +394,12 @@ def _finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str,
     tracker.log_metrics(metrics, step=final_step)
     tracker.log_artifact(plots, "plots")
     tracker.log_artifact(model_dir, MODEL_ARTIFACT)
-    try:  # the pyfunc flavour (for `mlflow models serve`) is a bonus: its failure must not fail the run
-        from recsys.retrieval.pyfunc import log_pyfunc  # lazy: retrieval sits above training
-
-        log_pyfunc(model_dir, tracker.uri, run_id=tracker.run_id)
-    except Exception as exc:  # noqa: BLE001 - like Tracker._call: warn, keep the run and the saved model
-        warnings.warn(f"could not log the MLflow pyfunc model ({str(exc).strip()[:200]}); the model "
-                      "directory is still logged as an artifact", RuntimeWarning, stacklevel=2)
+    if after_logging is not None:
+        try:  # an extra flavour (the CLI's MLflow pyfunc) is a bonus: its failure must not fail the run
+            after_logging(tracker.uri, tracker.run_id, model_dir)
+        except Exception as exc:  # noqa: BLE001 - like Tracker._call: warn, keep the run and the saved model
+            warnings.warn(f"could not log an extra model flavour ({str(exc).strip()[:200]}); the model "
+                          "directory is still logged as an artifact", RuntimeWarning, stacklevel=2)
     version = None
     if cfg.tracking.register_as:
         tags = {k.replace("@", "_at_"): f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and "@10" in k}

@@ -3,7 +3,6 @@ one real training run on ml-latest-small cut short, tracked in a real MLflow sto
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +68,7 @@ def tiny_rec(tiny_saved: SavedModel):
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object]]:
     """(store folder, TrainResult) of a 1-epoch, 3-batch SASRec on ml-latest-small (last 30 items per user),
     logged to sqlite in the store folder and registered as 'recsys-retrieval-test'."""
+    from recsys.cli import log_pyfunc_flavour
     from recsys.run_config import load_run_config
     from recsys.training.train import train
 
@@ -77,12 +77,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, ob
                  "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.patience=0",
                  f"tracking.output_dir={store / 'runs'}", f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
                  "tracking.register_as=recsys-retrieval-test"]
-    threads, cwd = torch.get_num_threads(), os.getcwd()
+    threads = torch.get_num_threads()
     cfg = load_run_config(Path(__file__).parents[2] / "configs" / "sasrec_ml-latest-small.yaml", overrides)
-    os.chdir(store)  # MLflow puts a new experiment's artifacts under ./mlruns: keep them out of the checkout
-    try:
-        result = train(cfg)
-    finally:
-        os.chdir(cwd)
+    result = train(cfg, after_logging=log_pyfunc_flavour)  # as `recsys train` does
     yield store, result
     torch.set_num_threads(threads)
