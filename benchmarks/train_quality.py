@@ -27,6 +27,7 @@ PUBLISHED = {
                "RecTools report, SASRec": [0.1779, 0.3058]},
     "bert4rec": {"Klenitskiy & Vasilev 2023, BERT4Rec": [0.1537, 0.2843],
                  "RecTools report, BERT4Rec": [0.1618, 0.2921]},
+    "gru4rec": {"Klenitskiy & Vasilev 2023, GRU4Rec full CE": [0.1648, 0.2811]},
 }
 
 
@@ -34,11 +35,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="result file benchmarks/results/<name>.json")
     parser.add_argument("--config", required=True, help="run config (YAML)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="seeds, one run each")
+    parser.add_argument("--seeds", nargs="+", default=["42", "43", "44"],
+                        help="seeds, one run each (config overrides may follow them directly)")
     parser.add_argument("--budget-min", type=float, default=None,
                         help="start no new seed after this many minutes")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
+    # argparse gives `--seeds 42 43 data.path=...` all to --seeds (nargs="+" takes every non-option after
+    # it), so overrides written right after the seeds are split off here.
+    args.overrides = [*[s for s in args.seeds if "=" in s], *args.overrides]
+    try:
+        args.seeds = [int(s) for s in args.seeds if "=" not in s]
+    except ValueError as exc:
+        parser.error(f"--seeds: {exc}")
 
     from recsys.run_config import load_run_config
     from recsys.training.train import train
@@ -66,7 +75,9 @@ def main() -> None:
 
 def summarize(args: argparse.Namespace, cfg, runs: list[dict], wall_s: float) -> dict:
     def spread(key: str) -> dict:
-        values = [r[key] for r in runs]
+        values = [r[key] for r in runs if r[key] is not None]  # e.g. no epoch_s for a count-fitted model
+        if not values:
+            return {"mean": None, "std": None, "min": None, "max": None}
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "min": min(values), "max": max(values)}
 

@@ -105,16 +105,23 @@ def mask_batch(
     mask_token: int,
     mask_prob: float,
     generator: torch.Generator | None = None,
+    last_item_mask_prob: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Cloze objective (BERT4Rec): hide each real item with probability `mask_prob` and predict it.
 
     The window's last `max_len` items are used (the extra leading item of a shift window is dropped).
-    Every window gets at least one masked item, so no row is wasted.
+    Every window gets at least one masked item, so no row is wasted. A share `last_item_mask_prob` of the
+    windows instead has only its last item masked: the BERT4Rec paper's extra samples (Sec. 3.5), which
+    match the task at inference, where a [MASK] follows the history. At 0 nothing more is drawn, so masks
+    are the same as before the option existed.
     """
     items = trim_padding(windows[:, 1:]).clone()
     real = items != schema.PADDING_IDX
     draw = torch.rand(items.shape, generator=generator) < mask_prob
     masked = draw & real
+    if last_item_mask_prob > 0.0:
+        last_only = torch.rand(items.shape[0], generator=generator) < last_item_mask_prob  # [batch]
+        masked[last_only] = False  # their last item is masked just below, as for rows left empty
     # Rows the draw left empty: mask their last real item (the position inference asks about).
     empty = ~masked.any(dim=1) & real.any(dim=1)
     masked[empty, -1] = True

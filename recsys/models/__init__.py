@@ -9,10 +9,16 @@ from __future__ import annotations
 from torch import nn
 
 from recsys.errors import ConfigError
+from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
+from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
+from recsys.models.popularity import Popularity, PopularityConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "sasrec": (SASRec, SASRecConfig),
+    "bert4rec": (BERT4Rec, BERT4RecConfig),
+    "gru4rec": (GRU4Rec, GRU4RecConfig),
+    "popularity": (Popularity, PopularityConfig),
 }
 """Model name (as written in configs) -> (model class, its config dataclass)."""
 
@@ -31,4 +37,16 @@ def build_model(name: str, config: object, n_items: int) -> nn.Module:
     return model_cls(n_items, config)
 
 
-__all__ = ["MODELS", "SASRec", "SASRecConfig", "build_model", "get_model_spec"]
+__all__ = [
+    "BERT4Rec",
+    "BERT4RecConfig",
+    "GRU4Rec",
+    "GRU4RecConfig",
+    "MODELS",
+    "Popularity",
+    "PopularityConfig",
+    "SASRec",
+    "SASRecConfig",
+    "build_model",
+    "get_model_spec",
+]

@@ -81,6 +81,7 @@ class SequenceDataModule(L.LightningDataModule):
         bucket_by_length: bool = False,
         mask_token: int = 0,
         mask_prob: float = 0.2,
+        last_item_mask_prob: float = 0.0,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -94,6 +95,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.bucket_by_length = bucket_by_length
         self.mask_token = mask_token
         self.mask_prob = mask_prob
+        self.last_item_mask_prob = last_item_mask_prob
         self.num_workers = num_workers
         self.seed = seed
         self._train: TensorRows | None = None
@@ -149,4 +151,5 @@ class SequenceDataModule(L.LightningDataModule):
         if self.objective == "shift":
             return shift_batch(windows)
         # The global RNG is seeded by seed_everything, so masks repeat run to run.
-        return mask_batch(windows, self.mask_token, self.mask_prob)
+        return mask_batch(windows, self.mask_token, self.mask_prob,
+                          last_item_mask_prob=self.last_item_mask_prob)

@@ -1,0 +1,192 @@
+"""BERT4Rec: a bidirectional transformer over a user's item sequence, trained to fill in masked items.
+
+Paper: Fei Sun, Jun Liu, Jian Wu, Changhua Pei, Xiao Lin, Wenwu Ou and Peng Jiang, "BERT4Rec: Sequential
+Recommendation with Bidirectional Encoder Representations from Transformer", CIKM 2019 (arXiv:1904.06690).
+
+Kept from the paper and its reference code (FeiSun/BERT4Rec): every position attends to every other real
+position (no causal mask), learned position embeddings, post-LN blocks with a GELU feed-forward 4x wide,
+an embedding LayerNorm, and the output head GELU(h W + b) followed by a LayerNorm, then a dot product with
+the item embedding table (tied). The paper adds a per-item output bias; it is left out here, so that
+`score == user_vector @ item_vectors().T` holds exactly and retrieval can use a FAISS inner-product index.
+
+Cloze objective: the data hides items behind the [MASK] token (id n_items + 1, one extra embedding row)
+and the loss is computed at the masked positions (`recsys.data.batches.mask_batch`, picked by the class
+attribute `objective = "mask"`). The paper also trains on windows whose only masked item is the last one,
+which is exactly the inference task; `last_item_mask_prob` sets their share. At inference a [MASK] is
+appended after the history (the oldest item is dropped if the window is full) and its state is the user
+vector. The loss is full softmax cross-entropy over the catalogue by default ("ce"), or sampled softmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from recsys.models.layers import TransformerBlock, additive_mask, attention_mask, init_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class BERT4RecConfig:
+    """Hyperparameters of BERT4Rec. The catalogue size (n_items) comes from the data, not from here."""
+
+    max_len: int = 200
+    """Longest input the model reads, the appended [MASK] included (paper: 200 for ML-1M)."""
+    hidden: int = 64
+    """Width of item embeddings and hidden states (paper: 64)."""
+    n_layers: int = 2
+    """Number of transformer blocks (paper: 2)."""
+    n_heads: int = 2
+    """Attention heads per block; hidden must be divisible by it (paper: 2)."""
+    dropout: float = 0.1
+    """Dropout on embeddings and residual branches (paper: 0.1)."""
+    attention_dropout: float = 0.0
+    """Dropout on attention weights (the paper uses `dropout` here too). Off by default, as for SASRec: any
+    attention dropout makes torch leave its fused attention kernel, which costs ~2x per epoch on CPU."""
+    ffn_mult: int = 4
+    """Feed-forward inner size = ffn_mult * hidden (paper: 4, as in BERT)."""
+    layer_norm: Literal["pre", "post"] = "post"
+    """'post': LayerNorm after each residual sum (the paper, as BERT); 'pre': before each sub-layer, plus a
+    final one (trains more stably with deeper stacks or larger learning rates)."""
+    activation: Literal["gelu", "relu"] = "gelu"
+    """Feed-forward and output-head non-linearity (paper: GELU)."""
+    mask_prob: float = 0.2
+    """Share of real items hidden behind [MASK] in each training window (paper: 0.2 for ML-1M)."""
+    last_item_mask_prob: float = 0.1
+    """Share of training windows whose only masked item is the last one (the paper's extra samples that match
+    the inference task); 0 turns them off."""
+    loss: Literal["ce", "sampled_ce"] = "ce"
+    """Training loss, see recsys.models.losses: full softmax over the catalogue (the paper's) or sampled softmax."""
+    n_negatives: int = 256
+    """Uniform negatives per step for 'sampled_ce' (shared by the batch)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_len", "hidden", "n_layers", "n_heads", "ffn_mult", "n_negatives"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.max_len < 2:
+            raise ValueError(f"max_len must be at least 2 (one item and the [MASK]), got {self.max_len}")
+        if self.hidden % self.n_heads != 0:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if not 0.0 <= self.last_item_mask_prob <= 1.0:
+            raise ValueError(f"last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
+
+
+class BERT4Rec(nn.Module):
+    """Bidirectional self-attention encoder with a [MASK] token and a tied item output layer.
+
+    Inputs are LEFT-padded LongTensors [batch, seq_len] of ids in 0..n_items + 1 (0 = padding, n_items + 1 =
+    [MASK]), seq_len <= config.max_len. The contract with training, evaluation and retrieval:
+    `score(items) == user_vector(items) @ item_vectors().T`, where `items` is a plain history (no [MASK]).
+    """
+
+    objective = "mask"
+    """Training batches hide items and ask for them back (recsys.data.batches.mask_batch)."""
+
+    def __init__(self, n_items: int, config: BERT4RecConfig) -> None:
+        super().__init__()
+        if n_items < 1:
+            raise ValueError(f"n_items must be at least 1, got {n_items}")
+        self.n_items = n_items
+        self.config = config
+        self.mask_token = n_items + 1
+        hidden = config.hidden
+        # Rows 0..n_items are padding and the items (what `item_vectors` shows); row n_items + 1 is [MASK].
+        self.item_emb = nn.Embedding(n_items + 2, hidden, padding_idx=0)
+        # Position 0 is padding; real items get 1..max_len (see `_positions`).
+        self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
+        self.emb_norm = nn.LayerNorm(hidden)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                hidden,
+                config.n_heads,
+                config.ffn_mult * hidden,
+                config.dropout,
+                activation=config.activation,
+                layer_norm=config.layer_norm,
+                attention_dropout=config.attention_dropout,
+            )
+            for _ in range(config.n_layers)
+        )
+        # Post-LN blocks already end in a LayerNorm; a second one would only add parameters.
+        self.final_norm: nn.Module = nn.LayerNorm(hidden) if config.layer_norm == "pre" else nn.Identity()
+        # The paper's output transform before the tied item table: GELU(h W + b), then LayerNorm (as BERT's
+        # masked-LM head). It lets the last block's states differ from the item embeddings they score.
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden),
+            nn.GELU() if config.activation == "gelu" else nn.ReLU(),
+            nn.LayerNorm(hidden),
+        )
+        self.apply(init_weights)
+
+    def forward(self, items: Tensor) -> Tensor:
+        """Same as `encode`: [batch, seq_len] ids -> [batch, seq_len, hidden] states."""
+        return self.encode(items)
+
+    def encode(self, items: Tensor) -> Tensor:
+        """Output state at every position, each seeing the whole sequence (both directions).
+
+        items: [batch, seq_len] LongTensor, left-padded with 0, may contain [MASK] (= self.mask_token).
+        Returns [batch, seq_len, hidden]: at a [MASK] position, the vector that scores the hidden item
+        against `item_vectors()`. States at padding positions are finite but meaningless.
+        """
+        self._check_items(items)
+        padding = items == 0  # [batch, seq_len]
+        x = self.item_emb(items) + self.pos_emb(self._positions(padding))  # [batch, seq_len, hidden]
+        x = self.emb_dropout(self.emb_norm(x)) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
+        mask = additive_mask(attention_mask(padding, causal=False), x.dtype)  # [batch, 1, seq_len, seq_len]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.final_norm(x))  # [batch, seq_len, hidden]
+
+    def user_vector(self, items: Tensor) -> Tensor:
+        """The state of a [MASK] appended after the history: [batch, seq_len] -> [batch, hidden].
+
+        A full window (seq_len == max_len) drops its oldest column to make room; with left padding that
+        is the oldest item or padding. The [MASK] is the position the next item would take, which is what
+        the last-item training windows teach. A history of only padding gives a finite vector (cold start).
+        """
+        masks = torch.full((items.shape[0], 1), self.mask_token, dtype=items.dtype, device=items.device)
+        query = torch.cat([items, masks], dim=1)[:, -self.config.max_len:]  # [batch, <= max_len]
+        return self.encode(query)[:, -1, :]  # [batch, hidden]
+
+    def item_vectors(self) -> Tensor:
+        """The tied item table [n_items + 1, hidden]: row 0 is padding (all zeros); the [MASK] row is left
+        out, since it is never a recommendation."""
+        return self.item_emb.weight[: self.n_items + 1]
+
+    def score(self, items: Tensor) -> Tensor:
+        """Scores of every catalogue item as the next one: [batch, seq_len] history -> [batch, n_items + 1].
+
+        Column 0 (padding) is a dot product with the zero row, i.e. 0; rankers must drop it
+        (`recsys.evaluation.metrics` does).
+        """
+        return self.user_vector(items) @ self.item_vectors().T  # [batch, n_items + 1]
+
+    def _positions(self, padding: Tensor) -> Tensor:
+        """1, 2, ... counted from each sequence's first real item, 0 at padding: [batch, seq_len].
+
+        Counting from the first real item (as the paper counts from the start of a right-padded sequence)
+        makes the states the same however much left padding a batch adds.
+        """
+        real = (~padding).long()  # [batch, seq_len]
+        return real.cumsum(dim=1) * real
+
+    def _check_items(self, items: Tensor) -> None:
+        if items.dim() != 2:
+            raise ValueError(f"items must be [batch, seq_len], got shape {tuple(items.shape)}")
+        if items.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"items must be an integer tensor of item ids, got {items.dtype}")
+        if items.shape[1] > self.config.max_len:
+            raise ValueError(
+                f"sequence length {items.shape[1]} exceeds max_len {self.config.max_len}; keep the most recent items"
+            )
