@@ -63,12 +63,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden]."""
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden], or
+        [batch, 1, hidden] with `last_only`: only the last position queries (all positions are still keys),
+        which is all a user vector needs from the top block."""
         batch, seq_len, hidden = x.shape
         head_dim = hidden // self.n_heads
         qkv = self.qkv(x).view(batch, seq_len, 3, self.n_heads, head_dim)  # [batch, seq_len, 3, heads, head_dim]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq_len, head_dim]
+        if last_only:
+            q, mask = q[:, :, -1:], mask[..., -1:, :]  # [batch, heads, 1, head_dim], [batch, 1, 1, seq_len]
+            seq_len = 1
         # Dropout on attention weights forces torch's unfused "math" attention: on CPU that is >10x
         # slower than the fused kernel, which is why models default it to 0 (see their configs).
         y = F.scaled_dot_product_attention(
@@ -123,12 +128,14 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden]."""
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden], or
+        only the last position's state [batch, 1, hidden] with `last_only` (same values, less work)."""
+        residual = x[:, -1:] if last_only else x
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.norm1(x), mask))
+            x = residual + self.dropout(self.attn(self.norm1(x), mask, last_only))
             return x + self.dropout(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.dropout(self.attn(x, mask)))
+        x = self.norm1(residual + self.dropout(self.attn(x, mask, last_only)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 

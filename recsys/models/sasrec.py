@@ -107,11 +107,12 @@ class SASRec(nn.Module):
         """Same as `encode`: [batch, seq_len] item ids -> [batch, seq_len, hidden] states."""
         return self.encode(items)
 
-    def encode(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
         """Hidden state at every position; the state at position t depends only on items[:, :t+1].
 
         items: [batch, seq_len] LongTensor, left-padded with 0. Returns [batch, seq_len, hidden]; states at
-        padding positions are finite but meaningless.
+        padding positions are finite but meaningless. With `last_only`, [batch, 1, hidden]: the top block
+        computes only the last position (a third of its work), which is all inference needs.
         """
         self._check_items(items)
         padding = items == 0  # [batch, seq_len]
@@ -119,9 +120,9 @@ class SASRec(nn.Module):
         x = x + self.pos_emb(self._positions(padding))
         x = self.emb_dropout(x) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
         mask = additive_mask(attention_mask(padding, causal=True), x.dtype)  # [batch, 1, seq_len, seq_len]
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.final_norm(x)  # [batch, seq_len, hidden]
+        for depth, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
+        return self.final_norm(x)  # [batch, seq_len or 1, hidden]
 
     def user_vector(self, items: Tensor) -> Tensor:
         """The state at the last position: [batch, seq_len] history -> [batch, hidden] query vector.
@@ -129,7 +130,7 @@ class SASRec(nn.Module):
         With left padding the last position is the most recent item, so this is the model's prediction of
         what comes next. A history of only padding gives a finite vector (a cold-start query).
         """
-        return self.encode(items)[:, -1, :]  # [batch, hidden]
+        return self.encode(items, last_only=True)[:, -1, :]  # [batch, hidden]
 
     def item_vectors(self) -> Tensor:
         """The tied item embedding table [n_items + 1, hidden]; row 0 is padding (all zeros)."""

@@ -81,3 +81,17 @@ def test_bad_arguments_raise() -> None:
         FeedForward(8, 8, 0.0, activation="tanh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="layer_norm"):
         TransformerBlock(8, 1, 8, 0.0, layer_norm="middle")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+def test_last_only_block_equals_the_last_row_of_the_full_block(layer_norm: str) -> None:
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 2, 32, 0.0, layer_norm=layer_norm).eval()
+    x = torch.randn(3, 7, 16)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[0, :4] = True
+    mask = attention_mask(padding, causal=True)
+    full = block(x, mask)
+    last = block(x, mask, last_only=True)
+    assert last.shape == (3, 1, 16)
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
