@@ -23,9 +23,20 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+MAX_METRICS = 12
+
+
+def short(text: str) -> str:
+    """A label's first clause: the JSON keeps the full description."""
+    for stop in (" (", ": ", ", "):
+        text = text.split(stop, 1)[0]
+    return text
+
+
 def row(result: dict, path: Path) -> str:
     metrics = result.get("metrics", {})
-    shown = ", ".join(f"{k} {fmt(v)}" for k, v in metrics.items() if v is not None)
+    names = result.get("headline") or [k for k, v in metrics.items() if isinstance(v, (int, float))]
+    shown = ", ".join(f"{k} {fmt(metrics[k])}" for k in names[:MAX_METRICS] if metrics.get(k) is not None)
     published = result.get("published")
     if published:
         shown += "; published: " + "; ".join(f"{name} {v[0]:.4f}/{v[1]:.4f}" for name, v in published.items())
@@ -33,12 +44,13 @@ def row(result: dict, path: Path) -> str:
     where = f"{machine.get('cores', '?')} cores" + (f", {machine['gpu']}" if machine.get("gpu") else ", no GPU")
     dataset = result.get("dataset") or "-"
     if isinstance(dataset, dict):
-        dataset = "; ".join(f"{v}" for k, v in dataset.items() if k != "preset")
+        dataset = "; ".join(short(str(v)) for k, v in dataset.items() if k != "preset")
     if isinstance(result.get("preset"), str):
         dataset += f" ({result['preset']})"
+    model = short(str(result.get("model") or "-"))
     seeds = ", ".join(map(str, result.get("seeds", []))) or "-"
     return (f"| [{result.get('benchmark', path.stem)}](benchmarks/results/{path.name}) | {dataset} | "
-            f"{result.get('model') or '-'} | {shown} | {seeds} | {where} |")
+            f"{model} | {shown} | {seeds} | {where} |")
 
 
 def table() -> str:
