@@ -82,3 +82,15 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_evaluate_a_missing_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--model", str(tmp_path / "nothing")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+def test_an_os_error_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    # The run folder would go under a regular file: the system refuses, the user gets one line.
+    done = run_cli("train", "--config", str(CONFIG), f"tracking.output_dir={blocked / 'runs'}",
+                   "tracking.enabled=false", "trainer.progress_bar=false", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(blocked) in last and "Not a directory" in last, done.stderr
