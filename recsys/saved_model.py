@@ -10,8 +10,10 @@ Layout (format version 1):
     histories.parquet    user_idx, items: each known user's whole sequence, so `recommend(user=...)` works
     metrics.json         validation and test metrics of the run
 
-A directory is written to a temporary sibling, fsynced, then renamed into place, so a crash or a failed
-write never leaves a half-written model that loads as if whole; the manifest's checksums are verified at load.
+A directory is written to a temporary sibling (`.<name>.<pid>.<random>.tmp`), fsynced, then renamed into
+place, so a crash or a failed write never leaves a half-written model that loads as if whole: a temporary
+folder is refused at load, and the next save into the same folder removes those whose writer is gone. At load
+the manifest's checksums are verified, and the weights' shapes are checked against the config (`load_weights`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ ITEMS = "items.parquet"
 HISTORIES = "histories.parquet"
 METRICS = "metrics.json"
 REQUIRED = (WEIGHTS, CONFIG, ITEM_MAP, USER_MAP, ITEMS, HISTORIES, METRICS)
+TMP_SUFFIX = ".tmp"  # a folder being written: .<name>.<pid>.<random>.tmp
 
 
 @dataclass
@@ -69,7 +72,8 @@ def save_model(saved: SavedModel, directory: str | Path) -> Path:
     if directory.exists():
         raise ModelLoadError(f"{directory}: already exists; a saved model is never overwritten")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    _remove_abandoned_temps(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=directory.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in saved.state_dict.items()}
         save_file(state, str(tmp / WEIGHTS))
@@ -105,6 +109,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelLoadError(f"{directory}: no such model directory")
+    if directory.name.startswith(".") and directory.name.endswith(TMP_SUFFIX):
+        raise ModelLoadError(f"{directory}: an unfinished save (a temporary folder), not a model directory")
     path = directory / MANIFEST
     if not path.is_file():
         raise ModelLoadError(f"{directory}: not a recsys model directory (no {MANIFEST})")
@@ -148,7 +154,7 @@ def load_model_files(directory: str | Path, verify: bool = True) -> SavedModel:
     extra = {k: v for k, v in manifest.items()
              if k not in {"format", "format_version", "files", "shapes", "model", "n_items", "n_users"}}
     try:
-        return SavedModel(
+        saved = SavedModel(
             model_name=manifest["model"],
             config=yaml.safe_load((directory / CONFIG).read_text(encoding="utf-8")),
             state_dict=state,
@@ -161,7 +167,58 @@ def load_model_files(directory: str | Path, verify: bool = True) -> SavedModel:
             extra=extra,
         )
     except (KeyError, OSError, ValueError, yaml.YAMLError, pl.exceptions.PolarsError) as exc:
-        raise ModelLoadError(f"{directory}: unreadable model file ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(f"{directory}: unreadable model file ({type(exc).__name__}: {first[:300]})") from None
+    if not isinstance(saved.config, dict) or not isinstance(saved.config.get("model"), dict):
+        raise ModelLoadError(f"{directory / CONFIG}: not a run config (no model section)")
+    if saved.item_map.height != saved.n_items:
+        raise ModelLoadError(f"{directory}: manifest says n_items={saved.n_items} but {ITEM_MAP} has "
+                             f"{saved.item_map.height} rows")
+    return saved
+
+
+def load_weights(model: torch.nn.Module, saved: SavedModel, where: str | Path) -> None:
+    """Load `saved.state_dict` into `model` (built from `saved.config` and `saved.n_items`), after checking
+    every tensor against the shape the config gives it: a mismatch names the tensor, both shapes and the
+    config's sizes, where torch's own message would only say that loading failed."""
+    expected = model.state_dict()
+    sizes = ", ".join([f"n_items={saved.n_items}"] + [f"model.{k}={v}" for k, v in saved.config["model"].items()
+                                                      if k in ("hidden", "max_len", "n_layers", "n_heads")])
+    for key, tensor in expected.items():
+        if key not in saved.state_dict:
+            raise ModelLoadError(f"{where}: the weights lack tensor {key}, which the {saved.model_name} config "
+                                 f"({sizes}) needs")
+        got = list(saved.state_dict[key].shape)
+        if got != list(tensor.shape):
+            raise ModelLoadError(f"{where}: tensor {key} has shape {got}, but the {saved.model_name} config "
+                                 f"({sizes}) gives it {list(tensor.shape)}")
+    unexpected = sorted(set(saved.state_dict) - set(expected))
+    if unexpected:
+        raise ModelLoadError(f"{where}: the weights hold tensor {unexpected[0]}, which a {saved.model_name} "
+                             f"model ({sizes}) does not have")
+    model.load_state_dict(saved.state_dict)
+
+
+def _remove_abandoned_temps(directory: Path) -> None:
+    """Delete temporary folders of earlier saves to `directory` whose process is gone (killed mid-save): they
+    can never be renamed into place. A folder whose writer still runs is left alone."""
+    for tmp in directory.parent.glob(f".{directory.name}.*{TMP_SUFFIX}"):
+        parts = tmp.name[len(directory.name) + 2:].split(".")  # [pid, random, "tmp"]; [random, "tmp"] before pids
+        abandoned = len(parts) == 2 or (len(parts) == 3 and parts[0].isdigit() and not _process_alive(int(parts[0])))
+        if tmp.is_dir() and abandoned:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _sha256(path: Path) -> str:

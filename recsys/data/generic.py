@@ -13,7 +13,7 @@ import polars as pl
 
 from recsys.config import DataConfig
 from recsys.data import schema
-from recsys.data.io import Member
+from recsys.data.io import Member, require_rows
 from recsys.data.raw import INTERACTION_COLUMNS, RawData
 from recsys.errors import DataError
 
@@ -44,7 +44,7 @@ def read_interactions(member: Member, cfg: DataConfig) -> pl.DataFrame:
     wanted = {cfg.user_column: schema.USER_ID, cfg.item_column: schema.ITEM_ID, cfg.timestamp_column: schema.TIMESTAMP}
     if cfg.rating_column:
         wanted[cfg.rating_column] = schema.RATING
-    frame = _read_table(member, cfg, list(wanted)).rename(wanted).with_row_index(schema.ROW)
+    frame = require_rows(_read_table(member, cfg, list(wanted)), member).rename(wanted).with_row_index(schema.ROW)
     first_line = 1 if _is_parquet(member) else 2  # CSV line numbers count the header
     columns = {
         schema.USER_ID: _ids(frame[schema.USER_ID], member, cfg.user_column, first_line),
@@ -69,20 +69,41 @@ def read_items(member: Member, cfg: DataConfig, id_dtype: pl.DataType) -> pl.Dat
 def parse_timestamps(values: pl.Series, member: Member, column: str, first_line: int) -> pl.Series:
     """Int64 seconds since the epoch from numbers, datetimes, dates or ISO strings (see the module doc)."""
     if values.dtype.is_numeric():
-        return values.cast(pl.Int64)
+        _check_no_empty(values, member, column, first_line)
+        return _whole_seconds(values, member, column, first_line)
     if values.dtype == pl.Datetime or values.dtype == pl.Date:
         return values.cast(pl.Datetime("us")).dt.epoch("s")
     text = values.cast(pl.String)
     _check_no_empty(text, member, column, first_line)
+    integers = text.cast(pl.Int64, strict=False)  # exact over the whole Int64 range, unlike via Float64
+    if integers.null_count() == 0:
+        return integers
     numbers = text.cast(pl.Float64, strict=False)
     if numbers.null_count() == 0:
-        return numbers.floor().cast(pl.Int64)
+        return _whole_seconds(numbers, member, column, first_line)
     try:
         parsed = text.str.to_datetime(strict=False).dt.epoch("s")
     except pl.exceptions.PolarsError:
         parsed = pl.Series([None] * text.len(), dtype=pl.Int64)
     _raise_first_null(parsed, text, member, column, first_line, "not a number or ISO datetime")
     return parsed
+
+
+def _whole_seconds(values: pl.Series, member: Member, column: str, first_line: int) -> pl.Series:
+    """Int64 seconds from integers (exact) or floats (fractions dropped); NaN, infinite or beyond Int64 is a
+    DataError naming the first such value."""
+    if values.dtype.is_integer():
+        seconds = values.cast(pl.Int64, strict=False)  # only UInt64 values past 2**63 - 1 fail
+        bad = seconds.is_null()
+    else:
+        numbers = values.cast(pl.Float64)
+        bad = ~(numbers.is_finite() & (numbers.abs() < 2.0**63))
+        seconds = numbers.floor().cast(pl.Int64, strict=False)
+    if bad.any():
+        row = bad.arg_true()[0]
+        raise DataError(f"{member.label}: {_where(member, row, first_line)}: column {column!r}: not a usable "
+                        f"timestamp (NaN, infinite or beyond 64-bit seconds): {values.cast(pl.String)[row]!r}")
+    return seconds
 
 
 def _ids(values: pl.Series, member: Member, column: str, first_line: int) -> pl.Series:

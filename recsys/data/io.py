@@ -265,6 +265,14 @@ def read_delimited(
     return frame
 
 
+def require_rows(frame: pl.DataFrame, member: Member) -> pl.DataFrame:
+    """`frame` when it has rows; a log without a single interaction (an empty file, a header alone) is a
+    DataError naming the file, not an empty dataset that fails later, far from its cause."""
+    if frame.height == 0:
+        raise DataError(f"{member.label}: no interactions in this file (no data rows)")
+    return frame
+
+
 def _prepared_bytes(member: Member, fmt: TextFormat) -> Path | bytes:
     if not fmt.legacy_encoding and fmt.source_separator is None:
         return member.polars_input()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from recsys.data import schema
-from recsys.data.io import Member, Source, TextFormat, read_delimited
+from recsys.data.io import Member, Source, TextFormat, read_delimited, require_rows
 from recsys.data.raw import RawData
 
 # The order of the 19 flags in u.item (ml-100k's u.genre lists the same names).
@@ -84,14 +84,14 @@ def with_title_and_year(items: pl.LazyFrame) -> pl.LazyFrame:
 
 def read_headerless_ratings(member: Member, fmt: TextFormat) -> pl.DataFrame:
     """`user, item, rating, timestamp` lines without a header (u.data, ratings.dat)."""
-    frame = read_delimited(member, fmt, RATING_DTYPES, positional=RATING_FIELDS)
+    frame = require_rows(read_delimited(member, fmt, RATING_DTYPES, positional=RATING_FIELDS), member)
     return frame.with_row_index(schema.ROW).select(RATING_FIELDS + (schema.ROW,))
 
 
 def read_csv_ratings(member: Member) -> pl.DataFrame:
     """ratings.csv with the header userId,movieId,rating,timestamp."""
     dtypes = {raw: RATING_DTYPES[ours] for raw, ours in CSV_RATING_COLUMNS.items()}
-    frame = read_delimited(member, CSV, dtypes)
+    frame = require_rows(read_delimited(member, CSV, dtypes), member)
     return frame.rename(CSV_RATING_COLUMNS).with_row_index(schema.ROW).select(RATING_FIELDS + (schema.ROW,))
 
 

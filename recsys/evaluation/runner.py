@@ -59,7 +59,7 @@ def evaluate_saved_model(
     from recsys.data.prepare import prepare_dataset
     from recsys.data.splits import make_split
     from recsys.errors import ConfigError, DataError
-    from recsys.saved_model import load_model_files
+    from recsys.saved_model import load_model_files, load_weights
     from recsys.run_config import run_config_from_dict
     from recsys.models import build_model
 
@@ -77,7 +77,7 @@ def evaluate_saved_model(
         )
     frame = getattr(make_split(dataset, data_cfg), split)
     model = build_model(saved.model_name, cfg.model, saved.n_items)
-    model.load_state_dict(saved.state_dict)
+    load_weights(model, saved, model_dir)
     rows = EvaluationRows(frame, cfg.model.max_len)
     loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=pass_through)
     metrics = evaluate_loader(model, loader, saved.n_items, exclude_history=exclude_history)

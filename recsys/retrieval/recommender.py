@@ -40,7 +40,7 @@ import torch
 from recsys.data import schema
 from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, UnknownIdError
 from recsys.retrieval.index import IndexConfig, ItemIndex, as_index_config, load_or_build, top_k_filtered
-from recsys.saved_model import FORMAT_VERSION, SavedModel, load_model_files, read_manifest
+from recsys.saved_model import FORMAT_VERSION, SavedModel, load_model_files, load_weights, read_manifest
 
 OnUnknown = Literal["skip", "error"]
 ENCODE_BATCH = 256  # users encoded at a time: bounds the [batch, len, len] attention memory
@@ -107,11 +107,7 @@ class Recommender:
 
         cfg = run_config_from_dict(saved.config, where=f"{directory or 'saved model'}: config")
         model = build_model(cfg.model_name, cfg.model, saved.n_items)
-        try:
-            model.load_state_dict(saved.state_dict)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"{directory or 'saved model'}: weights do not fit the {cfg.model_name} config "
-                                 f"({str(exc).splitlines()[0]})") from None
+        load_weights(model, saved, directory or "saved model")
         rec = cls()
         rec._model = model.to(device).eval()
         rec._device = torch.device(device)

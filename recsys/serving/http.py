@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
@@ -138,6 +141,7 @@ def create_app(recommender: Recommender) -> FastAPI:
     def item(item_id: str) -> dict[str, Any]:
         return recommender.item(item_id)
 
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(UnknownIdError, _unknown_id)
     app.add_exception_handler(RecsysError, _bad_request)
     app.add_exception_handler(Exception, _bug)
@@ -173,6 +177,23 @@ def _history(recommender: Recommender, items: list[Any], on_unknown: str) -> tup
 
 def _items(recs: list[Recommendation]) -> list[ItemOut]:
     return [ItemOut(item_id=r.item_id, title=r.title, score=r.score) for r in recs]
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422, with the offending input echoed JSON-safely: Python's JSON parser accepts NaN and
+    1e999 (infinity), which the response encoder then refuses, and a client error would become a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 'nan', 'inf', '-inf'
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
 
 
 async def _unknown_id(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,8 @@ import logging
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -66,17 +68,29 @@ class Tracker:
     def _start(self, experiment: str, run_name: str, run_id: str | None) -> None:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=self.uri)
-        if run_id is not None:
-            client.get_run(run_id)  # fails loudly (and disables tracking) if the run is gone
-            client.update_run(run_id, status="RUNNING")
-            self.run_id = run_id
-        else:
-            found = client.get_experiment_by_name(experiment)
-            experiment_id = (found.experiment_id if found is not None
-                             else client.create_experiment(experiment, artifact_location=artifact_root(self.uri, experiment)))
-            self.run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        with _store_lock(self.uri):
+            client = MlflowClient(tracking_uri=self.uri)  # creates or migrates a SQLite store's schema
+            if run_id is not None:
+                client.get_run(run_id)  # fails loudly (and disables tracking) if the run is gone
+                client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+            else:
+                self.run_id = client.create_run(self._experiment_id(client, experiment), run_name=run_name).info.run_id
         self._client = client
+
+    def _experiment_id(self, client: Any, experiment: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(client.create_experiment(experiment, artifact_location=artifact_root(self.uri, experiment)))
+        except MlflowException:
+            found = client.get_experiment_by_name(experiment)  # another process created it in the meantime
+            if found is None:
+                raise
+            return str(found.experiment_id)
 
     def finish(self, status: str = "FINISHED") -> None:
         """Close the run; tried even after an earlier call failed, so a run is not left RUNNING."""
@@ -144,15 +158,52 @@ class Tracker:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - any store failure must not end a training run
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             warnings.warn(
-                f"MLflow tracking at {self.uri} failed to {what} ({first_line[:200]}); "
+                f"MLflow tracking at {self.uri} failed to {what} ({_reason(exc)[:200]}); "
                 "training goes on without tracking, the model is still saved.",
                 RuntimeWarning,
                 stacklevel=3,
             )
             self.enabled = False
             return None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Runs that start at once on one SQLite store take turns (an flock on `<db>.lock` beside it): MLflow
+    creates or migrates the schema and the experiment on first use, and two processes doing that together
+    break each other ("table _alembic_tmp_... already exists"), which would leave a run untracked."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    try:
+        handle = open(f"{uri[len('sqlite:///'):]}.lock", "a")  # noqa: SIM115 - held for the whole block
+    except OSError:
+        yield  # no lock where the folder is missing or read-only: the store's own error will say why
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the store's own complaint. SQLAlchemy wraps the database's error (`.orig`, e.g.
+    sqlite's "attempt to write a readonly database" once the file is gone) in text whose first line may be
+    only a note about autoflush."""
+    cause: BaseException = exc
+    link: BaseException | None = exc
+    while link is not None:  # MLflow may wrap the SQLAlchemy error in its own
+        if isinstance(getattr(link, "orig", None), BaseException):
+            cause = link.orig  # type: ignore[attr-defined]
+            break
+        link = link.__cause__ or link.__context__
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0]}" if text else type(cause).__name__
 
 
 def _param_value(value: Any) -> str:

@@ -112,6 +112,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from recsys.training.callbacks import EpochHistory
+    from recsys.training.checkpoints import AtomicCheckpointIO
     from recsys.training.datamodule import SequenceDataModule
     from recsys.training.module import VAL_MONITOR, RecommenderModule
 
@@ -160,6 +161,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
         use_distributed_sampler=False,  # see SequenceDataModule.train_dataloader
         deterministic=cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available(),
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a truncated last.ckpt
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -213,8 +215,9 @@ def _configure_threads(cfg: RunConfig) -> None:
 
 
 def _load_weights(module: Any, checkpoint: Path) -> None:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    from recsys.training.checkpoints import load_checkpoint_file
+
+    module.load_state_dict(load_checkpoint_file(checkpoint)["state_dict"])
 
 
 def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, float]:
