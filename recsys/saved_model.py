@@ -18,7 +18,6 @@ the manifest's checksums are verified, and the weights' shapes are checked again
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import polars as pl
 import torch
 
 from recsys import __version__
+from recsys.data.io import sha256_file
 from recsys.errors import ModelLoadError
 
 FORMAT = "recsys-model"
@@ -91,7 +91,7 @@ def save_model(saved: SavedModel, directory: str | Path) -> Path:
             "n_items": saved.n_items,
             "n_users": saved.user_map.height,
             "shapes": {k: list(v.shape) for k, v in state.items()},
-            "files": {name: _sha256(tmp / name) for name in REQUIRED},
+            "files": {name: sha256_file(tmp / name) for name in REQUIRED},
             **saved.extra,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -141,7 +141,7 @@ def load_model_files(directory: str | Path, verify: bool = True) -> SavedModel:
         if not (directory / name).is_file():
             raise ModelLoadError(f"{directory}: missing file {name}")
         expected = manifest.get("files", {}).get(name)
-        if verify and expected != _sha256(directory / name):
+        if verify and expected != sha256_file(directory / name):
             raise ModelLoadError(f"{directory / name}: checksum does not match the manifest (file changed or corrupt)")
     try:
         state = load_file(str(directory / WEIGHTS))
@@ -219,14 +219,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from recsys.data.io import sha256_file
 from recsys.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class ItemIndex:
         tmp = _temp_path(directory, index_path.name)
         try:
             faiss.write_index(self.index, str(tmp))
-            digest = _file_sha256(tmp)
+            digest = sha256_file(tmp)
             os.replace(tmp, index_path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -244,7 +245,7 @@ class ItemIndex:
         if not isinstance(meta, dict) or any(meta.get(key) != value for key, value in expected.items()):
             log.info("%s: built from other vectors or params; rebuilding", meta_path)
             return None
-        if _file_sha256(index_path) != meta.get("index_sha256"):
+        if sha256_file(index_path) != meta.get("index_sha256"):
             raise ModelLoadError(f"{index_path}: checksum does not match {meta_path.name} (file changed or corrupt)")
         try:
             index = faiss.read_index(str(index_path))
@@ -363,10 +364,3 @@ def _temp_path(directory: Path, name: str) -> Path:
     os.close(fd)
     return Path(path)
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
