@@ -7,13 +7,13 @@ from pathlib import Path
 
 def plot_learning_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Train loss and validation NDCG@10 / HR@10 per epoch, side by side, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display here, and none needed
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot) draws with Agg and leaves the caller's backend alone: train() called from a
+    # notebook must not switch its inline plots off.
+    from matplotlib.figure import Figure
 
     epochs = [row["epoch"] + 1 for row in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [row.get("train_loss", float("nan")) for row in history], marker=".")
     left.set(xlabel="epoch", ylabel="train loss", title="training loss")
     for key in ("val_ndcg@10", "val_hr@10"):
@@ -27,18 +27,15 @@ def plot_learning_curves(history: list[dict[str, float]], path: str | Path, titl
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_metrics_at_k(metrics: dict[str, float], path: str | Path, title: str = "") -> Path:
     """HR@K, NDCG@K and MRR@K against K from a flat metric dict such as {"test_ndcg@10": 0.1, ...}."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     for name in ("hr", "ndcg", "mrr"):
         points = sorted(
             (int(key.rsplit("@", 1)[1]), value)
@@ -53,5 +50,4 @@ def plot_metrics_at_k(metrics: dict[str, float], path: str | Path, title: str = 
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -135,7 +135,8 @@ class Tracker:
         return self._call(lambda: self._client.get_metric_history(self.run_id, _metric_key(key)),
                           "read metric history") or []
 
-    def register_model(self, name: str, artifact_path: str, tags: dict[str, str] | None = None) -> str | None:
+    def register_model(self, name: str, artifact_path: str, tags: dict[str, str] | None = None,
+                       description: str | None = None) -> str | None:
         """Register `runs:/<run>/<artifact_path>` as a new version of `name`; returns the version."""
 
         def register() -> str:
@@ -146,7 +147,8 @@ class Tracker:
             except MlflowException:
                 pass  # it exists already: add a version
             source = f"runs:/{self.run_id}/{artifact_path}"
-            version = self._client.create_model_version(name, source, run_id=self.run_id, tags=tags or {})
+            version = self._client.create_model_version(name, source, run_id=self.run_id, tags=tags or {},
+                                                        description=description)
             return str(version.version)
 
         return self._call(register, f"register the model as {name!r}")

@@ -69,6 +69,9 @@ def test_run_is_logged_to_a_real_mlflow_store(two_epoch_run) -> None:
 
     versions = client.search_model_versions("name='quick-sasrec'")
     assert [v.run_id for v in versions] == [result.run_id]
+    assert float(versions[0].tags["test_ndcg_at_10"]) == pytest.approx(result.metrics["test_ndcg@10"], rel=1e-5)
+    assert versions[0].description.startswith("sasrec on ml-latest-small (preset raw), leave_one_out split")
+    assert f"test NDCG@10 {result.metrics['test_ndcg@10']:.4f}" in versions[0].description
 
 
 def test_saved_model_holds_everything_needed_to_recommend(two_epoch_run) -> None:
