@@ -11,6 +11,7 @@ The result file is rewritten after every seed, so a stopped benchmark still repo
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, machine, write_result  # noqa: E402
+from common import RESULTS, command, commit, machine, write_result  # noqa: E402
 
 # Published figures on ML-1M, papers' preset, leave-one-out, full ranking (NDCG@10, HR@10).
 PUBLISHED = {
@@ -39,6 +40,8 @@ def main() -> None:
                         help="seeds, one run each (config overrides may follow them directly)")
     parser.add_argument("--budget-min", type=float, default=None,
                         help="start no new seed after this many minutes")
+    parser.add_argument("--append", action="store_true",
+                        help="add these seeds to the runs already in the result file (e.g. seeds run in parallel)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
     # argparse gives `--seeds 42 43 data.path=...` all to --seeds (nargs="+" takes every non-option after
@@ -70,7 +73,16 @@ def main() -> None:
                      "epoch_s": m.get("epoch_s"), "val_epoch_s": m.get("val_epoch_s"),
                      "wall_s": time.perf_counter() - t0})
         print(f"seed {seed}: {runs[-1]}", flush=True)
-        write_result(args.name, summarize(args, cfg, runs, time.perf_counter() - started))
+        earlier = earlier_runs(args.name, {r["seed"] for r in runs}) if args.append else []
+        write_result(args.name, summarize(args, cfg, earlier + runs, time.perf_counter() - started))
+
+
+def earlier_runs(name: str, replaced: set[int]) -> list[dict]:
+    """Runs already in benchmarks/results/<name>.json, except those of seeds run again now."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text(encoding="utf-8")).get("runs", []) if r["seed"] not in replaced]
 
 
 def summarize(args: argparse.Namespace, cfg, runs: list[dict], wall_s: float) -> dict:
