@@ -22,6 +22,23 @@ def _session_cache() -> Iterator[Path]:
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
+ONE_THREAD_FOLDERS = {"models", "evaluation", "reliability"}
+"""Tests of tiny tensors: they run fastest on one thread and do not fight other processes for the 2 cores."""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_tensors(request: pytest.FixtureRequest) -> Iterator[None]:
+    if ONE_THREAD_FOLDERS.isdisjoint(Path(request.node.path).relative_to(Path(__file__).parent).parts):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real MovieLens copies in /work/shared/data (override: $RECSYS_SHARED_DATA); skips when absent."""

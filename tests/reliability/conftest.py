@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from recsys.run_config import RunConfig, load_run_config
 from tests.training.test_train import QUICK
@@ -36,14 +34,6 @@ def cli_command(*args: str) -> list[str]:
 def cli_env() -> dict[str, str]:
     """The test session's environment (its RECSYS_CACHE included) on one thread per process."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Payload:
