@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 
 from recsys.run_config import RunConfig, load_run_config
 from tests.training.test_train import QUICK
