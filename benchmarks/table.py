@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 START, END = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
+QUALITY_START, QUALITY_END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 
 
 def fmt(value: object) -> str:
@@ -60,20 +61,51 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def quality_table() -> str:
+    """One row per train_quality result: every model's K=10 metrics, epochs and time, published figures beside."""
+    lines = ["| model | dataset | NDCG@10 | HR@10 | MRR@10 | seeds | best epoch / run | s to best epoch | s per epoch "
+             "| machine | published NDCG@10 / HR@10 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("benchmark") != "train_quality":
+            continue
+        m = result["metrics"]
+        machine = result.get("machine", {})
+        where = machine.get("gpu") or f"{machine.get('cores', '?')} CPU cores"
+        published = "; ".join(f"{v[0]:.4f} / {v[1]:.4f} ({name})" for name, v in result.get("published", {}).items())
+        std = f" ± {m['ndcg@10_std']:.4f}" if m.get("ndcg@10_std") else ""
+        epochs = (f"{m['best_epoch']:.0f} / {m['epochs_run']:.0f}" if m.get("epochs_run") else "fitted by counting")
+        lines.append(
+            f"| [{result['model']}{' (' + result['variant'] + ')' if result.get('variant') else ''}](benchmarks/results/{path.name}) | {result['dataset']} ({result.get('preset', '-')}) "
+            f"| {m['ndcg@10']:.4f}{std} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | {len(result.get('seeds', []))} "
+            f"| {epochs} | {fmt_or_dash(m.get('fit_s_to_best_epoch'))} | {fmt_or_dash(m.get('epoch_s'))} | {where} "
+            f"| {published or '-'} |")
+    return "\n".join(lines)
+
+
+def fmt_or_dash(value: object) -> str:
+    return fmt(round(value)) if isinstance(value, float) and value >= 10 else (fmt(value) if value is not None else "-")
+
+
+def replace_between(content: str, start: str, end: str, text: str) -> str:
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{text}\n{end}{tail}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--print", action="store_true", help="print the table instead of updating README.md")
     args = parser.parse_args()
-    text = table()
+    text, quality = table(), quality_table()
     if args.print:
-        print(text)
+        print(f"{quality}\n\n{text}")
         return
     readme = ROOT / "README.md"
-    content = readme.read_text(encoding="utf-8")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
+    content = replace_between(readme.read_text(encoding="utf-8"), START, END, text)
+    content = replace_between(content, QUALITY_START, QUALITY_END, quality)
     tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+    tmp.write_text(content, encoding="utf-8")
     os.replace(tmp, readme)
 
 

@@ -41,7 +41,7 @@ PUBLISHED = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="result file benchmarks/results/<name>.json")
-    parser.add_argument("--config", required=True, help="run config (YAML)")
+    parser.add_argument("--config", help="run config (YAML); required unless --merge")
     parser.add_argument("--seeds", nargs="+", default=["42", "43", "44"],
                         help="seeds, one run each (config overrides may follow them directly)")
     parser.add_argument("--budget-min", type=float, default=None,
@@ -53,11 +53,17 @@ def main() -> None:
                         help="score the test split after every epoch and time the way to METRIC >= VALUE")
     parser.add_argument("--merge", nargs="+", metavar="PART", default=None,
                         help="instead of training: combine these result files' runs into <name>.json")
+    parser.add_argument("--note", default=None, help="with --merge: a note kept in the result (e.g. how it was run)")
+    parser.add_argument("--commit", default=None, help="with --merge: the commit the parts ran (if theirs is off)")
+    parser.add_argument("--command", default=None, help="with --merge: the command that produced the parts")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
     if args.merge:
-        merge(args.name, [Path(p) for p in args.merge], args.results_dir)
+        merge(args.name, [Path(p) for p in args.merge], args.results_dir,
+              {k: v for k, v in (("note", args.note), ("commit", args.commit), ("command", args.command)) if v})
         return
+    if not args.config:
+        parser.error("--config is required (unless --merge)")
     # argparse gives `--seeds 42 43 data.path=...` all to --seeds (nargs="+" takes every non-option after
     # it), so overrides written right after the seeds are split off here.
     args.overrides = [*[s for s in args.seeds if "=" in s], *args.overrides]
@@ -172,15 +178,23 @@ def earlier_runs(directory: Path, name: str, replaced: set[int]) -> list[dict]:
     return [r for r in json.loads(path.read_text(encoding="utf-8")).get("runs", []) if r["seed"] not in replaced]
 
 
-def merge(name: str, parts: list[Path], directory: Path) -> None:
+def merge(name: str, parts: list[Path], directory: Path, extra: dict[str, str]) -> None:
     """One result from several (e.g. one process per seed): runs pooled, statistics recomputed; the
-    machine and commit of the first part, each part's command kept."""
+    machine and commit of the first part, each part's command kept. The parts must share one config."""
     loaded = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
+    differing = [p.name for p, d in zip(parts, loaded) if _without_seed(d["config"]) != _without_seed(loaded[0]["config"])]
+    if differing:
+        raise SystemExit(f"--merge: {', '.join(differing)} ran another config than {parts[0].name}")
     runs = sorted((r for d in loaded for r in d["runs"]), key=lambda r: r["seed"])
     result = summarize(loaded[0]["config"], runs, max(d["wall_s"] for d in loaded))
-    result.update(machine=loaded[0]["machine"], commit=loaded[0]["commit"], command=loaded[0]["command"],
-                  commands=[d["command"] for d in loaded], merged_from=[p.name for p in parts])
+    result.update({"machine": loaded[0]["machine"], "commit": loaded[0]["commit"], "command": loaded[0]["command"],
+                   "commands": [d["command"] for d in loaded], "merged_from": [p.name for p in parts], **extra})
     print(write_result(name, result, directory))
+
+
+def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that decide the result: not the seed, not the run's own scratch folders."""
+    return {**config, "trainer": {k: v for k, v in config["trainer"].items() if k != "seed"}, "tracking": None}
 
 
 def summarize(config: dict[str, Any], runs: list[dict], wall_s: float) -> dict:
