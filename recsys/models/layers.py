@@ -70,24 +70,27 @@ class SelfAttention(nn.Module):
         the queries are projected from, x giving keys and values (SASRec's reference block)."""
         batch, seq_len, hidden = x.shape
         head_dim = hidden // self.n_heads
-        if query is None:
+        if query is None and not last_only:
             qkv = self.qkv(x).view(batch, seq_len, 3, self.n_heads, head_dim)  # [batch, seq_len, 3, heads, head_dim]
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq_len, head_dim]
         else:
+            # Queries and keys/values projected apart: from different inputs (`query`), or, with last_only,
+            # only the last position's query, which saves a third of the top block's projection.
             weight, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(query, weight[:hidden], bias[:hidden])  # [batch, seq_len, hidden]
-            q = q.view(batch, seq_len, self.n_heads, head_dim).transpose(1, 2)  # [batch, heads, seq_len, head_dim]
+            query = x if query is None else query
+            if last_only:
+                query, mask = query[:, -1:], mask[..., -1:, :]  # [batch, 1, hidden], [batch, 1, 1, seq_len]
+            q = F.linear(query, weight[:hidden], bias[:hidden])  # [batch, q_len, hidden]
+            q = q.view(batch, -1, self.n_heads, head_dim).transpose(1, 2)  # [batch, heads, q_len, head_dim]
             kv = F.linear(x, weight[hidden:], bias[hidden:]).view(batch, seq_len, 2, self.n_heads, head_dim)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq_len, head_dim]
-        if last_only:
-            q, mask = q[:, :, -1:], mask[..., -1:, :]  # [batch, heads, 1, head_dim], [batch, 1, 1, seq_len]
-            seq_len = 1
+        q_len = q.shape[2]
         # Dropout on attention weights forces torch's unfused "math" attention: on CPU that is >10x
         # slower than the fused kernel, which is why models default it to 0 (see their configs).
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # [batch, heads, seq_len, head_dim]
-        y = y.transpose(1, 2).reshape(batch, seq_len, hidden)  # [batch, seq_len, hidden]
+        y = y.transpose(1, 2).reshape(batch, q_len, hidden)  # [batch, q_len, hidden]
         return self.out(y)
 
 
