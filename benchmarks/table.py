@@ -75,8 +75,9 @@ def quality_table() -> str:
         published = "; ".join(f"{v[0]:.4f} / {v[1]:.4f} ({name})" for name, v in result.get("published", {}).items())
         std = f" ± {m['ndcg@10_std']:.4f}" if m.get("ndcg@10_std") else ""
         epochs = (f"{m['best_epoch']:.0f} / {m['epochs_run']:.0f}" if m.get("epochs_run") else "fitted by counting")
+        label = result["model"] + (f" ({result['variant']})" if result.get("variant") else "")
         lines.append(
-            f"| [{result['model']}{' (' + result['variant'] + ')' if result.get('variant') else ''}](benchmarks/results/{path.name}) | {result['dataset']} ({result.get('preset', '-')}) "
+            f"| [{label}](benchmarks/results/{path.name}) | {result['dataset']} ({result.get('preset', '-')}) "
             f"| {m['ndcg@10']:.4f}{std} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | {len(result.get('seeds', []))} "
             f"| {epochs} | {fmt_or_dash(m.get('fit_s_to_best_epoch'))} | {fmt_or_dash(m.get('epoch_s'))} | {where} "
             f"| {published or '-'} |")

@@ -182,7 +182,8 @@ def merge(name: str, parts: list[Path], directory: Path, extra: dict[str, str]) 
     """One result from several (e.g. one process per seed): runs pooled, statistics recomputed; the
     machine and commit of the first part, each part's command kept. The parts must share one config."""
     loaded = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
-    differing = [p.name for p, d in zip(parts, loaded) if _without_seed(d["config"]) != _without_seed(loaded[0]["config"])]
+    reference = _without_seed(loaded[0]["config"])
+    differing = [p.name for p, d in zip(parts, loaded) if _without_seed(d["config"]) != reference]
     if differing:
         raise SystemExit(f"--merge: {', '.join(differing)} ran another config than {parts[0].name}")
     runs = sorted((r for d in loaded for r in d["runs"]), key=lambda r: r["seed"])

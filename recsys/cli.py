@@ -294,8 +294,8 @@ def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type
                            help="a readable table, or JSON for scripts")
     recommend.add_argument("--include-seen", action="store_true",
                            help="allow items of the history in the results (default: left out)")
-    recommend.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat",
-                           help="FAISS index: flat is exact; hnsw and ivf are approximate, for large catalogues")
+    recommend.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
+                           help="FAISS index: flat is exact; hnsw, ivf, ivfpq approximate, for large catalogues")
     recommend.add_argument("--on-unknown", choices=("skip", "error"), default="skip",
                            help="item ids the model does not know: skip them (with a warning) or fail")
     recommend.add_argument("--tracking-uri", default=None,
@@ -350,8 +350,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
                        help="saved model directory, runs:/<run_id>/<path> or models:/<name>/<version>")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat",
-                       help="FAISS index: flat is exact; hnsw and ivf are approximate, for large catalogues")
+    serve.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
+                       help="FAISS index: flat is exact; hnsw, ivf, ivfpq approximate, for large catalogues")
     serve.add_argument("--tracking-uri", default=None,
                        help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
                        "else sqlite:///mlflow.db)")

@@ -37,8 +37,8 @@ from recsys.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
-KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq"]
+KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf", "ivfpq")
 INDEX_FORMAT_VERSION = 1
 SMALL_BATCH = 16  # fewer queries than this are searched on one thread (see ItemIndex._search)
 
@@ -48,7 +48,8 @@ class IndexConfig:
     """Which FAISS index to use and its parameters (only those of the chosen kind matter)."""
 
     kind: IndexKind = "flat"
-    """flat (exact), hnsw or ivf (approximate)."""
+    """flat (exact); hnsw, ivf or ivfpq (approximate). ivfpq: IVF cells scanned through 4-bit product-quantised
+    codes (FAISS fast-scan), the best candidates re-scored exactly: the fastest for large catalogues."""
     hnsw_m: int = 32
     """HNSW: neighbours per node. More: better recall, more memory (about 8 * M bytes per item)."""
     hnsw_ef_construction: int = 64
@@ -62,11 +63,17 @@ class IndexConfig:
     """IVF: cells scanned per query; None: half of nlist (at least 8), which keeps recall@10 >= 0.95 even on
     unclustered random vectors, the worst case for IVF. Real embeddings are clustered: set it lower
     (benchmarks/retrieval.py reaches 0.95 on 1M clustered vectors with a few percent of the cells)."""
+    pq_m: int | None = None
+    """ivfpq: sub-vectors per code (4 bits each); None: dim / 2 (two dimensions per 4-bit code) when dim is
+    even, else dim. Must divide dim."""
+    refine_k_factor: int = 64
+    """ivfpq: candidates re-scored exactly per result asked for (k * refine_k_factor)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"index kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe"):
+        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe", "pq_m",
+                     "refine_k_factor"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"index parameter {name} must be at least 1, got {value}")
@@ -89,7 +96,16 @@ class IndexConfig:
             return {"M": self.hnsw_m, "efConstruction": self.hnsw_ef_construction}
         if self.kind == "ivf":
             return {"nlist": self.nlist_for(n_items)}
+        if self.kind == "ivfpq":
+            return {"nlist": self.nlist_for(n_items), "pq_m": self.pq_m}
         return {}
+
+    def pq_m_for(self, dim: int) -> int:
+        """Sub-vectors per product-quantisation code for vectors of `dim`."""
+        m = self.pq_m if self.pq_m is not None else (dim // 2 if dim % 2 == 0 else dim)
+        if dim % m != 0:
+            raise ConfigError(f"index parameter pq_m ({m}) must divide the vector dimension ({dim})")
+        return m
 
 
 def as_index_config(index: str | IndexConfig) -> IndexConfig:
@@ -134,6 +150,13 @@ class ItemIndex:
             ivf.train(vectors)
             ivf.add_with_ids(vectors, ids)  # IVF stores ids itself (the wrapper keeps the quantizer alive)
             index: Any = ivf
+        elif config.kind == "ivfpq":
+            spec = f"IVF{config.nlist_for(n_items)},PQ{config.pq_m_for(dim)}x4fs,RFlat"
+            refined = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+            faiss.extract_index_ivf(refined).cp.seed = seed
+            refined.train(vectors)
+            index = faiss.IndexIDMap(refined)  # the refine stage keeps positions; the map turns them into item_idx
+            index.add_with_ids(vectors, ids)
         else:
             if config.kind == "hnsw":
                 base = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -149,9 +172,11 @@ class ItemIndex:
 
         if self.config.kind == "hnsw":
             faiss.downcast_index(self.index.index).hnsw.efSearch = self.config.hnsw_ef_search
-        elif self.config.kind == "ivf":
+        elif self.config.kind in ("ivf", "ivfpq"):
             ivf = faiss.extract_index_ivf(self.index)
             ivf.nprobe = self.config.nprobe_for(ivf.nlist)
+            if self.config.kind == "ivfpq":
+                faiss.downcast_index(self.index.index).k_factor = self.config.refine_k_factor
 
     def search(self, queries: np.ndarray, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
         """Top `n_candidates` items per query by inner product: (scores [b, n], item_idx [b, n]).

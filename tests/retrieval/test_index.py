@@ -59,7 +59,7 @@ def test_filtered_search_is_exact_and_never_returns_filtered_items(most: int) ->
         assert not set(labels[row]) & set(items)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 def test_approximate_indexes_reach_recall_095_with_default_params(kind: str) -> None:
     vectors, queries = random_vectors(5000, 32), random_vectors(200, 32, seed=4)
     exact = torch_top_k(vectors, queries, 10)[1]
@@ -68,7 +68,7 @@ def test_approximate_indexes_reach_recall_095_with_default_params(kind: str) -> 
     assert recall >= 0.95, f"{kind} recall@10 {recall:.3f}"
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 def test_approximate_filtered_search_falls_back_to_exact_when_short(kind: str) -> None:
     vectors, queries = random_vectors(300, 8), random_vectors(4, 8, seed=5)
     filtered = [np.arange(1, 291)] * 4  # only 10 items left: approximate search alone would miss some
@@ -134,8 +134,22 @@ def test_unwritable_directory_keeps_the_index_in_memory(tmp_path: Path) -> None:
 
 
 def test_bad_index_config_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="'annoy' is not one of flat, hnsw, ivf"):
+    with pytest.raises(ConfigError, match="'annoy' is not one of flat, hnsw, ivf, ivfpq"):
         IndexConfig(kind="annoy")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="hnsw_m must be at least 1, got 0"):
         IndexConfig(kind="hnsw", hnsw_m=0)
+    with pytest.raises(ConfigError, match=r"pq_m \(5\) must divide the vector dimension \(8\)"):
+        ItemIndex.build(random_vectors(100, 8), IndexConfig(kind="ivfpq", pq_m=5))
+
+
+def test_ivfpq_scores_are_exact_inner_products_and_survive_a_reload(tmp_path: Path) -> None:
+    """The refine stage re-scores candidates with the stored vectors, so the scores that reach users are the
+    true inner products, not the 4-bit codes' estimates."""
+    vectors, queries = random_vectors(3000, 16), random_vectors(20, 16, seed=6)
+    built = load_or_build(tmp_path, vectors, IndexConfig(kind="ivfpq"))
+    scores, labels = built.search(queries, 10)
+    true = np.take_along_axis(queries @ vectors.T, labels - 1, axis=1)
+    np.testing.assert_allclose(scores, true, rtol=1e-5, atol=1e-4)
+    again = load_or_build(tmp_path, vectors, IndexConfig(kind="ivfpq"))
+    np.testing.assert_array_equal(again.search(queries, 10)[1], labels)
 
