@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from recsys.models.layers import TransformerBlock, additive_mask, attention_mask, init_weights
+from recsys.models.layers import TransformerBlock, attention_bias, init_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,7 @@ class BERT4Rec(nn.Module):
         padding = items == 0  # [batch, seq_len]
         x = self.item_emb(items) + self.pos_emb(self._positions(padding))  # [batch, seq_len, hidden]
         x = self.emb_dropout(self.emb_norm(x)) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
-        mask = additive_mask(attention_mask(padding, causal=False), x.dtype)  # [batch, 1, seq_len, seq_len]
+        mask = attention_bias(padding, causal=False, dtype=x.dtype)  # [batch, 1, 1, seq_len]
         for block in self.blocks:
             x = block(x, mask)
         return self.head(self.final_norm(x))  # [batch, seq_len, hidden]

@@ -50,6 +50,28 @@ def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
+def attention_bias(padding_mask: Tensor, causal: bool, dtype: torch.dtype) -> Tensor:
+    """The additive mask for `scaled_dot_product_attention`, built without any [batch, seq_len, seq_len]
+    boolean: a large finite negative at padding keys ([batch, 1, 1, seq_len]) plus, if `causal`, a shared
+    -inf upper triangle ([seq_len, seq_len]). Real queries attend exactly the keys `attention_mask` allows
+    (the exponential of the large negative is 0). A padding query whose keys are all padding gets a finite,
+    meaningless mix of them instead of NaN (the job of `attention_mask`'s diagonal). Building the boolean
+    mask and converting it cost about as much as the attention itself when encoding every user on a CPU.
+    Returns [batch, 1, 1, seq_len] (not causal) or [batch, 1, seq_len, seq_len] (causal).
+    """
+    if padding_mask.dim() != 2 or padding_mask.dtype != torch.bool:
+        raise ValueError(
+            f"padding_mask must be a [batch, seq_len] bool tensor, got {tuple(padding_mask.shape)} {padding_mask.dtype}"
+        )
+    # a quarter of the dtype's range: far below any score, and still finite after adding a few scores
+    keys = padding_mask[:, None, None, :].to(dtype) * (torch.finfo(dtype).min / 4)  # [batch, 1, 1, seq_len]
+    if not causal:
+        return keys
+    seq_len = padding_mask.shape[1]
+    future = torch.full((seq_len, seq_len), float("-inf"), dtype=dtype, device=padding_mask.device).triu_(1)
+    return keys + future  # [batch, 1, seq_len, seq_len]
+
+
 class SelfAttention(nn.Module):
     """Multi-head scaled dot-product self-attention (Vaswani et al., 2017) via torch's fused kernel."""
 

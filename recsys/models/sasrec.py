@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from recsys.models.layers import TransformerBlock, additive_mask, attention_mask, init_weights
+from recsys.models.layers import TransformerBlock, attention_bias, init_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ class SASRec(nn.Module):
         x = self.item_emb(items) * math.sqrt(self.config.hidden)  # [batch, seq_len, hidden]
         x = x + self.pos_emb(self._positions(padding))
         x = self.emb_dropout(x) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
-        mask = additive_mask(attention_mask(padding, causal=True), x.dtype)  # [batch, 1, seq_len, seq_len]
+        mask = attention_bias(padding, causal=True, dtype=x.dtype)  # [batch, 1, seq_len, seq_len]
         for depth, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
         return self.final_norm(x)  # [batch, seq_len or 1, hidden]

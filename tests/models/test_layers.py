@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recsys.models.layers import FeedForward, SelfAttention, TransformerBlock, attention_mask
+from recsys.models.layers import FeedForward, SelfAttention, TransformerBlock, additive_mask, attention_bias, attention_mask
 
 
 def test_attention_mask_causal_and_padding() -> None:
@@ -51,6 +51,21 @@ def test_sasrec_block_is_the_reference_codes_formula() -> None:
     hidden = block.norm2(q_in + block.attn.out(torch.cat(outs, dim=-1)))
     expected = hidden + block.ffn(hidden)
     torch.testing.assert_close(block(x, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_bias_gives_real_queries_the_same_attention_as_the_boolean_mask(causal: bool) -> None:
+    torch.manual_seed(0)
+    padding = torch.tensor([[True, True, True, False, False, False], [False] * 6, [True] * 6])
+    q, k, v = (torch.randn(3, 2, 6, 4) for _ in range(3))
+    bias = attention_bias(padding, causal=causal, dtype=torch.float32)
+    assert bias.shape == ((3, 1, 6, 6) if causal else (3, 1, 1, 6))
+    got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=additive_mask(attention_mask(padding, causal=causal), torch.float32))
+    real = ~padding  # [batch, seq_len]: query rows whose outputs anyone reads
+    torch.testing.assert_close(got.transpose(1, 2)[real], want.transpose(1, 2)[real], atol=1e-6, rtol=1e-6)
+    assert torch.isfinite(got).all()  # the all-padding row included
 
 
 def test_attention_mask_rejects_non_bool() -> None:
