@@ -114,7 +114,13 @@ class Recformer(nn.Module):
     Contract: `score(items) == user_vector(items) @ item_vectors().T`.
     """
 
-    needs_item_texts = True
+    needs_item_texts = True  # training hands the catalogue's texts over (`set_item_texts`)
+
+    @property
+    def objective(self) -> str:
+        """Training batches: "shift" (a target at every position) for the causal frozen mode; "last" for
+        full mode, whose one state per history serves only the last position's target."""
+        return "last" if self.config.mode == "full" else "shift"
 
     def __init__(self, n_items: int, config: RecformerConfig) -> None:
         super().__init__()

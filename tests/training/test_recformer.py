@@ -26,7 +26,7 @@ from recsys.cli import main  # noqa: E402
 from recsys.config import DataConfig  # noqa: E402
 from recsys.data import schema  # noqa: E402
 from recsys.data.prepare import read_raw  # noqa: E402
-from recsys.models import SASRec, SASRecConfig  # noqa: E402
+from recsys.models import Recformer, SASRec, SASRecConfig  # noqa: E402
 from recsys.retrieval.cold_items import ColdItemSplit, cold_item_hit_rate, hold_out_items, write_training_files  # noqa: E402
 from recsys.retrieval.recommender import Recommender  # noqa: E402
 from recsys.run_config import load_run_config  # noqa: E402
@@ -146,3 +146,36 @@ def test_id_based_models_refuse_add_items(run: tuple, tmp_path: Path, capsys: py
     assert main(["index", "add-items", "--model", str(tmp_path / "sasrec"), "--items", str(tmp_path / "new.csv")]) == 2
     err = capsys.readouterr().err
     assert "sasrec model knows items only by the ids it was trained on" in err and "recformer" in err
+
+
+def test_full_mode_trains_and_saves_item_vectors_that_match_its_weights(run: tuple, tmp_path: Path) -> None:
+    """Recformer's own mode, a few steps: the language model is fine-tuned, item vectors are re-encoded
+    between epochs, and the saved cache is exactly what the saved weights give (a stale cache would rank
+    with vectors of an older encoder)."""
+    import torch
+
+    # A smaller slice still (the 150 most rated movies, 150 users): every epoch re-encodes the catalogue and
+    # validation runs the language model once per user.
+    kept = run[1].interactions
+    top = kept.group_by(schema.ITEM_ID).len().sort("len", descending=True).head(150)[schema.ITEM_ID].implode()
+    users = kept[schema.USER_ID].unique().sort().head(150).implode()
+    small = kept.filter(pl.col(schema.ITEM_ID).is_in(top) & pl.col(schema.USER_ID).is_in(users))
+    items = pl.read_parquet(Path(run[2]).parent / "data" / "items.parquet")
+    data = write_training_files(ColdItemSplit(small, run[1].held_items, run[1].targets), items, tmp_path / "data")
+    cfg = load_run_config(CONFIG, [*data, "model.mode=full", "model.max_len=8", "model.max_tokens=96",
+                                   "trainer.batch_size=16", "trainer.limit_train_batches=3", "trainer.max_epochs=2",
+                                   "trainer.patience=0", "trainer.lr=0.0001", "trainer.progress_bar=false",
+                                   "trainer.threads=1", "trainer.eval_batch_size=128", "tracking.enabled=false",
+                                   f"tracking.output_dir={tmp_path / 'runs'}"])
+    result = train(cfg)
+    rec = Recommender.load(result.model_dir)
+    model = rec._model
+    assert model.objective == "last"
+    cached = model.item_cache.clone()
+    model._stale = True
+    model.refresh_item_cache()
+    assert torch.allclose(model.item_cache, cached, atol=1e-4)
+    pretrained = Recformer(model.n_items, model.config)
+    assert not torch.allclose(pretrained.backbone.embeddings.word_embeddings.weight,
+                              model.backbone.embeddings.word_embeddings.weight)  # fine-tuned
+    assert len(rec.recommend(user=1, k=5)) == 5
