@@ -122,3 +122,13 @@ def test_config_errors_name_the_field() -> None:
         RecformerConfig(max_tokens=10, max_item_tokens=32)
     with pytest.raises(ConfigError, match="model.backbone"):
         Recformer(3, RecformerConfig(backbone="/nonexistent/folder"))
+
+
+def test_importing_the_models_does_not_import_transformers() -> None:
+    """The text extra is optional: id-based models and the CLI must not pay for (or need) transformers."""
+    import subprocess
+    import sys
+
+    code = "import sys, recsys.models, recsys.cli; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
