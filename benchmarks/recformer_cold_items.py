@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, machine, write_result  # noqa: E402
+from common import provenance, write_result  # noqa: E402
 from recformer_transfer import device  # noqa: E402
 
 
@@ -80,9 +80,7 @@ def main() -> None:
         "config": cfg.to_dict(),
         "seeds": [cfg.trainer.seed],
         "wall_s": time.perf_counter() - started,
-        "machine": machine(),
-        "command": command(),
-        "commit": commit(),
+        **provenance(),
     })
     print(f"{path}: {metrics}", flush=True)
 

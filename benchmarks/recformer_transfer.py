@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, machine, write_result  # noqa: E402
+from common import provenance, write_result  # noqa: E402
 from train_quality import summarize  # noqa: E402
 
 
@@ -82,9 +82,7 @@ def main() -> None:
         "config": cfg.to_dict(),
         "seeds": [cfg.trainer.seed],
         "wall_s": time.perf_counter() - started,
-        "machine": machine(),
-        "command": command(),
-        "commit": commit(),
+        **provenance(),
     })
     print(transfer, flush=True)
 

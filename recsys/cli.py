@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_group(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """A command that only groups sub-commands (`recsys data ...`): alone, it prints its help."""
+    group = commands.add_parser(name, help=help)
+    group.set_defaults(handler=lambda _args: (group.print_help(), 0)[1])
+    return group.add_subparsers(title=f"{name} commands", metavar=f"<{name} command>")
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=36)
 
@@ -62,9 +69,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def add_data_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    data = commands.add_parser("data", help="prepare datasets and show their statistics")
-    data.set_defaults(handler=lambda _args: (data.print_help(), 0)[1])
-    actions = data.add_subparsers(title="data commands", metavar="<data command>")
+    actions = _command_group(commands, "data", "prepare datasets and show their statistics")
     prepare = actions.add_parser(
         "prepare",
         help="read, filter and cache a dataset as sequences; print its statistics and cache folder",
@@ -375,9 +380,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    index = commands.add_parser("index", help="change a saved model's catalogue and FAISS index")
-    index.set_defaults(handler=lambda _args: (index.print_help(), 0)[1])
-    actions = index.add_subparsers(title="index commands", metavar="<index command>")
+    actions = _command_group(commands, "index", "change a saved model's catalogue and FAISS index")
     add = actions.add_parser(
         "add-items",
         help="add new items, from their text, to a text model's catalogue and index (no retraining)",

@@ -61,7 +61,7 @@ def add_items(model_dir: str | Path, items_file: str | Path, out: str | Path | N
         model_name=saved.model_name, config=saved.config, state_dict=model.state_dict(), n_items=item_map.height,
         item_map=item_map, items=pl.concat([saved.items, new], how="diagonal_relaxed"),
         user_map=saved.user_map, histories=saved.histories, metrics=saved.metrics,
-        extra={**saved.extra, "parent": str(model_dir.resolve()),
+        extra={**{k: v for k, v in saved.extra.items() if k != "recsys_version"}, "parent": str(model_dir.resolve()),
                "added_items": int(saved.extra.get("added_items", 0)) + new.height},
         bundle=saved.bundle,
     )
