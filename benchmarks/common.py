@@ -61,10 +61,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_result(name: str, result: dict[str, Any]) -> Path:
-    """benchmarks/results/<name>.json, written to a temporary file and renamed into place."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, result: dict[str, Any], directory: Path = RESULTS) -> Path:
+    """<directory>/<name>.json (default benchmarks/results), written to a temporary file and renamed into place."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -6,6 +6,11 @@
 Protocol: whatever the config says (ml-1m papers' preset: leave-one-out, full ranking over all 3,416 items,
 history excluded), early stopping on validation NDCG@10, test metrics of the best validation epoch.
 The result file is rewritten after every seed, so a stopped benchmark still reports the seeds it finished.
+
+`--watch-test ndcg@10=0.182` also scores the test split after every epoch, only to time the way to a
+published figure ("time to NDCG@10 0.182"): model selection still uses validation alone, and the seconds
+spent scoring the test split are left out of that time. Seeds run in separate processes (e.g. side by side
+on one GPU) each write their own file; `--merge NAME PART...` combines such files into one result.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, command, commit, machine, write_result  # noqa: E402
@@ -42,8 +48,16 @@ def main() -> None:
                         help="start no new seed after this many minutes")
     parser.add_argument("--append", action="store_true",
                         help="add these seeds to the runs already in the result file (e.g. seeds run in parallel)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where <name>.json goes")
+    parser.add_argument("--watch-test", metavar="METRIC=VALUE", default=None,
+                        help="score the test split after every epoch and time the way to METRIC >= VALUE")
+    parser.add_argument("--merge", nargs="+", metavar="PART", default=None,
+                        help="instead of training: combine these result files' runs into <name>.json")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.name, [Path(p) for p in args.merge], args.results_dir)
+        return
     # argparse gives `--seeds 42 43 data.path=...` all to --seeds (nargs="+" takes every non-option after
     # it), so overrides written right after the seeds are split off here.
     args.overrides = [*[s for s in args.seeds if "=" in s], *args.overrides]
@@ -65,48 +79,137 @@ def main() -> None:
                                             f"tracking.output_dir={work / 'runs'}",
                                             f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}"])
         t0 = time.perf_counter()
-        result = train(cfg)
+        watch = TestWatch(*parse_target(args.watch_test)) if args.watch_test else None
+        result = train(cfg, callbacks=[EpochLog(seed), *([watch] if watch else [])])
         m = result.metrics
         runs.append({"seed": seed, "ndcg@10": m["test_ndcg@10"], "hr@10": m["test_hr@10"],
                      "mrr@10": m["test_mrr@10"], "valid_ndcg@10": m["valid_ndcg@10"],
                      "best_epoch": int(m["best_epoch"]), "epochs_run": int(m["epochs_run"]),
                      "epoch_s": m.get("epoch_s"), "val_epoch_s": m.get("val_epoch_s"),
-                     "wall_s": time.perf_counter() - t0})
+                     "fit_s": m.get("fit_s"), "fit_s_to_best_epoch": fit_s_to_epoch(result.history, m["best_epoch"]),
+                     "wall_s": time.perf_counter() - t0,
+                     **(watch.summary() if watch else {})})
         print(f"seed {seed}: {runs[-1]}", flush=True)
-        earlier = earlier_runs(args.name, {r["seed"] for r in runs}) if args.append else []
-        write_result(args.name, summarize(args, cfg, earlier + runs, time.perf_counter() - started))
+        earlier = earlier_runs(args.results_dir, args.name, {r["seed"] for r in runs}) if args.append else []
+        write_result(args.name, summarize(cfg.to_dict(), earlier + runs, time.perf_counter() - started),
+                     args.results_dir)
 
 
-def earlier_runs(name: str, replaced: set[int]) -> list[dict]:
-    """Runs already in benchmarks/results/<name>.json, except those of seeds run again now."""
-    path = RESULTS / f"{name}.json"
+def parse_target(text: str) -> tuple[str, float]:
+    metric, _, value = text.partition("=")
+    try:
+        return metric, float(value)
+    except ValueError:
+        raise SystemExit(f"--watch-test: expected METRIC=VALUE, e.g. ndcg@10=0.182, got {text!r}") from None
+
+
+def fit_s_to_epoch(history: list[dict[str, float]], epoch: float) -> float | None:
+    """Seconds of training and validation up to the end of `epoch` (the best one: what early stopping
+    would have needed had it known), from the per-epoch times the run recorded."""
+    rows = [r for r in history if r["epoch"] <= epoch]
+    return sum(r.get("epoch_train_s", 0.0) + r.get("epoch_val_s", 0.0) for r in rows) if rows else None
+
+
+def _callback_base() -> type:
+    import lightning as L
+
+    return L.Callback
+
+
+class EpochLog(_callback_base()):  # type: ignore[misc]
+    """One line per epoch on stdout (seed, epoch, loss, validation NDCG@10, seconds since the fit began),
+    so that a long or remote benchmark can be followed and a killed one still leaves its curve."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        m = trainer.callback_metrics
+        print(f"seed {self.seed} epoch {trainer.current_epoch} loss {float(m.get('train_loss', float('nan'))):.4f} "
+              f"val_ndcg@10 {float(m.get('val_ndcg@10', float('nan'))):.4f} "
+              f"t {time.perf_counter() - self.started:.1f}s", flush=True)
+
+
+class TestWatch(_callback_base()):  # type: ignore[misc]
+    """Scores the test split after each validation, to time the way to a target. Observation only: nothing
+    here feeds model selection, evaluation draws no random numbers (the run's trajectory is unchanged),
+    and its own time is subtracted from the clock."""
+
+    def __init__(self, metric: str, target: float) -> None:
+        self.metric, self.target = metric, target
+        self.curve: list[tuple[int, float, float]] = []  # (epoch, fit seconds, test value)
+        self.excluded = 0.0
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        from recsys.evaluation.runner import evaluate_loader
+
+        now = time.perf_counter()
+        value = evaluate_loader(pl_module.model, trainer.datamodule.test_dataloader(), pl_module.n_items)[self.metric]
+        self.curve.append((trainer.current_epoch, now - self.started - self.excluded, value))
+        self.excluded += time.perf_counter() - now
+
+    def summary(self) -> dict[str, Any]:
+        reached = next(((epoch, s) for epoch, s, v in self.curve if v >= self.target), None)
+        return {"watched": f"test {self.metric} >= {self.target}",
+                "target_epoch": reached[0] if reached else None,
+                "target_fit_s": reached[1] if reached else None,
+                "test_curve": [[e, round(s, 2), round(v, 5)] for e, s, v in self.curve]}
+
+
+def earlier_runs(directory: Path, name: str, replaced: set[int]) -> list[dict]:
+    """Runs already in <directory>/<name>.json, except those of seeds run again now."""
+    path = directory / f"{name}.json"
     if not path.is_file():
         return []
     return [r for r in json.loads(path.read_text(encoding="utf-8")).get("runs", []) if r["seed"] not in replaced]
 
 
-def summarize(args: argparse.Namespace, cfg, runs: list[dict], wall_s: float) -> dict:
+def merge(name: str, parts: list[Path], directory: Path) -> None:
+    """One result from several (e.g. one process per seed): runs pooled, statistics recomputed; the
+    machine and commit of the first part, each part's command kept."""
+    loaded = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
+    runs = sorted((r for d in loaded for r in d["runs"]), key=lambda r: r["seed"])
+    result = summarize(loaded[0]["config"], runs, max(d["wall_s"] for d in loaded))
+    result.update(machine=loaded[0]["machine"], commit=loaded[0]["commit"], command=loaded[0]["command"],
+                  commands=[d["command"] for d in loaded], merged_from=[p.name for p in parts])
+    print(write_result(name, result, directory))
+
+
+def summarize(config: dict[str, Any], runs: list[dict], wall_s: float) -> dict:
     def spread(key: str) -> dict:
-        values = [r[key] for r in runs if r[key] is not None]  # e.g. no epoch_s for a count-fitted model
+        values = [r[key] for r in runs if r.get(key) is not None]  # e.g. no epoch_s for a count-fitted model
         if not values:
             return {"mean": None, "std": None, "min": None, "max": None}
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "min": min(values), "max": max(values)}
 
     ndcg, hr = spread("ndcg@10"), spread("hr@10")
+    model = config["model"]["name"]
     return {
         "benchmark": "train_quality",
-        "dataset": cfg.data.name,
-        "preset": cfg.data.preset,
-        "split": cfg.data.split,
-        "model": cfg.model_name,
-        "config": cfg.to_dict(),
+        "dataset": config["data"]["name"],
+        "preset": config["data"]["preset"],
+        "split": config["data"]["split"],
+        "model": model,
+        "config": config,
         "metrics": {"ndcg@10": ndcg["mean"], "hr@10": hr["mean"], "ndcg@10_std": ndcg["std"],
                     "hr@10_std": hr["std"], "mrr@10": spread("mrr@10")["mean"],
                     "epoch_s": spread("epoch_s")["mean"], "best_epoch": spread("best_epoch")["mean"],
-                    "epochs_run": spread("epochs_run")["mean"], "wall_s_per_seed": spread("wall_s")["mean"]},
+                    "epochs_run": spread("epochs_run")["mean"], "wall_s_per_seed": spread("wall_s")["mean"],
+                    "fit_s_to_best_epoch": spread("fit_s_to_best_epoch")["mean"],
+                    **({"target_fit_s": spread("target_fit_s")["mean"],
+                        "target_reached": sum(r["target_fit_s"] is not None for r in runs)}
+                       if any("watched" in r for r in runs) else {})},
         "runs": runs,
-        "published": PUBLISHED.get(cfg.model_name, {}),
+        "published": PUBLISHED.get(model, {}),
         "seeds": [r["seed"] for r in runs],
         "wall_s": wall_s,
         "machine": machine(),

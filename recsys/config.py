@@ -88,6 +88,8 @@ class TrainerConfig:
     """Clip the gradient norm to this value (None: no clipping)."""
     patience: int = 10
     """Stop after this many validation checks without a better validation NDCG@10 (0: never stop early)."""
+    max_minutes: float | None = None
+    """Stop training after this many minutes of fitting, keeping the best epoch so far (None: no time limit)."""
     val_every: int = 1
     """Validate every N epochs."""
     train_windows: Literal["last", "all"] = "last"
@@ -115,6 +117,10 @@ class TrainerConfig:
     """Fraction or number of training batches per epoch (for quick runs)."""
     progress_bar: bool = True
     """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Activation = Literal["gelu", "relu"]
-LayerNormPlacement = Literal["pre", "post"]
+LayerNormPlacement = Literal["pre", "post", "sasrec"]
 
 
 def attention_mask(padding_mask: Tensor, causal: bool) -> Tensor:
@@ -63,14 +63,22 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False, query: Tensor | None = None) -> Tensor:
         """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden], or
         [batch, 1, hidden] with `last_only`: only the last position queries (all positions are still keys),
-        which is all a user vector needs from the top block."""
+        which is all a user vector needs from the top block. `query` (same shape as x), if given, is what
+        the queries are projected from, x giving keys and values (SASRec's reference block)."""
         batch, seq_len, hidden = x.shape
         head_dim = hidden // self.n_heads
-        qkv = self.qkv(x).view(batch, seq_len, 3, self.n_heads, head_dim)  # [batch, seq_len, 3, heads, head_dim]
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq_len, head_dim]
+        if query is None:
+            qkv = self.qkv(x).view(batch, seq_len, 3, self.n_heads, head_dim)  # [batch, seq_len, 3, heads, head_dim]
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq_len, head_dim]
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(query, weight[:hidden], bias[:hidden])  # [batch, seq_len, hidden]
+            q = q.view(batch, seq_len, self.n_heads, head_dim).transpose(1, 2)  # [batch, heads, seq_len, head_dim]
+            kv = F.linear(x, weight[hidden:], bias[hidden:]).view(batch, seq_len, 2, self.n_heads, head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq_len, head_dim]
         if last_only:
             q, mask = q[:, :, -1:], mask[..., -1:, :]  # [batch, heads, 1, head_dim], [batch, 1, 1, seq_len]
             seq_len = 1
@@ -103,9 +111,12 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Attention then feed-forward, each in a residual branch with dropout and layer norm.
 
-    layer_norm="pre" normalises each branch's input, x + f(LN(x)) (GPT-2 style; stable without warm-up, the
-    layout SASRec's reference code approximates); the stack then needs one final LayerNorm, which the model
-    owns. "post" normalises after the residual sum, LN(x + f(x)) (the original Transformer and BERT4Rec).
+    layer_norm="pre" normalises each branch's input, x + f(LN(x)) (GPT-2 style; stable without warm-up); the
+    stack then needs one final LayerNorm, which the model owns. "post" normalises after the residual sum,
+    LN(x + f(x)) (the original Transformer and BERT4Rec). "sasrec" is the block of SASRec's reference code
+    (kang205/SASRec, pmixer/SASRec.pytorch, and Klenitskiy & Vasilev's SASRec+): the residual carries the
+    NORMALISED input, and only the queries are normalised, keys and values coming from the raw input:
+    q = LN1(x); x = q + Attn(q, x, x); x = LN2(x); x = x + FFN(x). It also needs the final LayerNorm.
     """
 
     def __init__(
@@ -119,9 +130,9 @@ class TransformerBlock(nn.Module):
         attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
-        if layer_norm not in ("pre", "post"):
-            raise ValueError(f"layer_norm must be 'pre' or 'post', got {layer_norm!r}")
-        self.pre_norm = layer_norm == "pre"
+        if layer_norm not in ("pre", "post", "sasrec"):
+            raise ValueError(f"layer_norm must be 'pre', 'post' or 'sasrec', got {layer_norm!r}")
+        self.layer_norm = layer_norm
         self.attn = SelfAttention(hidden, n_heads, dropout if attention_dropout is None else attention_dropout)
         self.ffn = FeedForward(hidden, inner, dropout, activation)
         self.norm1 = nn.LayerNorm(hidden)
@@ -132,9 +143,14 @@ class TransformerBlock(nn.Module):
         """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden], or
         only the last position's state [batch, 1, hidden] with `last_only` (same values, less work)."""
         residual = x[:, -1:] if last_only else x
-        if self.pre_norm:
+        if self.layer_norm == "pre":
             x = residual + self.dropout(self.attn(self.norm1(x), mask, last_only))
             return x + self.dropout(self.ffn(self.norm2(x)))
+        if self.layer_norm == "sasrec":
+            query = self.norm1(x)
+            x = (query[:, -1:] if last_only else query) + self.dropout(self.attn(x, mask, last_only, query=query))
+            x = self.norm2(x)
+            return x + self.dropout(self.ffn(x))
         x = self.norm1(residual + self.dropout(self.attn(x, mask, last_only)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 

@@ -43,8 +43,9 @@ class SASRecConfig:
     attention dropout makes torch leave its fused attention kernel, which costs ~2x per epoch on CPU."""
     ffn_mult: int = 1
     """Feed-forward inner size = ffn_mult * hidden (the paper's point-wise FFN keeps the width: 1)."""
-    layer_norm: Literal["pre", "post"] = "pre"
-    """'pre': LayerNorm before each sub-layer plus a final one (the reference code); 'post': after the residual sum."""
+    layer_norm: Literal["pre", "post", "sasrec"] = "pre"
+    """'pre': LayerNorm before each sub-layer plus a final one; 'post': after the residual sum; 'sasrec': the
+    reference code's block (normalised queries and residual, raw keys and values; see layers.TransformerBlock)."""
     activation: Literal["gelu", "relu"] = "relu"
     """Feed-forward non-linearity (the paper: ReLU)."""
     loss: Literal["ce", "sampled_ce", "bce", "gbce"] = "ce"
@@ -100,7 +101,7 @@ class SASRec(nn.Module):
             for _ in range(config.n_layers)
         )
         # Post-LN blocks already end in a LayerNorm; a second one would only add parameters.
-        self.final_norm: nn.Module = nn.LayerNorm(hidden) if config.layer_norm == "pre" else nn.Identity()
+        self.final_norm: nn.Module = nn.LayerNorm(hidden) if config.layer_norm != "post" else nn.Identity()
         self.apply(init_weights)
 
     def forward(self, items: Tensor) -> Tensor:

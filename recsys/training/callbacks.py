@@ -26,7 +26,9 @@ class EpochHistory(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and self.tracker is None:
-            self.tracker = self.tracker_factory()
+            tracker = self.tracker_factory()
+            # A disabled tracker is dropped here, so that a run with tracking off never imports MLflow.
+            self.tracker = tracker if tracker is not None and tracker.active else None
             if self.tracker is not None:
                 # A resumed run may have logged an epoch that its last checkpoint does not know of.
                 steps = [m.step for m in self.tracker.metric_history("train_loss")]

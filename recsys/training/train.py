@@ -11,7 +11,8 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,14 +42,16 @@ class TrainResult:
     tracking_uri: str
     metrics: dict[str, float]
     registered_version: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch (see EpochHistory)
 
 
 def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | Path | None = None,
-          after_logging: AfterLogging | None = None) -> TrainResult:
+          after_logging: AfterLogging | None = None, callbacks: list[Any] | None = None) -> TrainResult:
     """Train per `cfg`; with `resume` (a run folder) continue that run from its last checkpoint.
 
     `after_logging(tracking_uri, run_id, model_dir)` runs once the model directory is logged and before the
     MLflow run closes: the CLI uses it to add the pyfunc flavour, which lives in a layer above training.
+    `callbacks` are extra Lightning callbacks for the fit (benchmarks use one to time the way to a target).
     """
     import lightning as L
 
@@ -88,7 +91,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
         _write_config(run_dir, cfg)
     fit_started = time.perf_counter()
     trainer, module, datamodule, history = _fit(cfg, model, dataset, split, run_dir, start_tracker,
-                                                last_ckpt if resume is not None else None)
+                                                last_ckpt if resume is not None else None, callbacks or [])
     if not trainer.is_global_zero:
         return TrainResult(run_dir, None, None, tracking_uri, {})
 
@@ -104,7 +107,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     metrics.update(_epoch_times(history))
     model_dir = _save(cfg, module.model, dataset, split, metrics, run_dir, tracker)
     version = _finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir, after_logging)
-    return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version)
+    return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version,
+                       history)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,7 +116,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
 
 
 def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split: Split, run_dir: Path,
-         start_tracker: Any, ckpt_path: Path | None) -> tuple[Any, Any, Any, list[dict[str, float]]]:
+         start_tracker: Any, ckpt_path: Path | None,
+         extra_callbacks: list[Any]) -> tuple[Any, Any, Any, list[dict[str, float]]]:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -145,12 +150,13 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_MONITOR,
                                  mode="max", save_top_k=1, save_last=True, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
-    callbacks: list[Any] = [history, checkpoint]
+    callbacks: list[Any] = [history, *extra_callbacks, checkpoint]
     if cfg.trainer.patience > 0:
         callbacks.append(EarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience,
                                        check_on_train_epoch_end=True))
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
+        max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes else None,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         strategy=cfg.trainer.strategy,
@@ -242,11 +248,14 @@ def _load_weights(module: Any, checkpoint: Path) -> None:
 def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, float]:
     from recsys.evaluation.runner import evaluate_loader
 
-    model = module.model.to("cpu").eval()
+    # Lightning hands the model back on the CPU after fitting; scoring every user is worth a GPU if there is one.
+    gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    model = module.model.to("cuda" if gpu else "cpu").eval()
     metrics: dict[str, float] = {}
     for stage, loader in (("valid", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):
         for key, value in evaluate_loader(model, loader, module.n_items).items():
             metrics[f"{stage}_{key}"] = value
+    model.to("cpu")  # saved weights and later users expect CPU tensors
     return metrics
 
 

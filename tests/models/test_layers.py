@@ -32,6 +32,27 @@ def test_attention_mask_bidirectional_sees_future_but_not_padding() -> None:
     assert not mask[:, 0][1:].any()  # no real query attends to the padding key
 
 
+def test_sasrec_block_is_the_reference_codes_formula() -> None:
+    """q = LN1(x); x = q + Attn(queries from q, keys/values from x); x = LN2(x); x + FFN(x)."""
+    torch.manual_seed(0)
+    block = TransformerBlock(8, 2, 8, 0.0, activation="relu", layer_norm="sasrec").eval()
+    x = torch.randn(2, 5, 8)
+    mask = attention_mask(torch.zeros(2, 5, dtype=torch.bool), causal=True)
+
+    q_in = block.norm1(x)
+    weights, biases = block.attn.qkv.weight.split(8), block.attn.qkv.bias.split(8)  # q, k, v
+    query = q_in @ weights[0].T + biases[0]
+    key, value = x @ weights[1].T + biases[1], x @ weights[2].T + biases[2]
+    outs = []
+    for h in (slice(0, 4), slice(4, 8)):
+        logits = query[..., h] @ key[..., h].transpose(1, 2) / math.sqrt(4)  # [2, 5, 5]
+        logits = logits.masked_fill(~mask[:, 0], float("-inf"))
+        outs.append(torch.softmax(logits, dim=-1) @ value[..., h])
+    hidden = block.norm2(q_in + block.attn.out(torch.cat(outs, dim=-1)))
+    expected = hidden + block.ffn(hidden)
+    torch.testing.assert_close(block(x, mask), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_attention_mask_rejects_non_bool() -> None:
     with pytest.raises(ValueError, match="bool"):
         attention_mask(torch.zeros(2, 3, dtype=torch.long), causal=True)
@@ -56,7 +77,7 @@ def test_self_attention_matches_manual_softmax() -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+@pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_block_no_nan_with_all_padding_rows(layer_norm: str, activation: str, causal: bool) -> None:
@@ -83,7 +104,7 @@ def test_bad_arguments_raise() -> None:
         TransformerBlock(8, 1, 8, 0.0, layer_norm="middle")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+@pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
 def test_last_only_block_equals_the_last_row_of_the_full_block(layer_norm: str) -> None:
     torch.manual_seed(0)
     block = TransformerBlock(16, 2, 32, 0.0, layer_norm=layer_norm).eval()

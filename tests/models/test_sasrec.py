@@ -32,7 +32,7 @@ def test_shapes() -> None:
     assert model.score(items).shape == (4, N_ITEMS + 1)
 
 
-@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+@pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
 def test_causality_later_items_do_not_change_earlier_states(layer_norm: str) -> None:
     model = make_model(layer_norm=layer_norm)
     items = torch.tensor([[0, 0, 5, 9, 2, 7, 3]])
@@ -53,7 +53,7 @@ def test_each_state_equals_the_user_vector_of_its_prefix() -> None:
         torch.testing.assert_close(states[8 - len(history) + t - 1], prefix, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+@pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
 def test_left_padding_invariance(layer_norm: str) -> None:
     model = make_model(layer_norm=layer_norm)
     history = [3, 1, 4, 1, 5]
@@ -65,7 +65,7 @@ def test_left_padding_invariance(layer_norm: str) -> None:
     torch.testing.assert_close(model.user_vector(batch)[:1], long, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+@pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
 def test_no_nan_with_heavy_padding(layer_norm: str) -> None:
     model = make_model(layer_norm=layer_norm).train()
     items = torch.zeros(3, 12, dtype=torch.long)

@@ -168,3 +168,29 @@ def test_run_config_round_trips(tmp_path: Path) -> None:
     cfg = quick_config(tmp_path, "model.loss=gbce", "trainer.betas=[0.9, 0.99]")
     assert run_config_from_dict(cfg.to_dict()) == cfg
     assert cfg.trainer.betas == (0.9, 0.99)
+
+
+def test_time_budget_stops_training_and_keeps_the_best_epoch(tmp_path: Path) -> None:
+    import lightning as L
+
+    class SlowEpochs(L.Callback):
+        """Makes every training step take 0.2 s so that a 0.01-minute (0.6 s) budget ends the fit early."""
+
+        def on_train_batch_end(self, *args: object) -> None:
+            import time
+
+            time.sleep(0.2)
+
+    cfg = quick_config(tmp_path, "trainer.max_epochs=50", "trainer.max_minutes=0.01", "tracking.enabled=false")
+    result = train(cfg, callbacks=[SlowEpochs()])
+    assert result.metrics["epochs_run"] < 50
+    assert result.history and len(result.history) <= result.metrics["epochs_run"] + 1
+    assert 0.0 <= result.metrics["test_ndcg@10"] <= 1.0
+    assert result.model_dir is not None and (result.model_dir / "manifest.json").is_file()
+
+
+def test_time_budget_must_be_positive(tmp_path: Path) -> None:
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_minutes must be positive"):
+        quick_config(tmp_path, "trainer.max_minutes=0")
