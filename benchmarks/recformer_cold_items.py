@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import provenance, write_result  # noqa: E402
+from common import RESULTS, provenance, write_result  # noqa: E402
 from recformer_transfer import device  # noqa: E402
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--min-interactions", type=int, default=5, help="items with fewer are never held out")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the draw of held-out items")
     parser.add_argument("--name", default=None, help="result file (default: recformer_cold_items_<dataset>)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where <name>.json goes")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.max_epochs=30")
     args = parser.parse_args()
 
@@ -81,7 +82,7 @@ def main() -> None:
         "seeds": [cfg.trainer.seed],
         "wall_s": time.perf_counter() - started,
         **provenance(),
-    })
+    }, args.results_dir)
     print(f"{path}: {metrics}", flush=True)
 
 

@@ -23,12 +23,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import provenance, write_result  # noqa: E402
+from common import RESULTS, provenance, write_result  # noqa: E402
 from train_quality import summarize  # noqa: E402
 
 
@@ -39,6 +38,7 @@ def main() -> None:
     parser.add_argument("--target", default="ml-latest-small", help="dataset to transfer to (a MovieLens name)")
     parser.add_argument("--target-path", default=None, help="its folder (default: embedded / prepared)")
     parser.add_argument("--name", default="recformer_transfer", help="result file of the transfer")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the result files go")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
 
@@ -58,11 +58,11 @@ def main() -> None:
                "mrr@10": m["test_mrr@10"], "valid_ndcg@10": m["valid_ndcg@10"], "best_epoch": int(m["best_epoch"]),
                "epochs_run": int(m["epochs_run"]), "epoch_s": m.get("epoch_s"), "val_epoch_s": m.get("val_epoch_s"),
                "wall_s": time.perf_counter() - started}
-        quality = summarize(SimpleNamespace(), cfg, [run], time.perf_counter() - started)
+        quality = summarize(cfg.to_dict(), [run], time.perf_counter() - started)
         quality["published"] = {}
         quality["notes"] = (f"mode {cfg.model.mode}; compare benchmarks/results/sasrec_ml-1m-papers.json (same split). "
                             f"Trained once by benchmarks/recformer_transfer.py, whose transfer uses these weights.")
-        write_result(f"recformer_{cfg.data.name}-{cfg.data.preset}", quality)
+        write_result(f"recformer_{cfg.data.name}-{cfg.data.preset}", quality, args.results_dir)
         source_metrics = {f"source_test_{k}": v for k, v in run.items() if k in ("ndcg@10", "hr@10")}
         print(f"trained on {cfg.data.name}: {run}", flush=True)
     if args.model:  # describe the model that is transferred, not the config given on the command line
@@ -83,7 +83,7 @@ def main() -> None:
         "seeds": [cfg.trainer.seed],
         "wall_s": time.perf_counter() - started,
         **provenance(),
-    })
+    }, args.results_dir)
     print(transfer, flush=True)
 
 

@@ -392,7 +392,9 @@ def _cached_backbone(path: str) -> nn.Module:
         model = transformers.AutoModel.from_pretrained(path)
     else:
         model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path))
-    return model.train()
+    # Float32 whatever the files hold (a half-precision copy travels lighter): fine-tuning needs fp32 weights,
+    # and mixed precision, where asked for, is the trainer's business.
+    return model.float().train()
 
 
 @functools.lru_cache(maxsize=2)
