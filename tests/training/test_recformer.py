@@ -154,16 +154,16 @@ def test_full_mode_trains_and_saves_item_vectors_that_match_its_weights(run: tup
     with vectors of an older encoder)."""
     import torch
 
-    # A smaller slice still (the 150 most rated movies, 150 users): every epoch re-encodes the catalogue and
+    # A smaller slice still (the 150 most rated movies, 100 users): every epoch re-encodes the catalogue and
     # validation runs the language model once per user.
     kept = run[1].interactions
     top = kept.group_by(schema.ITEM_ID).len().sort("len", descending=True).head(150)[schema.ITEM_ID].implode()
-    users = kept[schema.USER_ID].unique().sort().head(150).implode()
+    users = kept[schema.USER_ID].unique().sort().head(100).implode()
     small = kept.filter(pl.col(schema.ITEM_ID).is_in(top) & pl.col(schema.USER_ID).is_in(users))
     items = pl.read_parquet(Path(run[2]).parent / "data" / "items.parquet")
     data = write_training_files(ColdItemSplit(small, run[1].held_items, run[1].targets), items, tmp_path / "data")
     cfg = load_run_config(CONFIG, [*data, "model.mode=full", "model.max_len=8", "model.max_tokens=96",
-                                   "trainer.batch_size=16", "trainer.limit_train_batches=3", "trainer.max_epochs=2",
+                                   "trainer.batch_size=16", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
                                    "trainer.patience=0", "trainer.lr=0.0001", "trainer.progress_bar=false",
                                    "trainer.threads=1", "trainer.eval_batch_size=128", "tracking.enabled=false",
                                    f"tracking.output_dir={tmp_path / 'runs'}"])
