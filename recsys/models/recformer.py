@@ -79,8 +79,12 @@ class RecformerConfig:
     """frozen: feed-forward inner size = ffn_mult * hidden."""
     adapter: Literal["linear", "mlp"] = "mlp"
     """frozen: text vector -> item vector map: one linear layer, or a two-layer MLP (GELU)."""
+    similarity: Literal["dot", "cosine"] = "dot"
+    """frozen: score by inner product (as SASRec), or by cosine / temperature (as Recformer; full mode always
+    does). Cosine leaves an item no norm to learn its popularity in, which helps a model used on another
+    catalogue, whose items' popularity it cannot know."""
     temperature: float = 0.05
-    """full: softmax temperature of the cosine scores (Recformer's contrastive loss)."""
+    """Softmax temperature of cosine scores (Recformer's contrastive loss)."""
     loss: Literal["ce", "sampled_ce"] = "ce"
     """Softmax over all items, or over n_negatives uniform negatives (recsys.models.losses)."""
     n_negatives: int = 256
@@ -234,7 +238,8 @@ class Recformer(nn.Module):
         mask = additive_mask(attention_mask(padding, causal=True), x.dtype)
         for depth, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
-        return self.final_norm(x)
+        x = self.final_norm(x)
+        return F.normalize(x, dim=-1) / self.config.temperature if self.config.similarity == "cosine" else x
 
     def user_vector(self, items: Tensor) -> Tensor:
         """[batch, seq_len] history (oldest first) -> [batch, dim] query vector."""
@@ -245,6 +250,8 @@ class Recformer(nn.Module):
         if self.config.mode == "full":
             return F.normalize(self.item_cache, dim=-1)  # cached, no gradient: Recformer's item side
         vectors = self._adapt(self.item_cache)
+        if self.config.similarity == "cosine":
+            vectors = F.normalize(vectors, dim=-1)
         return vectors * (torch.arange(vectors.shape[0], device=vectors.device) > 0).unsqueeze(-1).to(vectors.dtype)
 
     def score(self, items: Tensor) -> Tensor:
