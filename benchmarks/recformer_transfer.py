@@ -70,7 +70,10 @@ def main() -> None:
         from recsys.run_config import run_config_from_dict
         from recsys.saved_model import load_model_files
 
-        cfg = run_config_from_dict(load_model_files(model_dir).config, where=str(model_dir))
+        saved = load_model_files(model_dir)
+        cfg = run_config_from_dict(saved.config, where=str(model_dir))
+        source_metrics = {f"source_test_{k}": saved.metrics[f"test_{k}"] for k in ("ndcg@10", "hr@10")
+                          if f"test_{k}" in saved.metrics}
     transfer = transfer_metrics(model_dir, args.target, args.target_path, device(cfg.trainer.accelerator))
     write_result(args.name, {
         "benchmark": "recformer_transfer",
