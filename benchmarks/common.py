@@ -52,6 +52,11 @@ def command() -> str:
     return " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
 
 
+def provenance() -> dict[str, Any]:
+    """The machine, command line and commit fields every result file ends with."""
+    return {"machine": machine(), "command": command(), "commit": commit()}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -49,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_command(commands)
     add_recommend_command(commands)
     add_serve_command(commands)
+    add_index_commands(commands)
     return parser
+
+
+def _command_group(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """A command that only groups sub-commands (`recsys data ...`): alone, it prints its help."""
+    group = commands.add_parser(name, help=help)
+    group.set_defaults(handler=lambda _args: (group.print_help(), 0)[1])
+    return group.add_subparsers(title=f"{name} commands", metavar=f"<{name} command>")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -61,9 +69,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def add_data_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    data = commands.add_parser("data", help="prepare datasets and show their statistics")
-    data.set_defaults(handler=lambda _args: (data.print_help(), 0)[1])
-    actions = data.add_subparsers(title="data commands", metavar="<data command>")
+    actions = _command_group(commands, "data", "prepare datasets and show their statistics")
     prepare = actions.add_parser(
         "prepare",
         help="read, filter and cache a dataset as sequences; print its statistics and cache folder",
@@ -366,6 +372,41 @@ def run_serve(args: argparse.Namespace) -> int:
 
     serve(args.model, host=args.host, port=args.port, index=args.index, tracking_uri=args.tracking_uri,
           precompute_users=args.precompute_users)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# recsys index ...
+
+
+def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    actions = _command_group(commands, "index", "change a saved model's catalogue and FAISS index")
+    add = actions.add_parser(
+        "add-items",
+        help="add new items, from their text, to a text model's catalogue and index (no retraining)",
+        description="Encode the text of new items with a text model (recformer) and write a NEW model directory "
+        "whose catalogue and FAISS index hold them too; the original directory is never changed. ITEMS is a "
+        "CSV or Parquet file with the item id column and the model's text columns (MovieLens: title, year, "
+        "genres, with genres written Genre|Genre). Id-based models refuse: they cannot score unseen ids.",
+        formatter_class=_formatter,
+    )
+    add.add_argument("--model", required=True, metavar="DIR", help="saved model directory of a text model")
+    add.add_argument("--items", required=True, metavar="FILE", help="CSV or Parquet file of the new items")
+    add.add_argument("--out", default=None, metavar="DIR",
+                     help="where to write the new model directory (default: <model>-new-items, -2, ...)")
+    add.add_argument("--item-column", default="item_id", help="column of item ids in FILE")
+    add.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat", help="FAISS index to build")
+    add.set_defaults(handler=run_add_items)
+
+
+def run_add_items(args: argparse.Namespace) -> int:
+    """`recsys index add-items`: print the new model directory and what it holds."""
+    from recsys.retrieval.catalogue import add_items
+
+    result = add_items(args.model, args.items, out=args.out, item_column=args.item_column, index=args.index)
+    shown = ", ".join(map(str, result.item_ids[:10])) + (", ..." if len(result.item_ids) > 10 else "")
+    print(f"added {len(result.item_ids)} items ({shown}); catalogue now {result.n_items} items")
+    print(f"saved model:  {result.model_dir}")
     return 0
 
 

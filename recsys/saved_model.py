@@ -9,6 +9,8 @@ Layout (format version 1):
     items.parquet        the item table (titles, genres, ...)
     histories.parquet    user_idx, items: each known user's whole sequence, so `recommend(user=...)` works
     metrics.json         validation and test metrics of the run
+    backbone/...         only for models that need more than weights (a text model's tokenizer and encoder
+                         config): the model's `bundle()`, checksummed like the rest
 
 A directory is written to a temporary sibling (`.<name>.<pid>.<random>.tmp`), fsynced, then renamed into
 place, so a crash or a failed write never leaves a half-written model that loads as if whole: a temporary
@@ -22,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ class SavedModel:
     histories: pl.DataFrame
     metrics: dict[str, Any]
     extra: dict[str, Any]  # manifest fields such as the dataset fingerprint
+    bundle: dict[str, Path] = field(default_factory=dict)  # relative name in the directory -> file to copy there
 
 
 def save_model(saved: SavedModel, directory: str | Path) -> Path:
@@ -83,6 +86,7 @@ def save_model(saved: SavedModel, directory: str | Path) -> Path:
         saved.items.write_parquet(tmp / ITEMS)
         saved.histories.write_parquet(tmp / HISTORIES)
         (tmp / METRICS).write_text(json.dumps(saved.metrics, indent=2, sort_keys=True), encoding="utf-8")
+        bundled = _copy_bundle(saved.bundle, tmp)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -91,7 +95,8 @@ def save_model(saved: SavedModel, directory: str | Path) -> Path:
             "n_items": saved.n_items,
             "n_users": saved.user_map.height,
             "shapes": {k: list(v.shape) for k, v in state.items()},
-            "files": {name: sha256_file(tmp / name) for name in REQUIRED},
+            "files": {name: sha256_file(tmp / name) for name in (*REQUIRED, *bundled)},
+            **({"bundle": bundled} if bundled else {}),
             **saved.extra,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -151,8 +156,9 @@ def load_model_files(directory: str | Path, verify: bool = True) -> SavedModel:
         if key not in state or list(state[key].shape) != shape:
             got = list(state[key].shape) if key in state else "missing"
             raise ModelLoadError(f"{directory / WEIGHTS}: tensor {key} has shape {got}, manifest says {shape}")
+    bundle = _check_bundle(directory, manifest, verify)
     extra = {k: v for k, v in manifest.items()
-             if k not in {"format", "format_version", "files", "shapes", "model", "n_items", "n_users"}}
+             if k not in {"format", "format_version", "files", "shapes", "model", "n_items", "n_users", "bundle"}}
     try:
         saved = SavedModel(
             model_name=manifest["model"],
@@ -165,6 +171,7 @@ def load_model_files(directory: str | Path, verify: bool = True) -> SavedModel:
             histories=pl.read_parquet(directory / HISTORIES),
             metrics=json.loads((directory / METRICS).read_text(encoding="utf-8")),
             extra=extra,
+            bundle=bundle,
         )
     except (KeyError, OSError, ValueError, yaml.YAMLError, pl.exceptions.PolarsError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -199,6 +206,47 @@ def load_weights(model: torch.nn.Module, saved: SavedModel, where: str | Path) -
     model.load_state_dict(saved.state_dict)
 
 
+def build_saved_model(saved: SavedModel, where: str | Path) -> tuple[Any, torch.nn.Module]:
+    """(run config, model with the saved weights) of a saved model. A model that bundles files (a text
+    model's tokenizer) is pointed at the bundled copies, so loading needs nothing outside the directory."""
+    from dataclasses import replace
+
+    from recsys.models import build_model, get_model_spec
+    from recsys.run_config import run_config_from_dict
+
+    cfg = run_config_from_dict(saved.config, where=f"{where}: config")
+    model_cls, _ = get_model_spec(cfg.model_name)
+    if saved.bundle and hasattr(model_cls, "from_bundle"):
+        cfg = replace(cfg, model=model_cls.from_bundle(cfg.model, saved.bundle))
+    model = build_model(cfg.model_name, cfg.model, saved.n_items)
+    load_weights(model, saved, where)
+    return cfg, model
+
+
+def _copy_bundle(bundle: dict[str, Path], into: Path) -> list[str]:
+    """Copy a model's bundled files into the folder being written; their names, sorted."""
+    for name, source in bundle.items():
+        target = into / name
+        if not target.resolve().is_relative_to(into.resolve()):
+            raise ModelLoadError(f"bundled file {name!r} would be written outside the model directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return sorted(bundle)
+
+
+def _check_bundle(directory: Path, manifest: dict[str, Any], verify: bool) -> dict[str, Path]:
+    """The bundled files the manifest lists, each present, inside the directory and matching its checksum."""
+    bundle: dict[str, Path] = {}
+    for name in manifest.get("bundle", []):
+        path = directory / str(name)
+        if not path.resolve().is_relative_to(directory.resolve()) or not path.is_file():
+            raise ModelLoadError(f"{directory}: missing bundled file {name}")
+        if verify and manifest.get("files", {}).get(name) != sha256_file(path):
+            raise ModelLoadError(f"{path}: checksum does not match the manifest (file changed or corrupt)")
+        bundle[str(name)] = path
+    return bundle
+
+
 def _remove_abandoned_temps(directory: Path) -> None:
     """Delete temporary folders of earlier saves to `directory` whose process is gone (killed mid-save): they
     can never be renamed into place. A folder whose writer still runs is left alone."""
@@ -223,6 +271,9 @@ def _process_alive(pid: int) -> bool:
 
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
+        if path.is_dir():  # a bundle's subfolder
+            _fsync_tree(path)
+            continue
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(directory)

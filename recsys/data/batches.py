@@ -100,6 +100,15 @@ def shift_batch(windows: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"input": inputs, "target": targets}
 
 
+def last_target_batch(windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Next-item objective at the last position only: `shift_batch` with every other target cleared. For
+    models that encode a history as a whole (Recformer's full mode), where a state per prefix would cost one
+    encoding per prefix."""
+    batch = shift_batch(windows)
+    batch["target"][:, :-1] = schema.PADDING_IDX
+    return batch
+
+
 def mask_batch(
     windows: torch.Tensor,
     mask_token: int,

@@ -59,9 +59,8 @@ def evaluate_saved_model(
     from recsys.data.prepare import prepare_dataset
     from recsys.data.splits import make_split
     from recsys.errors import ConfigError, DataError
-    from recsys.saved_model import load_model_files, load_weights
+    from recsys.saved_model import build_saved_model, load_model_files
     from recsys.run_config import run_config_from_dict
-    from recsys.models import build_model
 
     if split not in ("valid", "test"):
         raise ConfigError(f"--split: expected valid or test, got {split!r}")
@@ -76,8 +75,7 @@ def evaluate_saved_model(
             f"the model was trained on ({str(expected)[:12]}); point --data-path at the original files"
         )
     frame = getattr(make_split(dataset, data_cfg), split)
-    model = build_model(saved.model_name, cfg.model, saved.n_items)
-    load_weights(model, saved, model_dir)
+    _, model = build_saved_model(saved, model_dir)
     rows = EvaluationRows(frame, cfg.model.max_len)
     loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=pass_through)
     metrics = evaluate_loader(model, loader, saved.n_items, exclude_history=exclude_history)

@@ -12,6 +12,7 @@ from recsys.errors import ConfigError
 from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
 from recsys.models.popularity import Popularity, PopularityConfig
+from recsys.models.recformer import Recformer, RecformerConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
@@ -19,6 +20,7 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "popularity": (Popularity, PopularityConfig),
+    "recformer": (Recformer, RecformerConfig),  # needs the text extra, imported only when built
 }
 """Model name (as written in configs) -> (model class, its config dataclass)."""
 
@@ -45,6 +47,8 @@ __all__ = [
     "MODELS",
     "Popularity",
     "PopularityConfig",
+    "Recformer",
+    "RecformerConfig",
     "SASRec",
     "SASRecConfig",
     "build_model",

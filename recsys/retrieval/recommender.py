@@ -40,7 +40,7 @@ import torch
 from recsys.data import schema
 from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, UnknownIdError
 from recsys.retrieval.index import IndexConfig, ItemIndex, as_index_config, load_or_build, top_k_filtered
-from recsys.saved_model import FORMAT_VERSION, SavedModel, load_model_files, load_weights, read_manifest
+from recsys.saved_model import FORMAT_VERSION, SavedModel, build_saved_model, load_model_files, read_manifest
 
 OnUnknown = Literal["skip", "error"]
 ENCODE_BATCH = 256  # users encoded at a time: bounds the [batch, len, len] attention memory
@@ -102,12 +102,7 @@ class Recommender:
     def from_saved(cls, saved: SavedModel, index: str | IndexConfig = "flat", device: str = "cpu",
                    directory: str | Path | None = None, save_index: bool = True) -> "Recommender":
         """A Recommender over an in-memory SavedModel; the index is saved in `directory` if one is given."""
-        from recsys.run_config import run_config_from_dict
-        from recsys.models import build_model
-
-        cfg = run_config_from_dict(saved.config, where=f"{directory or 'saved model'}: config")
-        model = build_model(cfg.model_name, cfg.model, saved.n_items)
-        load_weights(model, saved, directory or "saved model")
+        cfg, model = build_saved_model(saved, directory or "saved model")
         rec = cls()
         rec._model = model.to(device).eval()
         rec._device = torch.device(device)

@@ -12,6 +12,7 @@ from recsys.data.batches import (
     EvaluationRows,
     TensorRows,
     Windows,
+    last_target_batch,
     mask_batch,
     pass_through,
     shift_batch,
@@ -19,7 +20,7 @@ from recsys.data.batches import (
 )
 from recsys.data.dataset import Split
 
-Objective = Literal["shift", "mask"]
+Objective = Literal["shift", "mask", "last"]
 BUCKET_BATCHES = 32  # batches per sorting chunk: enough to group lengths, few enough to stay random
 
 
@@ -150,6 +151,8 @@ class SequenceDataModule(L.LightningDataModule):
         windows = batch["windows"]
         if self.objective == "shift":
             return shift_batch(windows)
+        if self.objective == "last":
+            return last_target_batch(windows)
         # The global RNG is seeded by seed_everything, so masks repeat run to run.
         return mask_batch(windows, self.mask_token, self.mask_prob,
                           last_item_mask_prob=self.last_item_mask_prob)

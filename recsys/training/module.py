@@ -53,6 +53,14 @@ class RecommenderModule(L.LightningModule):
         # function of (seed, epoch) alone, so a run resumed from a checkpoint continues exactly as the
         # uninterrupted run would have (checkpoints do not carry RNG states).
         torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch + 1_000_000 * self.global_rank)
+        self._refresh_item_cache()
+
+    def _refresh_item_cache(self) -> None:
+        # Models whose item vectors are a cache of an encoder being trained (Recformer's full mode) re-encode
+        # them between epochs, as Recformer's two-stage fine-tuning does; within an epoch they stay fixed.
+        refresh = getattr(self.model, "refresh_item_cache", None)
+        if refresh is not None:
+            refresh()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hidden = self.model.encode(batch["input"])  # [batch, seq_len, hidden]
@@ -74,6 +82,7 @@ class RecommenderModule(L.LightningModule):
     # -- validation -----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val = None
+        self._refresh_item_cache()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         scores = self.model.score(batch["history"]).float()

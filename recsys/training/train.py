@@ -64,6 +64,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     dataset = prepare_dataset(cfg.data, progress=cfg.trainer.progress_bar)
     split = make_split(dataset, cfg.data)
     model = build_model(cfg.model_name, cfg.model, dataset.n_items)
+    _hand_over_item_texts(model, dataset)
 
     run_dir = Path(resume) if resume is not None else _claim_run_dir(cfg)
     info = _read_run_info(run_dir) if resume is not None else {}
@@ -126,7 +127,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     from recsys.training.module import VAL_MONITOR, RecommenderModule
 
     model_cfg = cfg.model
-    objective = getattr(type(model), "objective", "shift")
+    objective = getattr(model, "objective", "shift")  # per instance: Recformer's depends on its mode
     datamodule = SequenceDataModule(
         split, max_len=model_cfg.max_len, objective=objective, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, windows=cfg.trainer.train_windows,
@@ -195,6 +196,20 @@ def _fit_counts(model: torch.nn.Module, split: Split, datamodule: Any, module: A
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     return trainer, module, datamodule, []
+
+
+def _hand_over_item_texts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
+    """A text model (Recformer) reads items as text, not ids: give it the item table's text columns."""
+    if getattr(model, "needs_item_texts", False):
+        from recsys.data.item_text import catalogue_attributes
+
+        model.set_item_texts(catalogue_attributes(dataset.items, _text_columns(dataset), dataset.n_items))  # type: ignore[operator]
+
+
+def _text_columns(dataset: PreparedDataset) -> tuple[str, ...]:
+    from recsys.data.item_text import text_columns_of
+
+    return dataset.text_columns or text_columns_of(dataset.items)
 
 
 def _precision(value: str) -> str:
@@ -354,7 +369,9 @@ def _save(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, spli
         histories=histories,
         metrics=metrics,
         extra={"dataset": dataset.name, "preset": dataset.preset, "fingerprint": dataset.fingerprint,
-               "split": split.kind, "mlflow_run_id": tracker.run_id if tracker else None},
+               "split": split.kind, "mlflow_run_id": tracker.run_id if tracker else None,
+               "text_columns": list(_text_columns(dataset))},
+        bundle=model.bundle() if hasattr(model, "bundle") else {},  # e.g. a text model's tokenizer
     )
     return save_model(saved, _free_model_dir(run_dir))
 

