@@ -314,6 +314,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:
         if args.model:
@@ -340,7 +341,8 @@ def main() -> None:
         "targets": TARGETS,
         "seeds": [SEED],
         "wall_s": round(time.perf_counter() - started, 1),
-        "machine": {"cores": os.cpu_count(), "gpu": None, "cpu": cpu, "python": platform.python_version()},
+        "machine": {"cores": os.cpu_count(), "gpu": None, "cpu": cpu, "python": platform.python_version(),
+                    "load_avg_at_start": load_at_start},
         "command": "python " + " ".join(["benchmarks/retrieval.py", *sys.argv[1:]]),
         "commit": commit,
         "notes": NOTES,
@@ -351,7 +353,7 @@ def main() -> None:
 
 
 NOTES = (
-    "The 2 cores were shared with other engineers' jobs while this ran, so timings are noisy upper bounds. "
+    "Timings on this machine's 2 cores; machine.load_avg_at_start says whether other jobs shared them. "
     "all_users_top10_s is encode + search for all 6,040 users (seen items excluded, batches of similar history "
     "length padded to their longest, best of 3 warm runs); the SASRec encoder (2 layers over up to 200 items) is "
     "most of it. all_users_top10_precomputed_s is the same after Recommender.precompute_user_vectors() "
