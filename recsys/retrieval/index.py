@@ -109,7 +109,7 @@ class IndexConfig:
 
 
 def as_index_config(index: str | IndexConfig) -> IndexConfig:
-    """'flat' | 'hnsw' | 'ivf' (default params) or an IndexConfig -> IndexConfig."""
+    """'flat' | 'hnsw' | 'ivf' | 'ivfpq' (default params) or an IndexConfig -> IndexConfig."""
     return index if isinstance(index, IndexConfig) else IndexConfig(kind=index)  # type: ignore[arg-type]
 
 
