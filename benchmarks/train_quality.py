@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, command, commit, machine, write_result  # noqa: E402
 
@@ -116,13 +118,7 @@ def fit_s_to_epoch(history: list[dict[str, float]], epoch: float) -> float | Non
     return sum(r.get("epoch_train_s", 0.0) + r.get("epoch_val_s", 0.0) for r in rows) if rows else None
 
 
-def _callback_base() -> type:
-    import lightning as L
-
-    return L.Callback
-
-
-class EpochLog(_callback_base()):  # type: ignore[misc]
+class EpochLog(L.Callback):
     """One line per epoch on stdout (seed, epoch, loss, validation NDCG@10, seconds since the fit began),
     so that a long or remote benchmark can be followed and a killed one still leaves its curve."""
 
@@ -139,7 +135,7 @@ class EpochLog(_callback_base()):  # type: ignore[misc]
               f"t {time.perf_counter() - self.started:.1f}s", flush=True)
 
 
-class TestWatch(_callback_base()):  # type: ignore[misc]
+class TestWatch(L.Callback):
     """Scores the test split after each validation, to time the way to a target. Observation only: nothing
     here feeds model selection, evaluation draws no random numbers (the run's trajectory is unchanged),
     and its own time is subtracted from the clock."""

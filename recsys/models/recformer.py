@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.errors import ConfigError
-from recsys.models.layers import TransformerBlock, additive_mask, attention_mask, init_weights
+from recsys.models.layers import TransformerBlock, attention_bias, init_weights
 
 KEY, VALUE = 1, 2  # token types; 0 is [CLS], [SEP] and padding
 BACKBONE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -235,7 +235,7 @@ class Recformer(nn.Module):
         x = self._adapt(self.item_cache[items]) * (~padding).unsqueeze(-1)  # [batch, seq_len, hidden]
         real = (~padding).long()
         x = self.emb_dropout(x + self.pos_emb(real.cumsum(dim=1) * real)) * (~padding).unsqueeze(-1)
-        mask = additive_mask(attention_mask(padding, causal=True), x.dtype)
+        mask = attention_bias(padding, causal=True, dtype=x.dtype)  # [batch, 1, seq_len, seq_len]
         for depth, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
         x = self.final_norm(x)
