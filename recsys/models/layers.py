@@ -85,11 +85,16 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False, query: Tensor | None = None) -> Tensor:
-        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden], or
+    def forward(self, x: Tensor, mask: Tensor | None, last_only: bool = False, query: Tensor | None = None) -> Tensor:
+        """x: [batch, seq_len, hidden]; mask: from `attention_bias` (or `attention_mask`), or None for plain
+        causal attention (query i sees keys <= i; exact only where no real query has a padding key before
+        it, i.e. right padding). Returns [batch, seq_len, hidden], or
         [batch, 1, hidden] with `last_only`: only the last position queries (all positions are still keys),
         which is all a user vector needs from the top block. `query` (same shape as x), if given, is what
         the queries are projected from, x giving keys and values (SASRec's reference block)."""
+        if mask is None and last_only:
+            raise ValueError("last_only needs an explicit mask: the last query of plain causal attention is not "
+                             "the last real item of a right-padded batch")
         batch, seq_len, hidden = x.shape
         head_dim = hidden // self.n_heads
         if query is None and not last_only:
@@ -101,7 +106,7 @@ class SelfAttention(nn.Module):
             weight, bias = self.qkv.weight, self.qkv.bias
             query = x if query is None else query
             if last_only:
-                query, mask = query[:, -1:], mask[..., -1:, :]  # [batch, 1, hidden], [batch, 1, 1, seq_len]
+                query, mask = query[:, -1:], mask[..., -1:, :]  # type: ignore[index]  # [batch, 1, hidden], [batch, 1, 1, seq_len]
             q = F.linear(query, weight[:hidden], bias[:hidden])  # [batch, q_len, hidden]
             q = q.view(batch, -1, self.n_heads, head_dim).transpose(1, 2)  # [batch, heads, q_len, head_dim]
             kv = F.linear(x, weight[hidden:], bias[hidden:]).view(batch, seq_len, 2, self.n_heads, head_dim)
@@ -109,8 +114,9 @@ class SelfAttention(nn.Module):
         q_len = q.shape[2]
         # Dropout on attention weights forces torch's unfused "math" attention: on CPU that is >10x
         # slower than the fused kernel, which is why models default it to 0 (see their configs).
+        # is_causal without a mask lets the fused CPU kernel skip the future keys' blocks: half the work.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None
         )  # [batch, heads, seq_len, head_dim]
         y = y.transpose(1, 2).reshape(batch, q_len, hidden)  # [batch, q_len, hidden]
         return self.out(y)
@@ -164,8 +170,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
-        """x: [batch, seq_len, hidden]; mask: from `attention_mask`. Returns [batch, seq_len, hidden], or
+    def forward(self, x: Tensor, mask: Tensor | None, last_only: bool = False) -> Tensor:
+        """x: [batch, seq_len, hidden]; mask: as `SelfAttention` takes it. Returns [batch, seq_len, hidden], or
         only the last position's state [batch, 1, hidden] with `last_only` (same values, less work)."""
         residual = x[:, -1:] if last_only else x
         if self.layer_norm == "pre":

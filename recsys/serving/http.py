@@ -104,6 +104,8 @@ class Health(BaseModel):
     n_users: int
     format_version: int
     index: str
+    compiled: bool
+    """Whether the encoder runs compiled (`recsys serve --compile` and torch.compile worked)."""
 
 
 def create_app(recommender: Recommender) -> FastAPI:
@@ -116,7 +118,8 @@ def create_app(recommender: Recommender) -> FastAPI:
     @app.get("/health")
     def health() -> Health:
         return Health(status="ok", model=name, n_items=recommender.n_items, n_users=recommender.n_users,
-                      format_version=recommender.format_version, index=recommender.index_kind)
+                      format_version=recommender.format_version, index=recommender.index_kind,
+                      compiled=recommender.compiled)
 
     @app.post("/recommend", responses={404: {"description": "unknown user or item"}})
     def recommend(request: RecommendRequest) -> RecommendResponse:
@@ -149,12 +152,13 @@ def create_app(recommender: Recommender) -> FastAPI:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "flat",
-          tracking_uri: str | None = None, precompute_users: bool = False) -> None:
+          tracking_uri: str | None = None, precompute_users: bool = False, compile: bool = False) -> None:
     """Load `model` (a directory or an MLflow URI) and serve it until interrupted; with `precompute_users`
-    every known user is encoded at start-up (see `Recommender.precompute_user_vectors`)."""
+    every known user is encoded at start-up (see `Recommender.precompute_user_vectors`); `compile` as in
+    `Recommender.load`."""
     import uvicorn
 
-    recommender = Recommender.load(model, index=index, tracking_uri=tracking_uri)
+    recommender = Recommender.load(model, index=index, tracking_uri=tracking_uri, compile=compile)
     if precompute_users:
         recommender.precompute_user_vectors()
     uvicorn.run(create_app(recommender), host=host, port=port, log_level="info")

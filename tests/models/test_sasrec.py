@@ -54,6 +54,17 @@ def test_each_state_equals_the_user_vector_of_its_prefix() -> None:
 
 
 @pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_user_vector_equals_the_last_state_of_encode(layer_norm: str, n_layers: int) -> None:
+    # user_vector runs its lower blocks on right-padded rows with plain causal attention (no mask): it must
+    # still be encode's last state, for rows with no padding, some, and nothing but padding.
+    model = make_model(layer_norm=layer_norm, n_layers=n_layers)
+    rows = [[], [7], [3, 1, 4], [2, 7, 1, 8, 2, 8, 1, 8], list(range(1, 13))]
+    items = torch.cat([left_pad(row, 12) for row in rows])
+    torch.testing.assert_close(model.user_vector(items), model.encode(items)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
 def test_left_padding_invariance(layer_norm: str) -> None:
     model = make_model(layer_norm=layer_norm)
     history = [3, 1, 4, 1, 5]

@@ -1,6 +1,6 @@
-"""`recsys serve` as a real process on a localhost port, under bad and concurrent requests: client errors are
-4xx, never a 500; the process survives and its memory stays bounded; a schemathesis fuzz of its own OpenAPI
-description finds no 5xx."""
+"""`recsys serve --compile` as a real process on a localhost port, under bad and concurrent requests: client
+errors are 4xx, never a 500; the process survives and its memory stays bounded; a schemathesis fuzz of its own
+OpenAPI description finds no 5xx. The encoder runs compiled, so all of that goes through the compiled path."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = (model.parent / "serve.log").open("w")
-    process = subprocess.Popen(cli_command("serve", "--model", str(model), "--port", str(port)),
+    process = subprocess.Popen(cli_command("serve", "--model", str(model), "--port", str(port), "--compile"),
                                env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -134,7 +134,8 @@ def test_a_burst_of_concurrent_requests_keeps_memory_bounded(server: tuple[str, 
     after = rss_mib(process.pid)
     assert not [c for c in codes if c >= 500]
     assert {200, 404, 413, 422} <= set(codes)
-    assert process.poll() is None and httpx.get(f"{url}/health").status_code == 200
+    health = httpx.get(f"{url}/health")
+    assert process.poll() is None and health.status_code == 200 and health.json()["compiled"] is True
     print(f"server RSS: {before:.0f} MiB before, {middle:.0f} after 400 requests, {after:.0f} after 800")
     assert middle - before < 64 and after - middle < 16, (before, middle, after)  # bounded, and no leak
 

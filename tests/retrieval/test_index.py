@@ -12,6 +12,7 @@ import torch
 
 from recsys.errors import ConfigError
 from recsys.retrieval.index import (
+    DENSE_CANDIDATES,
     IndexConfig,
     ItemIndex,
     index_paths,
@@ -43,7 +44,9 @@ def test_flat_search_equals_brute_force_torch_topk() -> None:
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("most", [40, 300])  # FAISS with oversampling; beyond DENSE_CANDIDATES a matrix product
+# At most `most` + most // 4 filtered items per query: within DENSE_CANDIDATES FAISS searches with oversampling,
+# beyond it a matrix product scores every item; both must give the exact filtered top k.
+@pytest.mark.parametrize("most", [(DENSE_CANDIDATES - 10) * 4 // 5, 300])
 def test_filtered_search_is_exact_and_never_returns_filtered_items(most: int) -> None:
     vectors, queries = random_vectors(500, 16), random_vectors(40, 16, seed=2)
     rng = np.random.default_rng(3)

@@ -122,6 +122,11 @@ def test_k_larger_than_what_survives_filtering_names_both_numbers(tiny_rec: Reco
     assert len(tiny_rec.recommend(user=15, k=2)) == 2
     with pytest.raises(InvalidRequestError, match=r"k=3 but only 2 items of the catalogue are left for user 15"):
         tiny_rec.recommend(user=15, k=3)
+    # Repeated items in a history and deny ids that are also seen count once.
+    repeated = HISTORIES[15] + HISTORIES[15][:3]
+    assert ids(tiny_rec.recommend(history=repeated, k=2, deny=HISTORIES[15][:2])) == ids(tiny_rec.recommend(user=15, k=2))
+    with pytest.raises(InvalidRequestError, match=r"k=3 but only 2 items of the catalogue are left for the history"):
+        tiny_rec.recommend(history=repeated, k=3, deny=HISTORIES[15][:2])
     with pytest.raises(InvalidRequestError, match=r"k=31 but only 30 items"):
         tiny_rec.recommend(user=15, k=31, exclude_seen=False)
     with pytest.raises(InvalidRequestError, match=r"k=2 but only 1 items of the allow list are left for user 11"):

@@ -68,4 +68,6 @@ def test_help_lists_every_option() -> None:
     out = recsys("recommend", "--help")
     for option in ("--model", "--user", "--items", "-k", "--format", "--include-seen", "--index", "--on-unknown"):
         assert option in out.stdout
-    assert "--port" in recsys("serve", "--help").stdout
+    serve = recsys("serve", "--help").stdout
+    for option in ("--model", "--host", "--port", "--index", "--precompute-users", "--compile"):
+        assert option in serve
