@@ -1,6 +1,6 @@
 """Recommender.load(..., compile=True): the same recommendations as eager encoding, compiled once at load
-(no recompiles for single users, one-item histories or full windows), and a warning plus eager encoding
-where torch.compile fails."""
+(no recompiles for single users, one-item histories or full windows), small batches left eager, and a
+warning plus eager encoding where torch.compile fails."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.retrieval import Recommender
+from recsys.retrieval import Recommender, recommender
 from recsys.retrieval.compiled import CompileFallbackWarning
 from recsys.saved_model import SavedModel
 
@@ -34,7 +34,8 @@ def bert4rec_saved() -> SavedModel:
 
 
 @pytest.mark.parametrize("make_saved", [tiny_saved_model, bert4rec_saved], ids=["sasrec", "bert4rec"])
-def test_compiled_encoder_gives_the_same_recommendations_without_recompiling(make_saved) -> None:
+def test_compiled_encoder_gives_the_same_recommendations_without_recompiling(make_saved, monkeypatch) -> None:
+    monkeypatch.setattr(recommender, "COMPILED_MIN_BATCH", 1)  # every call compiled, single users included
     saved = make_saved()
     eager = Recommender.from_saved(saved)
     with warnings.catch_warnings():
@@ -73,3 +74,16 @@ def test_a_failing_compile_warns_and_encodes_eagerly(monkeypatch: pytest.MonkeyP
         rec = Recommender.from_saved(saved, compile=True)
     assert not rec.compiled
     assert ids(rec.recommend(user=12, k=3)) == ids(Recommender.from_saved(saved).recommend(user=12, k=3))
+
+
+def test_small_batches_run_eagerly_and_large_ones_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recommender.from_saved(tiny_saved_model(), compile=True)
+    calls: list[int] = []
+    compiled = rec._compiled_user_vector
+    monkeypatch.setattr(rec, "_compiled_user_vector", lambda items: calls.append(len(items)) or compiled(items))
+    rec.recommend_batch(users=sorted(HISTORIES), k=2)
+    assert calls == []  # 5 users: fewer than COMPILED_MIN_BATCH
+    histories = [ITEM_IDS[i:i + 4] for i in range(recommender.COMPILED_MIN_BATCH)]
+    assert [ids(r) for r in rec.recommend_batch(histories=histories, k=3)] == [
+        ids(r) for r in Recommender.from_saved(tiny_saved_model()).recommend_batch(histories=histories, k=3)]
+    assert calls == [recommender.COMPILED_MIN_BATCH]
