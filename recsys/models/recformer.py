@@ -83,6 +83,15 @@ class RecformerConfig:
     """frozen: score by inner product (as SASRec), or by cosine / temperature (as Recformer; full mode always
     does). Cosine leaves an item no norm to learn its popularity in, which helps a model used on another
     catalogue, whose items' popularity it cannot know."""
+    item_tower: Literal["adapter", "text"] = "adapter"
+    """frozen: an item's vector is the adapter's output (learnt on the training catalogue), or "text": the
+    language model's own vector, unchanged, with the sequence side projected into its space. With "text"
+    nothing on the item side is learnt, so another catalogue's items are scored exactly as the training
+    items were: the setting for using a model on a catalogue it was not trained on. Needs cosine."""
+    last_item_residual: bool = False
+    """frozen, item_tower "text": each state adds its own item's text vector to the projected sequence state
+    (the projection starts at zero): an untrained model recommends what reads most like the last item, and
+    training learns how far to move from that."""
     temperature: float = 0.05
     """Softmax temperature of cosine scores (Recformer's contrastive loss)."""
     loss: Literal["ce", "sampled_ce"] = "ce"
@@ -103,6 +112,12 @@ class RecformerConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.item_tower not in ("adapter", "text"):
+            raise ValueError(f"item_tower must be 'adapter' or 'text', got {self.item_tower!r}")
+        if self.item_tower == "text" and self.similarity != "cosine":
+            raise ValueError("item_tower 'text' scores by cosine: set similarity: cosine")
+        if self.last_item_residual and self.item_tower != "text":
+            raise ValueError("last_item_residual needs item_tower 'text' (it adds text vectors to the query)")
         if self.max_tokens < self.max_item_tokens + 2:
             raise ValueError(f"max_tokens ({self.max_tokens}) must hold one item: at least max_item_tokens + 2 "
                              f"({self.max_item_tokens + 2})")
@@ -169,6 +184,11 @@ class Recformer(nn.Module):
         self.final_norm = nn.LayerNorm(hidden)
         for module in (self.adapter, self.pos_emb, self.blocks, self.final_norm):
             module.apply(init_weights)
+        if cfg.item_tower == "text":
+            self.to_text = nn.Linear(hidden, lm_dim)  # sequence state -> the language model's space
+            init_weights(self.to_text)
+            if cfg.last_item_residual:
+                nn.init.zeros_(self.to_text.weight)
 
     # -- the catalogue ------------------------------------------------------------------------------------
 
@@ -239,6 +259,10 @@ class Recformer(nn.Module):
         for depth, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
         x = self.final_norm(x)
+        if self.config.item_tower == "text":
+            x = self.to_text(x)  # [batch, seq_len or 1, lm_dim]
+            if self.config.last_item_residual:
+                x = x + self.item_cache[items[:, -x.shape[1]:]]  # each state's own (last) item
         return F.normalize(x, dim=-1) / self.config.temperature if self.config.similarity == "cosine" else x
 
     def user_vector(self, items: Tensor) -> Tensor:
@@ -247,8 +271,8 @@ class Recformer(nn.Module):
 
     def item_vectors(self) -> Tensor:
         """[n_items + 1, dim], row 0 (padding) zero. A row depends only on its item's text."""
-        if self.config.mode == "full":
-            return F.normalize(self.item_cache, dim=-1)  # cached, no gradient: Recformer's item side
+        if self.config.mode == "full" or self.config.item_tower == "text":
+            return F.normalize(self.item_cache, dim=-1)  # cached, no gradient: Recformer's item side; row 0 zero
         vectors = self._adapt(self.item_cache)
         if self.config.similarity == "cosine":
             vectors = F.normalize(vectors, dim=-1)

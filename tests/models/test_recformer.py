@@ -104,6 +104,37 @@ def test_an_items_vector_depends_only_on_its_text(texts: list[dict[str, str]], m
     assert {k: v.shape for k, v in model.named_parameters()} == {k: v.shape for k, v in other.named_parameters()}
 
 
+def test_text_item_tower_learns_nothing_item_side_and_the_residual_starts_at_the_last_item(
+        texts: list[dict[str, str]]) -> None:
+    model = build(texts, "frozen", item_tower="text", similarity="cosine", last_item_residual=True)
+    text = torch.nn.functional.normalize(model.item_cache, dim=-1)
+    with torch.no_grad():
+        assert torch.allclose(model.item_vectors(), text)  # the language model's vectors, unchanged
+        # Untrained, the query is the last item's text vector: scores are cosines to it (over the temperature).
+        last = HISTORIES[:, -1]
+        torch.testing.assert_close(model.score(HISTORIES), text[last] @ text.T / model.config.temperature)
+        assert model.score(HISTORIES)[:, 1:].argmax(dim=1).add(1).tolist() == last.tolist()
+        states = model.encode(HISTORIES)
+        assert states.shape == (3, 6, 384)
+        torch.testing.assert_close(model.user_vector(HISTORIES), states[:, -1])
+    # Training moves the query away from the last item through the projection (zero at the start).
+    assert torch.count_nonzero(model.to_text.weight) == 0
+    model.train()
+    loss = -model.score(HISTORIES)[:, 5].sum()
+    loss.backward()
+    assert model.to_text.weight.grad is not None and model.to_text.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("backbone"))
+
+
+def test_text_item_tower_config_errors() -> None:
+    with pytest.raises(ValueError, match="item_tower 'text' scores by cosine"):
+        RecformerConfig(item_tower="text")
+    with pytest.raises(ValueError, match="last_item_residual needs item_tower 'text'"):
+        RecformerConfig(last_item_residual=True, similarity="cosine")
+    with pytest.raises(ValueError, match="item_tower must be"):
+        RecformerConfig(item_tower="ids")  # type: ignore[arg-type]
+
+
 def test_refresh_re_encodes_items_only_after_the_encoder_changed(texts: list[dict[str, str]]) -> None:
     model = build(texts, "full").train()
     cached = model.item_cache.clone()
