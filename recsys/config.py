@@ -92,6 +92,11 @@ class TrainerConfig:
     """Stop training after this many minutes of fitting, keeping the best epoch so far (None: no time limit)."""
     val_every: int = 1
     """Validate every N epochs."""
+    popularity_correction: bool = False
+    """Train on logits plus log(training popularity) of each item (logQ correction, Yi et al., RecSys 2019), so
+    that the model's own scores leave popularity out: what it learns is which items follow a history beyond
+    what is popular anyway. For a model used on another catalogue (whose popularity it cannot know); it
+    lowers in-domain metrics, which are scored without the correction."""
     train_windows: Literal["last", "all"] = "last"
     """'last': each user's most recent max_len items (the papers'); 'all': older history too, in more windows."""
     bucket_by_length: bool = True

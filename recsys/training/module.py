@@ -22,6 +22,14 @@ from recsys.models.losses import compute_loss
 VAL_MONITOR = "val_ndcg@10"
 
 
+def log_popularity(sequences: list[list[int]], n_items: int) -> torch.Tensor:
+    """log of each item's share of the training interactions, +1 smoothed: [n_items + 1] (row 0: padding)."""
+    counts = torch.ones(n_items + 1, dtype=torch.float64)
+    for items in sequences:
+        counts += torch.bincount(torch.as_tensor(items, dtype=torch.long), minlength=n_items + 1)
+    return (counts / counts[1:].sum()).log().float()
+
+
 class RecommenderModule(L.LightningModule):
     def __init__(
         self,
@@ -32,6 +40,7 @@ class RecommenderModule(L.LightningModule):
         gbce_t: float,
         trainer_config: TrainerConfig,
         ks: tuple[int, ...] = (1, 5, 10, 20, 50),
+        log_popularity: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -42,6 +51,8 @@ class RecommenderModule(L.LightningModule):
         self.cfg = trainer_config
         self.ks = ks
         self._val: RankingAccumulator | None = None
+        # [n_items + 1] added to the training logits (popularity_correction); None: plain logits.
+        self.register_buffer("log_popularity", log_popularity, persistent=False)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Full-catalogue next-item scores `[batch, n_items + 1]` for left-padded histories."""
@@ -67,11 +78,17 @@ class RecommenderModule(L.LightningModule):
         has_target = batch["target"] > 0  # [batch, seq_len]
         # Only positions with a target reach the output layer: padded positions would cost a full
         # [positions, n_items] logit row each for nothing.
+        hidden, items = hidden[has_target], self.model.item_vectors()
+        if self.log_popularity is not None:
+            # One more dimension, 1 on the state side and log popularity on the item side, adds log p(item) to
+            # every logit without any loss knowing about it.
+            hidden = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], dim=1)
+            items = torch.cat([items, self.log_popularity.to(items.dtype).unsqueeze(1)], dim=1)
         loss = compute_loss(
             self.loss_name,
-            hidden[has_target],
+            hidden,
             batch["target"][has_target],
-            self.model.item_vectors(),
+            items,
             n_negatives=self.n_negatives,
             gbce_t=self.gbce_t,
         )

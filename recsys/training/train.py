@@ -124,7 +124,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     from recsys.training.callbacks import EpochHistory
     from recsys.training.checkpoints import AtomicCheckpointIO
     from recsys.training.datamodule import SequenceDataModule
-    from recsys.training.module import VAL_MONITOR, RecommenderModule
+    from recsys.training.module import VAL_MONITOR, RecommenderModule, log_popularity
 
     model_cfg = cfg.model
     objective = getattr(model, "objective", "shift")  # per instance: Recformer's depends on its mode
@@ -140,6 +140,8 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
         model, dataset.n_items, loss=getattr(model_cfg, "loss", "ce"),
         n_negatives=getattr(model_cfg, "n_negatives", 0), gbce_t=getattr(model_cfg, "gbce_t", 0.0),
         trainer_config=cfg.trainer,
+        log_popularity=log_popularity(split.train[schema.ITEMS].to_list(), dataset.n_items)
+        if cfg.trainer.popularity_correction else None,
     )
     if objective == "count":
         return _fit_counts(model, split, datamodule, module, start_tracker)
