@@ -9,6 +9,7 @@ the file and the dotted key (never RecBole's silent `None`). Model sections live
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from recsys.errors import ConfigError
 
 T = TypeVar("T")
+# A number in exponent notation without a dot, e.g. 5e-5: a float everywhere but in YAML 1.1, which PyYAML follows.
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +291,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
         return value
     if hint is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 5e-5 (no dot in the mantissa) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_show(value)}")
         return float(value)

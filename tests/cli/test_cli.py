@@ -94,3 +94,15 @@ def test_an_os_error_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(blocked) in last and "Not a directory" in last, done.stderr
+
+
+def test_numbers_in_exponent_notation_are_numbers_in_overrides_and_files(tmp_path: Path) -> None:
+    from recsys.run_config import load_run_config
+
+    config = tmp_path / "lr.yaml"
+    config.write_text("model:\n  name: sasrec\ntrainer:\n  lr: 3e-4\n")
+    assert load_run_config(config, []).trainer.lr == 3e-4  # PyYAML alone reads 3e-4 as a string
+    assert load_run_config(CONFIG, ["trainer.lr=5e-5", "trainer.weight_decay=1E-2"]).trainer.lr == 5e-5
+    assert load_run_config(CONFIG, ["trainer.weight_decay=1E-2"]).trainer.weight_decay == 0.01
+    done = run_cli("train", "--config", str(CONFIG), "trainer.lr=5e-5x", cwd=tmp_path)
+    assert done.returncode == 2 and "trainer.lr: expected a number, got '5e-5x'" in done.stderr
