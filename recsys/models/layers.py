@@ -114,7 +114,7 @@ class SelfAttention(nn.Module):
         q_len = q.shape[2]
         # Dropout on attention weights forces torch's unfused "math" attention: on CPU that is >10x
         # slower than the fused kernel, which is why models default it to 0 (see their configs).
-        # is_causal without a mask lets the fused CPU kernel skip the future keys' blocks: half the work.
+        # is_causal without a mask: no [batch, 1, seq_len, seq_len] bias to build and for the kernel to read.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None
         )  # [batch, heads, seq_len, head_dim]
