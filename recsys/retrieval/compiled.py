@@ -4,13 +4,14 @@ On a CPU, eager PyTorch runs a transformer block as a string of separate kernels
 whole [batch, seq_len, hidden] tensors; the linear layers even write their bias out before the matrix product
 adds to it. Inductor fuses the element-wise work (layer norms, residual adds, activations) and, with the
 weights frozen as constants, packs them once for oneDNN's matrix products with the bias fused in. For the ml-1m
-SASRec encoder that is about 1.7x faster over all users (`benchmarks/retrieval.py`), for a one-off compile of
-5-25 s at load. It needs a C++ compiler; without one, or if compiling fails for any other reason, the
+SASRec encoder that is 1.3-1.8x faster over all users, depending on the run (`benchmarks/retrieval.py`), for
+a one-off compile of 5-25 s at load. It needs a C++ compiler; without one, or if compiling fails for any other reason, the
 Recommender warns and encodes eagerly.
 
-One compiled graph serves every batch: dynamic shapes, with batches of one row or one column padded to two
-(torch specialises sizes 0 and 1, which would compile again on the first single-user request). Padding is
-safe because every model's user vector is invariant to left padding (each model's tests check it).
+Compiled graphs serve every batch: dynamic shapes, with batches of one row or one column padded to two
+(torch specialises sizes 0 and 1, which would compile again on the first single-user request), and BERT4Rec's
+full window as a second graph; both are compiled at load. Padding is safe because every model's user vector is
+invariant to left padding (each model's tests check it).
 """
 
 from __future__ import annotations
