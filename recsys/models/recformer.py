@@ -92,6 +92,11 @@ class RecformerConfig:
     """frozen, item_tower "text": each state adds its own item's text vector to the projected sequence state
     (the projection starts at zero): an untrained model recommends what reads most like the last item, and
     training learns how far to move from that."""
+    residual_weight: float | None = None
+    """last_item_residual: None adds the projected state as it comes, so training decides how far the query
+    moves from the last item (it moves far); a number w fixes the mix: the projected state is normalised and
+    the last item's (unit) text vector added with weight w, so "more like the last item" keeps its share
+    wherever the model is used, on another catalogue too."""
     temperature: float = 0.05
     """Softmax temperature of cosine scores (Recformer's contrastive loss)."""
     loss: Literal["ce", "sampled_ce"] = "ce"
@@ -118,6 +123,8 @@ class RecformerConfig:
             raise ValueError("item_tower 'text' scores by cosine: set similarity: cosine")
         if self.last_item_residual and self.item_tower != "text":
             raise ValueError("last_item_residual needs item_tower 'text' (it adds text vectors to the query)")
+        if self.residual_weight is not None and (not self.last_item_residual or self.residual_weight <= 0):
+            raise ValueError(f"residual_weight ({self.residual_weight}) needs last_item_residual and must be positive")
         if self.max_tokens < self.max_item_tokens + 2:
             raise ValueError(f"max_tokens ({self.max_tokens}) must hold one item: at least max_item_tokens + 2 "
                              f"({self.max_item_tokens + 2})")
@@ -187,8 +194,8 @@ class Recformer(nn.Module):
         if cfg.item_tower == "text":
             self.to_text = nn.Linear(hidden, lm_dim)  # sequence state -> the language model's space
             init_weights(self.to_text)
-            if cfg.last_item_residual:
-                nn.init.zeros_(self.to_text.weight)
+            if cfg.last_item_residual and cfg.residual_weight is None:
+                nn.init.zeros_(self.to_text.weight)  # starts as the last item exactly (a normalised mix cannot)
 
     # -- the catalogue ------------------------------------------------------------------------------------
 
@@ -262,7 +269,9 @@ class Recformer(nn.Module):
         if self.config.item_tower == "text":
             x = self.to_text(x)  # [batch, seq_len or 1, lm_dim]
             if self.config.last_item_residual:
-                x = x + self.item_cache[items[:, -x.shape[1]:]]  # each state's own (last) item
+                last = self.item_cache[items[:, -x.shape[1]:]]  # each state's own (last) item; unit vectors
+                weight = self.config.residual_weight
+                x = x + last if weight is None else F.normalize(x, dim=-1) + weight * last
         return F.normalize(x, dim=-1) / self.config.temperature if self.config.similarity == "cosine" else x
 
     def user_vector(self, items: Tensor) -> Tensor:

@@ -126,11 +126,29 @@ def test_text_item_tower_learns_nothing_item_side_and_the_residual_starts_at_the
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("backbone"))
 
 
+def test_a_fixed_residual_weight_keeps_the_last_items_share_however_large_the_learnt_part(
+        texts: list[dict[str, str]]) -> None:
+    fixed = build(texts, "frozen", item_tower="text", similarity="cosine", last_item_residual=True, residual_weight=1.0)
+    free = build(texts, "frozen", item_tower="text", similarity="cosine", last_item_residual=True)
+    with torch.no_grad():
+        free.to_text.weight.normal_()  # as if trained: the zero start is gone
+        before = fixed.score(HISTORIES), free.score(HISTORIES)
+        for model in (fixed, free):
+            model.to_text.weight.mul_(100.0)
+            model.to_text.bias.mul_(100.0)
+        torch.testing.assert_close(fixed.score(HISTORIES), before[0])  # normalised: the mix is fixed
+        assert not torch.allclose(free.score(HISTORIES), before[1], atol=1e-3)  # the learnt part takes over
+
+
 def test_text_item_tower_config_errors() -> None:
     with pytest.raises(ValueError, match="item_tower 'text' scores by cosine"):
         RecformerConfig(item_tower="text")
     with pytest.raises(ValueError, match="last_item_residual needs item_tower 'text'"):
         RecformerConfig(last_item_residual=True, similarity="cosine")
+    with pytest.raises(ValueError, match="residual_weight"):
+        RecformerConfig(item_tower="text", similarity="cosine", residual_weight=1.0)
+    with pytest.raises(ValueError, match="residual_weight"):
+        RecformerConfig(item_tower="text", similarity="cosine", last_item_residual=True, residual_weight=0.0)
     with pytest.raises(ValueError, match="item_tower must be"):
         RecformerConfig(item_tower="ids")  # type: ignore[arg-type]
 
