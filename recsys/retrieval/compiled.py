@@ -43,10 +43,11 @@ def compiled_user_vector(model: nn.Module, max_len: int) -> Encoder | None:
         # Freezing is read when a graph compiles; patched per call so the process's other compiles keep
         # their settings. Outside inference mode (autograd on) inductor would not freeze.
         with inductor_config.patch(freezing=True), torch.inference_mode():
-            # A fresh contiguous inference tensor whatever the caller passed: a tensor made outside inference
-            # mode, or a stride-0 view, fails the compiled graph's guards, i.e. compiles it again.
-            items = F.pad(items, (max(0, 2 - items.shape[1]), 0))  # left padding with item 0
-            items = items.repeat(2, 1) if rows < 2 else items.clone()
+            # F.pad always returns a fresh contiguous inference tensor, whatever the caller passed: a tensor made
+            # outside inference mode, or a stride-0 view, would fail the compiled graph's guards (a recompile).
+            items = F.pad(items, (max(0, 2 - items.shape[1]), 0))  # left padding with item 0, to 2 columns
+            if rows < 2:
+                items = items.repeat(2, 1)
             return compiled(items)[:rows]
 
     try:

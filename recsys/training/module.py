@@ -24,9 +24,8 @@ VAL_MONITOR = "val_ndcg@10"
 
 def log_popularity(sequences: list[list[int]], n_items: int) -> torch.Tensor:
     """log of each item's share of the training interactions, +1 smoothed: [n_items + 1] (row 0: padding)."""
-    counts = torch.ones(n_items + 1, dtype=torch.float64)
-    for items in sequences:
-        counts += torch.bincount(torch.as_tensor(items, dtype=torch.long), minlength=n_items + 1)
+    every = torch.as_tensor([item for items in sequences for item in items], dtype=torch.long)
+    counts = torch.bincount(every, minlength=n_items + 1).double() + 1.0
     return (counts / counts[1:].sum()).log().float()
 
 
