@@ -400,6 +400,27 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     add.add_argument("--item-column", default="item_id", help="column of item ids in FILE")
     add.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat", help="FAISS index to build")
     add.set_defaults(handler=run_add_items)
+    prior = actions.add_parser(
+        "set-prior",
+        help="add a catalogue prior, counted from an interaction log, to a model's scores (no retraining)",
+        description="Count each catalogue item's interactions in FILE and write a NEW model directory whose "
+        "scores add WEIGHT * log(the item's share of those interactions, add-one smoothed); the original "
+        "directory is never changed, an earlier prior is replaced. This is how a model trained with "
+        "trainer.popularity_correction=true (which learnt its scores on top of its training catalogue's "
+        "popularity) is given the popularity of the catalogue it now serves, e.g. after pointing a text model "
+        "at another catalogue. Ids not in the catalogue are skipped and reported.",
+        formatter_class=_formatter,
+    )
+    prior.add_argument("--model", required=True, metavar="DIR", help="saved model directory (any model)")
+    prior.add_argument("--interactions", required=True, metavar="FILE",
+                       help="CSV or Parquet interaction log, one row per interaction")
+    prior.add_argument("--item-column", default="item_id", help="column of item ids in FILE (MovieLens CSV: movieId)")
+    prior.add_argument("--weight", type=float, default=1.0,
+                       help="scale of the log prior; 1 is the scale popularity_correction trains at")
+    prior.add_argument("--out", default=None, metavar="DIR",
+                       help="where to write the new model directory (default: <model>-prior, -2, ...)")
+    prior.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat", help="FAISS index to build")
+    prior.set_defaults(handler=run_set_prior)
 
 
 def run_add_items(args: argparse.Namespace) -> int:
@@ -409,6 +430,18 @@ def run_add_items(args: argparse.Namespace) -> int:
     result = add_items(args.model, args.items, out=args.out, item_column=args.item_column, index=args.index)
     shown = ", ".join(map(str, result.item_ids[:10])) + (", ..." if len(result.item_ids) > 10 else "")
     print(f"added {len(result.item_ids)} items ({shown}); catalogue now {result.n_items} items")
+    print(f"saved model:  {result.model_dir}")
+    return 0
+
+
+def run_set_prior(args: argparse.Namespace) -> int:
+    """`recsys index set-prior`: print the new model directory and what was counted."""
+    from recsys.retrieval.catalogue import set_prior
+
+    result = set_prior(args.model, args.interactions, out=args.out, item_column=args.item_column,
+                       weight=args.weight, index=args.index)
+    print(f"counted {result.counted} interactions over {result.items_counted} catalogue items"
+          + (f"; skipped {result.unknown} with ids not in the catalogue" if result.unknown else ""))
     print(f"saved model:  {result.model_dir}")
     return 0
 

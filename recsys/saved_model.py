@@ -206,9 +206,11 @@ def load_weights(model: torch.nn.Module, saved: SavedModel, where: str | Path) -
     model.load_state_dict(saved.state_dict)
 
 
-def build_saved_model(saved: SavedModel, where: str | Path) -> tuple[Any, torch.nn.Module]:
+def build_saved_model(saved: SavedModel, where: str | Path, with_prior: bool = True) -> tuple[Any, torch.nn.Module]:
     """(run config, model with the saved weights) of a saved model. A model that bundles files (a text
-    model's tokenizer) is pointed at the bundled copies, so loading needs nothing outside the directory."""
+    model's tokenizer) is pointed at the bundled copies, so loading needs nothing outside the directory.
+    A model given a catalogue prior (`recsys index set-prior`) comes wrapped in `WithItemPrior`, unless
+    `with_prior` is False (to change the model itself, as add-items does)."""
     from dataclasses import replace
 
     from recsys.models import build_model, get_model_spec
@@ -220,7 +222,31 @@ def build_saved_model(saved: SavedModel, where: str | Path) -> tuple[Any, torch.
         cfg = replace(cfg, model=model_cls.from_bundle(cfg.model, saved.bundle))
     model = build_model(cfg.model_name, cfg.model, saved.n_items)
     load_weights(model, saved, where)
+    prior = item_prior_of(saved, where)
+    if with_prior and prior is not None:
+        from recsys.models.prior import WithItemPrior
+
+        model = WithItemPrior(model, prior["counts"], prior["weight"])
     return cfg, model
+
+
+def item_prior_of(saved: SavedModel, where: str | Path) -> dict[str, Any] | None:
+    """The catalogue prior a model directory holds (manifest field `item_prior`: `counts`, one per item_idx
+    1..n_items, and `weight`), checked; None if it has none."""
+    prior = saved.extra.get("item_prior")
+    if prior is None:
+        return None
+    counts = prior.get("counts") if isinstance(prior, dict) else None
+    weight = prior.get("weight") if isinstance(prior, dict) else None
+    if not isinstance(counts, list) or len(counts) != saved.n_items:
+        got = len(counts) if isinstance(counts, list) else type(counts).__name__
+        raise ModelLoadError(f"{where}: manifest item_prior.counts must list one count per item "
+                             f"({saved.n_items}), got {got}")
+    if not all(isinstance(c, int) and c >= 0 for c in counts):
+        raise ModelLoadError(f"{where}: manifest item_prior.counts must be non-negative integers")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        raise ModelLoadError(f"{where}: manifest item_prior.weight must be a non-negative number, got {weight!r}")
+    return {**prior, "weight": float(weight)}
 
 
 def _copy_bundle(bundle: dict[str, Path], into: Path) -> list[str]:

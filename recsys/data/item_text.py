@@ -70,6 +70,20 @@ def read_new_items(path: str | Path, catalogue: pl.DataFrame, known_ids: set[Any
     return pl.DataFrame(columns)
 
 
+def read_item_ids(path: str | Path, item_column: str, dtype: pl.DataType) -> pl.Series:
+    """The `item_column` of a CSV or Parquet file (an interaction log, one row per interaction) as item ids of
+    `dtype` (the catalogue's); a missing column, an empty cell or a non-integer id where ids are integers is a
+    DataError naming the file and the row."""
+    path = Path(path).expanduser()
+    frame = _read(path)
+    if item_column not in frame.columns:
+        raise DataError(f"{path}: missing column {item_column!r}; found {', '.join(map(repr, frame.columns[:10]))}")
+    if frame.height == 0:
+        raise DataError(f"{path}: no rows in the file")
+    first_row = 1 if path.suffix in (".parquet", ".pq") else 2
+    return _ids(frame[item_column], dtype, path, item_column, first_row)
+
+
 def _read(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: no such file")

@@ -1,29 +1,36 @@
-"""New items without retraining: encode their text with a text model and add them to its catalogue and index.
+"""Change a saved model's catalogue without retraining: new items from their text, or a catalogue prior.
 
     recsys index add-items --model runs/<run>/model --items new_movies.csv [--out DIR]
+    recsys index set-prior --model runs/<run>/model --interactions ratings.csv [--weight 1] [--out DIR]
 
 Only a model that reads items as text (Recformer) can do this: its item vectors are a function of the text
 alone, so a new item's vector is what it would have been had the item existed at training time. An id-based
 model (SASRec, BERT4Rec, GRU4Rec, most popular) has nothing to say about an id it never saw, and refuses.
 
-Never in place: the result is a NEW model directory (default: `<model>-new-items`, then `-2`, `-3`, ...), the
-original catalogue plus the new items (item_map, items table, the model's buffers, manifest), written to a
+`set-prior` counts each catalogue item's interactions in a log and stores the counts with the model, whose
+scores then add `weight * log(share of the interactions)` (`recsys.models.prior`): how a model trained with
+`trainer.popularity_correction` gets the popularity of the catalogue it is pointed at. Nothing is trained.
+
+Never in place: the result is a NEW model directory (default: `<model>-new-items` or `<model>-prior`, then
+`-2`, `-3`, ...), the original catalogue plus the new items (item_map, items table, the model's buffers, manifest), written to a
 temporary folder and renamed into place by `save_model`, with its FAISS index built inside. The original model
 directory is not touched, so a server still reading it keeps working and a failed run leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys.data import schema
-from recsys.data.item_text import item_attributes, read_new_items, text_columns_of
-from recsys.errors import ConfigError
+from recsys.data.item_text import item_attributes, read_item_ids, read_new_items, text_columns_of
+from recsys.errors import ConfigError, DataError
 from recsys.retrieval.index import IndexConfig
-from recsys.saved_model import SavedModel, build_saved_model, load_model_files, save_model
+from recsys.saved_model import SavedModel, build_saved_model, item_prior_of, load_model_files, save_model
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ def add_items(model_dir: str | Path, items_file: str | Path, out: str | Path | N
 
     model_dir = Path(model_dir)
     saved = load_model_files(model_dir)
-    _, model = build_saved_model(saved, model_dir)
+    _, model = build_saved_model(saved, model_dir, with_prior=False)
     if not hasattr(model, "add_items"):
         raise ConfigError(f"{model_dir}: a {saved.model_name} model knows items only by the ids it was trained on, "
                           "so it cannot score new items without retraining; use a text model (model.name: recformer)")
@@ -57,23 +64,72 @@ def add_items(model_dir: str | Path, items_file: str | Path, out: str | Path | N
     first = saved.n_items + 1
     new = new.with_columns(pl.int_range(first, first + new.height, dtype=pl.Int32).alias(schema.ITEM_IDX))
     item_map = pl.concat([saved.item_map, new.select(saved.item_map.columns)], how="vertical_relaxed")
+    extra = {**_inherited(saved.extra, model_dir), "added_items": int(saved.extra.get("added_items", 0)) + new.height}
+    prior = item_prior_of(saved, model_dir)
+    if prior is not None:  # new items were never counted: they get the smallest prior
+        extra["item_prior"] = {**prior, "counts": prior["counts"] + [0] * new.height}
     updated = SavedModel(
         model_name=saved.model_name, config=saved.config, state_dict=model.state_dict(), n_items=item_map.height,
         item_map=item_map, items=pl.concat([saved.items, new], how="diagonal_relaxed"),
-        user_map=saved.user_map, histories=saved.histories, metrics=saved.metrics,
-        extra={**{k: v for k, v in saved.extra.items() if k != "recsys_version"}, "parent": str(model_dir.resolve()),
-               "added_items": int(saved.extra.get("added_items", 0)) + new.height},
-        bundle=saved.bundle,
+        user_map=saved.user_map, histories=saved.histories, metrics=saved.metrics, extra=extra, bundle=saved.bundle,
     )
-    target = Path(out) if out is not None else _free_sibling(model_dir)
+    target = Path(out) if out is not None else _free_sibling(model_dir, "new-items")
     save_model(updated, target)
     Recommender.load(target, index=index)  # builds the index of the grown catalogue and saves it beside
     return AddedItems(target, new[schema.ITEM_ID].to_list(), updated.n_items)
 
 
-def _free_sibling(model_dir: Path) -> Path:
-    candidate, n = model_dir.with_name(f"{model_dir.name}-new-items"), 1
+@dataclass(frozen=True)
+class PriorSet:
+    """What `set_prior` wrote."""
+
+    model_dir: Path
+    """The new model directory."""
+    counted: int
+    """Interactions of the log whose item is in the catalogue."""
+    unknown: int
+    """Interactions with an item id the catalogue does not have (not counted)."""
+    items_counted: int
+    """Catalogue items with at least one interaction in the log."""
+
+
+def set_prior(model_dir: str | Path, interactions_file: str | Path, out: str | Path | None = None,
+              item_column: str = schema.ITEM_ID, weight: float = 1.0,
+              index: str | IndexConfig = "flat") -> PriorSet:
+    """Write a copy of the model in `model_dir` whose scores add `weight * log p(item)`, p counted from the
+    `item_column` of `interactions_file` (CSV or Parquet, one row per interaction); returns where it went.
+    Any earlier prior of the model is replaced. Ids the catalogue lacks are skipped and counted in `unknown`;
+    a log with none of the catalogue's ids is a DataError."""
+    from recsys.retrieval.recommender import Recommender
+
+    if not weight >= 0:
+        raise ConfigError(f"weight must be a non-negative number, got {weight}")
+    model_dir = Path(model_dir)
+    saved = load_model_files(model_dir)
+    ids = read_item_ids(interactions_file, item_column, saved.item_map[schema.ITEM_ID].dtype)
+    idx = pl.DataFrame({schema.ITEM_ID: ids}).join(saved.item_map, on=schema.ITEM_ID, how="left")[schema.ITEM_IDX]
+    known = idx.drop_nulls().to_numpy()
+    if len(known) == 0:
+        raise DataError(f"{interactions_file}: none of the {len(idx)} ids in column {item_column!r} is in the "
+                        f"model's catalogue (first: {ids[0]!r}; the catalogue's first: {saved.item_map[schema.ITEM_ID][0]!r})")
+    counts = np.bincount(known, minlength=saved.n_items + 1)[1:]
+    extra = {**_inherited(saved.extra, model_dir),
+             "item_prior": {"counts": counts.tolist(), "weight": float(weight), "source": str(Path(interactions_file))}}
+    updated = dataclasses.replace(saved, extra=extra)
+    target = Path(out) if out is not None else _free_sibling(model_dir, "prior")
+    save_model(updated, target)
+    Recommender.load(target, index=index)  # checks the prior loads, builds and saves the index
+    return PriorSet(target, len(known), len(idx) - len(known), int((counts > 0).sum()))
+
+
+def _inherited(extra: dict[str, object], model_dir: Path) -> dict[str, object]:
+    """Manifest fields a derived model directory keeps, and where it came from."""
+    return {**{k: v for k, v in extra.items() if k != "recsys_version"}, "parent": str(model_dir.resolve())}
+
+
+def _free_sibling(model_dir: Path, suffix: str) -> Path:
+    candidate, n = model_dir.with_name(f"{model_dir.name}-{suffix}"), 1
     while candidate.exists():
         n += 1
-        candidate = model_dir.with_name(f"{model_dir.name}-new-items-{n}")
+        candidate = model_dir.with_name(f"{model_dir.name}-{suffix}-{n}")
     return candidate

