@@ -88,7 +88,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:  # type: ig
         parser.set_defaults(handler=run_data, data_command=command)
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
+def _add_data_options(parser: argparse.ArgumentParser, statistics: bool = True) -> None:
     parser.add_argument("name", help="dataset: a MovieLens release (e.g. ml-1m) or 'custom'")
     parser.add_argument(
         "--from", dest="source", metavar="PATH", default=None,
@@ -105,7 +105,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--max-history", type=int, default=None, help="keep each user's most recent N interactions")
     parser.add_argument("--cache-dir", default=None, help="cache folder (None: $RECSYS_CACHE or ~/.cache/recsys)")
-    parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    if statistics:
+        parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     custom = parser.add_argument_group("custom logs (name 'custom')")
     custom.add_argument("--items-file", default=None, help="optional CSV/Parquet item table")
     custom.add_argument("--user-column", default="user_id", help="column of user ids")
@@ -421,6 +422,27 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
                        help="where to write the new model directory (default: <model>-prior, -2, ...)")
     prior.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat", help="FAISS index to build")
     prior.set_defaults(handler=run_set_prior)
+    catalogue = actions.add_parser(
+        "set-catalogue",
+        help="point a text model at another dataset's catalogue and users (cross-catalogue, no retraining)",
+        description="Prepare the dataset NAME (as `recsys data prepare` does, same options), encode every one of "
+        "its items from its text with the text model (recformer) in --model, and write a NEW model directory whose "
+        "catalogue, FAISS index, users and histories are the dataset's, so `recsys recommend --user` works for its "
+        "users; nothing is trained and the original directory is never changed. --prior also adds the dataset's "
+        "own popularity as a catalogue prior (see `recsys index set-prior`), which a model trained with "
+        "trainer.popularity_correction=true expects. Id-based models refuse.",
+        formatter_class=_formatter,
+    )
+    catalogue.add_argument("--model", required=True, metavar="DIR", help="saved model directory of a text model")
+    _add_data_options(catalogue, statistics=False)
+    catalogue.add_argument("--prior", action="store_true",
+                           help="add the dataset's interaction counts as a catalogue prior")
+    catalogue.add_argument("--weight", type=float, default=1.0, help="scale of the log prior (with --prior)")
+    catalogue.add_argument("--out", default=None, metavar="DIR",
+                           help="where to write the new model directory (default: <model>-<dataset>, -2, ...)")
+    catalogue.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
+                           help="FAISS index to build")
+    catalogue.set_defaults(handler=run_set_catalogue)
 
 
 def run_add_items(args: argparse.Namespace) -> int:
@@ -442,6 +464,18 @@ def run_set_prior(args: argparse.Namespace) -> int:
                        weight=args.weight, index=args.index)
     print(f"counted {result.counted} interactions over {result.items_counted} catalogue items"
           + (f"; skipped {result.unknown} with ids not in the catalogue" if result.unknown else ""))
+    print(f"saved model:  {result.model_dir}")
+    return 0
+
+
+def run_set_catalogue(args: argparse.Namespace) -> int:
+    """`recsys index set-catalogue`: print the new model directory and what it holds."""
+    from recsys.retrieval.catalogue import set_catalogue
+
+    result = set_catalogue(args.model, _data_config(args), out=args.out, prior=args.prior, weight=args.weight,
+                           index=args.index)
+    print(f"catalogue: {result.n_items} items of {args.name}, encoded from {', '.join(result.text_columns)}; "
+          f"{result.n_users} users" + ("; with the dataset's popularity as prior" if args.prior else ""))
     print(f"saved model:  {result.model_dir}")
     return 0
 

@@ -2,6 +2,7 @@
 
     recsys index add-items --model runs/<run>/model --items new_movies.csv [--out DIR]
     recsys index set-prior --model runs/<run>/model --interactions ratings.csv [--weight 1] [--out DIR]
+    recsys index set-catalogue --model runs/<run>/model ml-latest-small [--prior] [--out DIR]
 
 Only a model that reads items as text (Recformer) can do this: its item vectors are a function of the text
 alone, so a new item's vector is what it would have been had the item existed at training time. An id-based
@@ -10,6 +11,10 @@ model (SASRec, BERT4Rec, GRU4Rec, most popular) has nothing to say about an id i
 `set-prior` counts each catalogue item's interactions in a log and stores the counts with the model, whose
 scores then add `weight * log(share of the interactions)` (`recsys.models.prior`): how a model trained with
 `trainer.popularity_correction` gets the popularity of the catalogue it is pointed at. Nothing is trained.
+
+`set-catalogue` points a text model at another dataset altogether (cross-catalogue transfer): every item of the
+new catalogue is encoded from its text, and its users and histories replace the old ones, so
+`recommend(user=...)` works for the new users; `--prior` also counts the new log for a catalogue prior.
 
 Never in place: the result is a NEW model directory (default: `<model>-new-items` or `<model>-prior`, then
 `-2`, `-3`, ...), the original catalogue plus the new items (item_map, items table, the model's buffers, manifest), written to a
@@ -27,7 +32,8 @@ import numpy as np
 import polars as pl
 
 from recsys.data import schema
-from recsys.data.item_text import item_attributes, read_item_ids, read_new_items, text_columns_of
+from recsys.config import DataConfig, to_dict
+from recsys.data.item_text import catalogue_attributes, item_attributes, read_item_ids, read_new_items, text_columns_of
 from recsys.errors import ConfigError, DataError
 from recsys.retrieval.index import IndexConfig
 from recsys.saved_model import SavedModel, build_saved_model, item_prior_of, load_model_files, save_model
@@ -120,6 +126,68 @@ def set_prior(model_dir: str | Path, interactions_file: str | Path, out: str | P
     save_model(updated, target)
     Recommender.load(target, index=index)  # checks the prior loads, builds and saves the index
     return PriorSet(target, len(known), len(idx) - len(known), int((counts > 0).sum()))
+
+
+@dataclass(frozen=True)
+class CatalogueSet:
+    """What `set_catalogue` wrote."""
+
+    model_dir: Path
+    """The new model directory."""
+    n_items: int
+    """Items of the new catalogue."""
+    n_users: int
+    """Users of the new dataset, whose histories the new model directory holds."""
+    text_columns: list[str]
+    """The item-table columns the items were encoded from."""
+
+
+def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | None = None, prior: bool = False,
+                  weight: float = 1.0, index: str | IndexConfig = "flat") -> CatalogueSet:
+    """Write a copy of the text model in `model_dir` whose catalogue, users and histories are those of the
+    dataset `data` (prepared as for training), every item encoded from its text; nothing is trained. With
+    `prior`, the new log's interaction counts become the model's catalogue prior (see `set_prior`)."""
+    from recsys.data.prepare import prepare_dataset
+    from recsys.data.splits import make_split
+    from recsys.retrieval.recommender import Recommender
+
+    if not weight >= 0:
+        raise ConfigError(f"weight must be a non-negative number, got {weight}")
+    model_dir = Path(model_dir)
+    saved = load_model_files(model_dir)
+    _, model = build_saved_model(saved, model_dir, with_prior=False)
+    if not hasattr(model, "set_item_texts"):
+        raise ConfigError(f"{model_dir}: a {saved.model_name} model knows items only by the ids it was trained on, "
+                          "so it cannot score another catalogue's items; use a text model (model.name: recformer)")
+    dataset = prepare_dataset(data, progress=True)
+    text_columns = list(dataset.text_columns or text_columns_of(dataset.items))
+    if not text_columns:
+        raise ConfigError(f"dataset {data.name}: its item table has no text columns to encode the items from "
+                          "(custom logs: --items-file and --text-columns)")
+    model.set_item_texts(catalogue_attributes(dataset.items, text_columns, dataset.n_items))  # type: ignore[operator]
+    extra = {k: v for k, v in _inherited(saved.extra, model_dir).items()
+             if k not in ("item_prior", "added_items", "mlflow_run_id")}
+    extra.update(dataset=dataset.name, preset=dataset.preset, fingerprint=dataset.fingerprint,
+                 text_columns=text_columns, trained_on=saved.extra.get("trained_on", saved.extra.get("dataset")))
+    if prior:
+        # Only what the dataset's split trains on (leave-one-out: all but each user's last two items), so that
+        # `recsys evaluate` of the new model never counts its own validation and test targets into the prior.
+        every = make_split(dataset, data).train[schema.ITEMS].explode().drop_nulls().to_numpy()
+        counts = np.bincount(every, minlength=dataset.n_items + 1)[1:]
+        extra["item_prior"] = {"counts": counts.tolist(), "weight": float(weight),
+                               "source": f"dataset {dataset.name}, training split"}
+    # The run config now describes the new dataset, so `recsys evaluate` scores the model on it.
+    config = {**saved.config, "data": to_dict(data)}
+    updated = SavedModel(
+        model_name=saved.model_name, config=config, state_dict=model.state_dict(), n_items=dataset.n_items,
+        item_map=dataset.item_map, user_map=dataset.user_map, items=dataset.items,
+        histories=dataset.sequences.select(schema.USER_IDX, schema.ITEMS),
+        metrics={}, extra=extra, bundle=saved.bundle,  # the old metrics were measured on the old catalogue
+    )
+    target = Path(out) if out is not None else _free_sibling(model_dir, dataset.name)
+    save_model(updated, target)
+    Recommender.load(target, index=index)  # builds the index of the new catalogue and saves it beside
+    return CatalogueSet(target, dataset.n_items, dataset.n_users, text_columns)
 
 
 def _inherited(extra: dict[str, object], model_dir: Path) -> dict[str, object]:

@@ -27,7 +27,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from recsys.cli import main  # noqa: E402
 from recsys.config import DataConfig  # noqa: E402
 from recsys.data import schema  # noqa: E402
-from recsys.data.prepare import read_raw  # noqa: E402
+from recsys.data.item_text import catalogue_attributes  # noqa: E402
+from recsys.data.prepare import prepare_dataset, read_raw  # noqa: E402
 from recsys.models import Recformer, SASRec, SASRecConfig  # noqa: E402
 from recsys.retrieval.cold_items import ColdItemSplit, cold_item_hit_rate, hold_out_items, write_training_files  # noqa: E402
 from recsys.retrieval.recommender import Recommender  # noqa: E402
@@ -133,6 +134,61 @@ def test_add_items_to_a_model_with_a_prior_gives_the_new_items_the_smallest_prio
     torch.testing.assert_close(added[len(known):], torch.full((len(held),), math.log(1 / total)))
     rec = Recommender.load(tmp_path / "grown")
     assert {r.item_id for r in rec.recommend(history=known[60:62], k=len(held), allow=held)} == set(held)
+
+
+def test_set_catalogue_points_the_text_model_at_another_dataset(run: tuple, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    result = run[0]
+    model_dir = Path(result.model_dir)
+    manifest_before = (model_dir / "manifest.json").read_text()
+    # The other catalogue: ml-latest-small's 353 movies with 15 to 19 ratings, none of which the model has.
+    raw = read_raw(DataConfig())
+    rare = (raw.interactions.group_by(schema.ITEM_ID).len().filter(pl.col("len").is_between(15, 19))
+            [schema.ITEM_ID].implode())
+    raw.interactions.filter(pl.col(schema.ITEM_ID).is_in(rare)).write_parquet(tmp_path / "log.parquet")
+    raw.items.filter(pl.col(schema.ITEM_ID).is_in(rare)).write_parquet(tmp_path / "items.parquet")
+    out = tmp_path / "rare"
+    assert main(["index", "set-catalogue", "--model", str(model_dir), "custom", "--from", str(tmp_path / "log.parquet"),
+                 "--items-file", str(tmp_path / "items.parquet"), "--prior", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "encoded from title, year, genres" in printed and str(out) in printed
+    assert (model_dir / "manifest.json").read_text() == manifest_before
+    assert (out / "index-flat.faiss").is_file()
+
+    old, new = load_model_files(model_dir), load_model_files(out)
+    target = prepare_dataset(DataConfig(name="custom", path=None, interactions_file=str(tmp_path / "log.parquet"),
+                                        items_file=str(tmp_path / "items.parquet")))
+    assert new.n_items == target.n_items and new.user_map.height == target.n_users
+    assert not set(new.item_map[schema.ITEM_ID].to_list()) & set(old.item_map[schema.ITEM_ID].to_list())
+    # Same weights, new texts: each item's vector is what the old model gives that text as an added item.
+    _, grown = build_saved_model(old, "old", with_prior=False)
+    grown.add_items(catalogue_attributes(target.items, ("title", "year", "genres"), target.n_items))
+    _, moved = build_saved_model(new, "new", with_prior=False)
+    with torch.no_grad():
+        torch.testing.assert_close(moved.eval().item_vectors()[1:], grown.eval().item_vectors()[old.n_items + 1:],
+                                   rtol=1e-4, atol=1e-5)
+    # The prior counts the training split only: every user's last two items (validation, test) are left out.
+    counts = torch.tensor(new.extra["item_prior"]["counts"])
+    assert int(counts.sum()) == target.n_interactions - 2 * target.n_users
+    # Its users are the model's users now, and `recsys evaluate` scores it on the new dataset's split.
+    rec = Recommender.load(out)
+    user = target.user_map[schema.USER_ID][0]
+    recs = rec.recommend(user=user, k=10)
+    assert len(recs) == 10 and not {r.item_id for r in recs} & set(rec.history(user))
+    assert main(["evaluate", "--model", str(out), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_users"] == target.n_users
+
+
+def test_set_catalogue_refuses_id_based_models(run: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    saved = load_model_files(run[0].model_dir)
+    config = json.loads(json.dumps(saved.config))
+    config["model"] = {"name": "sasrec", "max_len": 30, "hidden": 16}
+    saved.config, saved.model_name, saved.bundle = config, "sasrec", {}
+    saved.state_dict = SASRec(saved.n_items, SASRecConfig(max_len=30, hidden=16)).state_dict()
+    save_model(saved, tmp_path / "sasrec")
+    assert main(["index", "set-catalogue", "--model", str(tmp_path / "sasrec"), "ml-latest-small"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot score another catalogue's items" in err and "recformer" in err
 
 
 def bad_input_cases(tmp: Path) -> list[tuple[str, str, list[str]]]:
