@@ -45,8 +45,15 @@ def main() -> None:
     parser.add_argument("--target-path", default=None, help="its folder (default: embedded / prepared)")
     parser.add_argument("--name", default="recformer_transfer", help="result file of the transfer")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the result files go")
+    parser.add_argument("--trained-by", default=None, metavar="CMD",
+                        help="with --model: the command that trained it, recorded in the result")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART",
+                        help="merge per-seed result files of this benchmark into --name (mean, spread, each run)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
+    if args.merge:
+        write_result(args.name, merge(args.merge), args.results_dir)
+        return
 
     from recsys.run_config import load_run_config
     from recsys.training.train import train
@@ -79,6 +86,8 @@ def main() -> None:
         cfg = run_config_from_dict(saved.config, where=str(model_dir))
         source_metrics = {f"source_test_{k}": saved.metrics[f"test_{k}"] for k in ("ndcg@10", "hr@10")
                           if f"test_{k}" in saved.metrics}
+    if cfg.trainer.popularity_correction:
+        source_metrics.update(source_prior_metrics(model_dir, device(cfg.trainer.accelerator)))
     transfer = transfer_metrics(model_dir, args.target, args.target_path, device(cfg.trainer.accelerator))
     write_result(args.name, {
         "benchmark": "recformer_transfer",
@@ -86,15 +95,71 @@ def main() -> None:
         "model": f"recformer ({cfg.model.mode}), trained on {cfg.data.name} only",
         "headline": ["ndcg@10", "hr@10", "popularity_ndcg@10", "popularity_hr@10", "last_item_text_ndcg@10",
                      "target_prior_ndcg@10", "target_prior_hr@10", "last_item_text_prior_ndcg@10",
-                     "source_test_ndcg@10", "target_items"],
+                     "source_test_ndcg@10", "source_test_prior_ndcg@10", "target_items"],
         "metrics": {**transfer, **source_metrics},
         "model_dir": str(model_dir),
+        **({"trained_by": args.trained_by} if args.trained_by else {}),
         "config": cfg.to_dict(),
         "seeds": [cfg.trainer.seed],
         "wall_s": time.perf_counter() - started,
         **provenance(),
     }, args.results_dir)
     print(transfer, flush=True)
+
+
+def merge(parts: list[Path]) -> dict:
+    """One result from per-seed transfer results: each metric's mean, the headline's spread, every run."""
+    import json
+    import statistics
+
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in parts]
+    first = runs[0]
+    seeds = [seed for run in runs for seed in run["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge: seeds repeat across the parts: {seeds}")
+    metrics: dict[str, float] = {}
+    for key in first["metrics"]:
+        values = [run["metrics"][key] for run in runs if run["metrics"].get(key) is not None]
+        if len(values) == len(runs):
+            metrics[key] = statistics.fmean(values)
+            if key in first["headline"] and len(values) > 1:
+                metrics[f"{key}_std"] = statistics.stdev(values)
+    return {
+        **{k: first[k] for k in ("benchmark", "dataset", "model", "headline")},
+        "metrics": metrics,
+        "runs": [{"seed": run["seeds"][0], "metrics": run["metrics"], "command": run["command"],
+                  **({"trained_by": run["trained_by"]} if "trained_by" in run else {}),
+                  "commit": run["commit"], "wall_s": run["wall_s"]} for run in runs],
+        "config": first["config"],
+        "seeds": seeds,
+        "wall_s": sum(run["wall_s"] for run in runs),
+        "notes": f"mean of {len(runs)} runs, one per seed (each run's command in runs[])",
+        **provenance(),
+    }
+
+
+def source_prior_metrics(model_dir: Path, on: str) -> dict[str, float]:
+    """Test metrics on the training dataset with its own training popularity as the prior: for a model trained
+    with popularity_correction, the scores its loss was trained on (its plain scores leave popularity out)."""
+    from torch.utils.data import DataLoader
+
+    from recsys.data.batches import EvaluationRows, pass_through
+    from recsys.data.prepare import prepare_dataset
+    from recsys.data.splits import make_split
+    from recsys.evaluation.runner import evaluate_loader
+    from recsys.models.prior import WithItemPrior
+    from recsys.saved_model import build_saved_model, load_model_files
+
+    saved = load_model_files(model_dir)
+    cfg, model = build_saved_model(saved, model_dir, with_prior=False)
+    dataset = prepare_dataset(cfg.data)
+    split = make_split(dataset, cfg.data)
+    counts = torch.bincount(torch.as_tensor([i for items in split.train["items"].to_list() for i in items]),
+                            minlength=dataset.n_items + 1)[1:]
+    rows = EvaluationRows(split.test, cfg.model.max_len)
+    m = evaluate_loader(WithItemPrior(model, counts).to(on), DataLoader(rows, batch_size=256, collate_fn=pass_through),
+                        dataset.n_items)
+    return {"source_test_prior_ndcg@10": m["ndcg@10"], "source_test_prior_hr@10": m["hr@10"]}
 
 
 def device(accelerator: str) -> str:
