@@ -396,10 +396,8 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     )
     add.add_argument("--model", required=True, metavar="DIR", help="saved model directory of a text model")
     add.add_argument("--items", required=True, metavar="FILE", help="CSV or Parquet file of the new items")
-    add.add_argument("--out", default=None, metavar="DIR",
-                     help="where to write the new model directory (default: <model>-new-items, -2, ...)")
     add.add_argument("--item-column", default="item_id", help="column of item ids in FILE")
-    add.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat", help="FAISS index to build")
+    _add_output_options(add, "new-items")
     add.set_defaults(handler=run_add_items)
     prior = actions.add_parser(
         "set-prior",
@@ -418,9 +416,7 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     prior.add_argument("--item-column", default="item_id", help="column of item ids in FILE (MovieLens CSV: movieId)")
     prior.add_argument("--weight", type=float, default=1.0,
                        help="scale of the log prior; 1 is the scale popularity_correction trains at")
-    prior.add_argument("--out", default=None, metavar="DIR",
-                       help="where to write the new model directory (default: <model>-prior, -2, ...)")
-    prior.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat", help="FAISS index to build")
+    _add_output_options(prior, "prior")
     prior.set_defaults(handler=run_set_prior)
     catalogue = actions.add_parser(
         "set-catalogue",
@@ -438,11 +434,15 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     catalogue.add_argument("--prior", action="store_true",
                            help="add the dataset's interaction counts as a catalogue prior")
     catalogue.add_argument("--weight", type=float, default=1.0, help="scale of the log prior (with --prior)")
-    catalogue.add_argument("--out", default=None, metavar="DIR",
-                           help="where to write the new model directory (default: <model>-<dataset>, -2, ...)")
-    catalogue.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
-                           help="FAISS index to build")
+    _add_output_options(catalogue, "<dataset>")
     catalogue.set_defaults(handler=run_set_catalogue)
+
+
+def _add_output_options(parser: argparse.ArgumentParser, suffix: str) -> None:
+    """--out and --index of the commands that write a new model directory (never in place)."""
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help=f"where to write the new model directory (default: <model>-{suffix}, -2, ...)")
+    parser.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat", help="FAISS index to build")
 
 
 def run_add_items(args: argparse.Namespace) -> int:

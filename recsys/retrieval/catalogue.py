@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -58,11 +59,7 @@ def add_items(model_dir: str | Path, items_file: str | Path, out: str | Path | N
     from recsys.retrieval.recommender import Recommender
 
     model_dir = Path(model_dir)
-    saved = load_model_files(model_dir)
-    _, model = build_saved_model(saved, model_dir, with_prior=False)
-    if not hasattr(model, "add_items"):
-        raise ConfigError(f"{model_dir}: a {saved.model_name} model knows items only by the ids it was trained on, "
-                          "so it cannot score new items without retraining; use a text model (model.name: recformer)")
+    saved, model = _text_model(model_dir, "score new items without retraining")
     text_columns = list(saved.extra.get("text_columns") or text_columns_of(saved.items))
     known = set(saved.item_map[schema.ITEM_ID].to_list())
     new = read_new_items(items_file, saved.items, known, text_columns, item_column)
@@ -154,11 +151,7 @@ def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | Non
     if not weight >= 0:
         raise ConfigError(f"weight must be a non-negative number, got {weight}")
     model_dir = Path(model_dir)
-    saved = load_model_files(model_dir)
-    _, model = build_saved_model(saved, model_dir, with_prior=False)
-    if not hasattr(model, "set_item_texts"):
-        raise ConfigError(f"{model_dir}: a {saved.model_name} model knows items only by the ids it was trained on, "
-                          "so it cannot score another catalogue's items; use a text model (model.name: recformer)")
+    saved, model = _text_model(model_dir, "score another catalogue's items")
     dataset = prepare_dataset(data, progress=True)
     text_columns = list(dataset.text_columns or text_columns_of(dataset.items))
     if not text_columns:
@@ -188,6 +181,17 @@ def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | Non
     save_model(updated, target)
     Recommender.load(target, index=index)  # builds the index of the new catalogue and saves it beside
     return CatalogueSet(target, dataset.n_items, dataset.n_users, text_columns)
+
+
+def _text_model(model_dir: Path, cannot: str) -> tuple[SavedModel, Any]:
+    """The saved model and its plain module (no prior), if it reads items as text; else a ConfigError saying
+    that an id-based model cannot do what was asked."""
+    saved = load_model_files(model_dir)
+    _, model = build_saved_model(saved, model_dir, with_prior=False)
+    if not getattr(model, "needs_item_texts", False):
+        raise ConfigError(f"{model_dir}: a {saved.model_name} model knows items only by the ids it was trained on, "
+                          f"so it cannot {cannot}; use a text model (model.name: recformer)")
+    return saved, model
 
 
 def _inherited(extra: dict[str, object], model_dir: Path) -> dict[str, object]:

@@ -179,18 +179,6 @@ def test_set_catalogue_points_the_text_model_at_another_dataset(run: tuple, tmp_
     assert json.loads(capsys.readouterr().out)["n_users"] == target.n_users
 
 
-def test_set_catalogue_refuses_id_based_models(run: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    saved = load_model_files(run[0].model_dir)
-    config = json.loads(json.dumps(saved.config))
-    config["model"] = {"name": "sasrec", "max_len": 30, "hidden": 16}
-    saved.config, saved.model_name, saved.bundle = config, "sasrec", {}
-    saved.state_dict = SASRec(saved.n_items, SASRecConfig(max_len=30, hidden=16)).state_dict()
-    save_model(saved, tmp_path / "sasrec")
-    assert main(["index", "set-catalogue", "--model", str(tmp_path / "sasrec"), "ml-latest-small"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot score another catalogue's items" in err and "recformer" in err
-
-
 def bad_input_cases(tmp: Path) -> list[tuple[str, str, list[str]]]:
     header = "item_id,title,year,genres\n"
     return [
@@ -218,7 +206,8 @@ def test_add_items_bad_input_is_one_line_naming_file_and_row(run: tuple, tmp_pat
         assert not out.exists()
 
 
-def test_id_based_models_refuse_add_items(run: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_id_based_models_refuse_add_items_and_set_catalogue(run: tuple, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
     saved = load_model_files(run[0].model_dir)
     config = json.loads(json.dumps(saved.config))
     config["model"] = {"name": "sasrec", "max_len": 30, "hidden": 16}
@@ -229,6 +218,9 @@ def test_id_based_models_refuse_add_items(run: tuple, tmp_path: Path, capsys: py
     assert main(["index", "add-items", "--model", str(tmp_path / "sasrec"), "--items", str(tmp_path / "new.csv")]) == 2
     err = capsys.readouterr().err
     assert "sasrec model knows items only by the ids it was trained on" in err and "recformer" in err
+    assert main(["index", "set-catalogue", "--model", str(tmp_path / "sasrec"), "ml-latest-small"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot score another catalogue's items" in err and "recformer" in err
 
 
 def test_full_mode_trains_and_saves_item_vectors_that_match_its_weights(run: tuple, tmp_path: Path) -> None:
