@@ -244,7 +244,7 @@ def item_prior_of(saved: SavedModel, where: str | Path) -> dict[str, Any] | None
                              f"({saved.n_items}), got {got}")
     if not all(isinstance(c, int) and c >= 0 for c in counts):
         raise ModelLoadError(f"{where}: manifest item_prior.counts must be non-negative integers")
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
         raise ModelLoadError(f"{where}: manifest item_prior.weight must be a non-negative number, got {weight!r}")
     return {**prior, "weight": float(weight)}
 

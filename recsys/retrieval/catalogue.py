@@ -4,9 +4,10 @@
     recsys index set-prior --model runs/<run>/model --interactions ratings.csv [--weight 1] [--out DIR]
     recsys index set-catalogue --model runs/<run>/model ml-latest-small [--prior] [--out DIR]
 
-Only a model that reads items as text (Recformer) can do this: its item vectors are a function of the text
-alone, so a new item's vector is what it would have been had the item existed at training time. An id-based
-model (SASRec, BERT4Rec, GRU4Rec, most popular) has nothing to say about an id it never saw, and refuses.
+New items and another catalogue need a model that reads items as text (Recformer): its item vectors are a
+function of the text alone, so a new item's vector is what it would have been had the item existed at training
+time. An id-based model (SASRec, BERT4Rec, GRU4Rec, most popular) has nothing to say about an id it never saw,
+and refuses. A prior works with any model.
 
 `set-prior` counts each catalogue item's interactions in a log and stores the counts with the model, whose
 scores then add `weight * log(share of the interactions)` (`recsys.models.prior`): how a model trained with
@@ -16,15 +17,16 @@ scores then add `weight * log(share of the interactions)` (`recsys.models.prior`
 new catalogue is encoded from its text, and its users and histories replace the old ones, so
 `recommend(user=...)` works for the new users; `--prior` also counts the new log for a catalogue prior.
 
-Never in place: the result is a NEW model directory (default: `<model>-new-items` or `<model>-prior`, then
-`-2`, `-3`, ...), the original catalogue plus the new items (item_map, items table, the model's buffers, manifest), written to a
-temporary folder and renamed into place by `save_model`, with its FAISS index built inside. The original model
-directory is not touched, so a server still reading it keeps working and a failed run leaves nothing behind.
+Never in place: the result is a NEW model directory (default: `<model>-new-items`, `<model>-prior` or
+`<model>-<dataset>`, then `-2`, `-3`, ...), written to a temporary folder and renamed into place by
+`save_model`, with its FAISS index built inside. The original model directory is not touched, so a server still
+reading it keeps working and a failed run leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +107,7 @@ def set_prior(model_dir: str | Path, interactions_file: str | Path, out: str | P
     a log with none of the catalogue's ids is a DataError."""
     from recsys.retrieval.recommender import Recommender
 
-    if not weight >= 0:
-        raise ConfigError(f"weight must be a non-negative number, got {weight}")
+    _check_weight(weight)
     model_dir = Path(model_dir)
     saved = load_model_files(model_dir)
     ids = read_item_ids(interactions_file, item_column, saved.item_map[schema.ITEM_ID].dtype)
@@ -148,8 +149,7 @@ def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | Non
     from recsys.data.splits import make_split
     from recsys.retrieval.recommender import Recommender
 
-    if not weight >= 0:
-        raise ConfigError(f"weight must be a non-negative number, got {weight}")
+    _check_weight(weight)
     model_dir = Path(model_dir)
     saved, model = _text_model(model_dir, "score another catalogue's items")
     dataset = prepare_dataset(data, progress=True)
@@ -181,6 +181,11 @@ def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | Non
     save_model(updated, target)
     Recommender.load(target, index=index)  # builds the index of the new catalogue and saves it beside
     return CatalogueSet(target, dataset.n_items, dataset.n_users, text_columns)
+
+
+def _check_weight(weight: float) -> None:
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ConfigError(f"weight must be a non-negative number, got {weight}")
 
 
 def _text_model(model_dir: Path, cannot: str) -> tuple[SavedModel, Any]:

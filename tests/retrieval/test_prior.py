@@ -121,10 +121,12 @@ def test_bad_logs_are_one_line_naming_the_file(tiny_dir: Path, tmp_path: Path, c
     assert not out.exists()
 
 
-def test_a_negative_weight_is_refused(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("weight", ["-1", "nan", "inf"])
+def test_a_negative_or_non_finite_weight_is_refused(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    weight: str) -> None:
     log = write_log(tmp_path / "log.csv", [100], column="item_id")
-    assert main(["index", "set-prior", "--model", str(tiny_dir), "--interactions", str(log), "--weight", "-1"]) == 2
-    assert "weight must be a non-negative number, got -1.0" in capsys.readouterr().err
+    assert main(["index", "set-prior", "--model", str(tiny_dir), "--interactions", str(log), "--weight", weight]) == 2
+    assert f"weight must be a non-negative number, got {float(weight)}" in capsys.readouterr().err
 
 
 def test_a_prior_of_the_wrong_length_in_the_manifest_is_a_load_error(tiny_dir: Path, tmp_path: Path) -> None:
