@@ -179,6 +179,17 @@ def test_set_catalogue_points_the_text_model_at_another_dataset(run: tuple, tmp_
     assert json.loads(capsys.readouterr().out)["n_users"] == target.n_users
 
 
+def test_set_catalogue_needs_item_texts(run: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "log.csv").write_text("user_id,item_id,timestamp\n" + "".join(
+        f"{user},{item},{user * 100 + item}\n" for user in range(1, 4) for item in range(1, 7)))
+    out = tmp_path / "out"
+    assert main(["index", "set-catalogue", "--model", str(run[0].model_dir), "custom", "--from",
+                 str(tmp_path / "log.csv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the preparation's progress bar
+    assert err.startswith("error: ") and "no text columns" in err, err
+    assert not out.exists()
+
+
 def bad_input_cases(tmp: Path) -> list[tuple[str, str, list[str]]]:
     header = "item_id,title,year,genres\n"
     return [
