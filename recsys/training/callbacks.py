@@ -38,6 +38,7 @@ class EpochHistory(L.Callback):
         self._epoch_started = time.perf_counter()
         self._train_s: float | None = None
         self._val_s = 0.0
+        self._validated = False
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_started = time.perf_counter()
@@ -46,12 +47,16 @@ class EpochHistory(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_s = time.perf_counter() - self._val_started
+        self._validated = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch
-        row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        # callback_metrics keeps the last validation's values through epochs that do not validate (val_every
+        # > 1): only an epoch that validated gets val_ metrics, so plots and MLflow never show stale ones.
+        kept = ("train_", "val_") if getattr(self, "_validated", False) else ("train_",)
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(kept)}
         if self._train_s is None:
             self._train_s = time.perf_counter() - self._epoch_started
         row["epoch_train_s"] = self._train_s  # optimisation only, without validation

@@ -149,13 +149,16 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     # save_on_train_epoch_end: the checkpoint is written after EpochHistory recorded the epoch
     # (Lightning runs checkpoint callbacks last), so a resumed run knows what it already logged.
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    if cfg.trainer.val_every > 1:  # epochs without validation have no val_ndcg@10 to checkpoint on: expected
+        warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_MONITOR,
                                  mode="max", save_top_k=1, save_last=True, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
     callbacks: list[Any] = [history, *extra_callbacks, checkpoint]
     if cfg.trainer.patience > 0:
-        callbacks.append(EarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience,
-                                       check_on_train_epoch_end=True))
+        # Lightning's own choice of when to check: at the end of each training epoch when every epoch validates,
+        # after each validation when val_every > 1 (then patience counts validations, never a stale metric).
+        callbacks.append(EarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience))
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes else None,

@@ -189,6 +189,17 @@ def test_time_budget_stops_training_and_keeps_the_best_epoch(tmp_path: Path) -> 
     assert result.model_dir is not None and (result.model_dir / "manifest.json").is_file()
 
 
+def test_validating_every_few_epochs_early_stops_on_the_validations(tmp_path: Path) -> None:
+    # lr 0: every validation scores the same, so patience 1 stops at the second validation (epoch 3).
+    cfg = quick_config(tmp_path, "trainer.max_epochs=8", "trainer.val_every=2", "trainer.patience=1",
+                       "trainer.lr=0", "trainer.limit_train_batches=2", "tracking.enabled=false")
+    result = train(cfg)
+    validated = [int(row["epoch"]) for row in result.history if "val_ndcg@10" in row]
+    assert [int(row["epoch"]) for row in result.history] == [0, 1, 2, 3]
+    assert validated == [1, 3]
+    assert result.metrics["best_epoch"] == 1
+
+
 def test_time_budget_must_be_positive(tmp_path: Path) -> None:
     from recsys.errors import ConfigError
 
