@@ -127,12 +127,18 @@ class EpochLog(L.Callback):
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.started = time.perf_counter()
+        self.validated = False
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self.validated = True
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         m = trainer.callback_metrics
+        # Epochs that do not validate (val_every > 1) still see the last validation's metrics: show none.
+        val = float(m.get("val_ndcg@10", float("nan"))) if self.validated else float("nan")
+        self.validated = False
         print(f"seed {self.seed} epoch {trainer.current_epoch} loss {float(m.get('train_loss', float('nan'))):.4f} "
-              f"val_ndcg@10 {float(m.get('val_ndcg@10', float('nan'))):.4f} "
-              f"t {time.perf_counter() - self.started:.1f}s", flush=True)
+              f"val_ndcg@10 {val:.4f} t {time.perf_counter() - self.started:.1f}s", flush=True)
 
 
 class TestWatch(L.Callback):
