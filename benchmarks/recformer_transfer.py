@@ -163,8 +163,9 @@ def source_prior_metrics(model_dir: Path, on: str) -> dict[str, float]:
 
 def training_counts(split: object, n_items: int) -> torch.Tensor:
     """[n_items] interactions of each item in the split's training sequences (what most-popular counts)."""
-    every = [item for items in split.train["items"].to_list() for item in items]  # type: ignore[attr-defined]
-    return torch.bincount(torch.as_tensor(every), minlength=n_items + 1)[1:]
+    from recsys.models.prior import interaction_counts
+
+    return interaction_counts(split.train["items"].to_list(), n_items)  # type: ignore[attr-defined]
 
 
 def device(accelerator: str) -> str:

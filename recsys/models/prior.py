@@ -22,6 +22,12 @@ import torch
 from torch import Tensor, nn
 
 
+def interaction_counts(sequences: Sequence[Sequence[int]], n_items: int) -> Tensor:
+    """[n_items] how often each item_idx 1..n_items occurs in `sequences` (lists of item_idx)."""
+    every = torch.as_tensor([item for items in sequences for item in items], dtype=torch.long)
+    return torch.bincount(every, minlength=n_items + 1)[1:]
+
+
 def log_prior(counts: Sequence[int] | Tensor) -> Tensor:
     """[n_items] interaction counts (item_idx 1..n in order) -> [n_items + 1] log shares, add-one smoothed;
     entry 0 (padding) is 0, which no ranking uses."""

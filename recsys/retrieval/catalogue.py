@@ -38,6 +38,7 @@ from recsys.data import schema
 from recsys.config import DataConfig, to_dict
 from recsys.data.item_text import catalogue_attributes, item_attributes, read_item_ids, read_new_items, text_columns_of
 from recsys.errors import ConfigError, DataError
+from recsys.models.prior import interaction_counts
 from recsys.retrieval.index import IndexConfig
 from recsys.saved_model import SavedModel, build_saved_model, item_prior_of, load_model_files, save_model
 
@@ -118,7 +119,7 @@ def set_prior(model_dir: str | Path, interactions_file: str | Path, out: str | P
                         f"model's catalogue (first: {ids[0]!r}; the catalogue's first: {saved.item_map[schema.ITEM_ID][0]!r})")
     counts = np.bincount(known, minlength=saved.n_items + 1)[1:]
     extra = {**_inherited(saved.extra, model_dir),
-             "item_prior": {"counts": counts.tolist(), "weight": float(weight), "source": str(Path(interactions_file))}}
+             "item_prior": _prior_field(counts.tolist(), weight, str(Path(interactions_file)))}
     updated = dataclasses.replace(saved, extra=extra)
     target = Path(out) if out is not None else _free_sibling(model_dir, "prior")
     save_model(updated, target)
@@ -165,10 +166,8 @@ def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | Non
     if prior:
         # Only what the dataset's split trains on (leave-one-out: all but each user's last two items), so that
         # `recsys evaluate` of the new model never counts its own validation and test targets into the prior.
-        every = make_split(dataset, data).train[schema.ITEMS].explode().drop_nulls().to_numpy()
-        counts = np.bincount(every, minlength=dataset.n_items + 1)[1:]
-        extra["item_prior"] = {"counts": counts.tolist(), "weight": float(weight),
-                               "source": f"dataset {dataset.name}, training split"}
+        counts = interaction_counts(make_split(dataset, data).train[schema.ITEMS].to_list(), dataset.n_items)
+        extra["item_prior"] = _prior_field(counts.tolist(), weight, f"dataset {dataset.name}, training split")
     # The run config now describes the new dataset, so `recsys evaluate` scores the model on it.
     config = {**saved.config, "data": to_dict(data)}
     updated = SavedModel(
@@ -181,6 +180,11 @@ def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | Non
     save_model(updated, target)
     Recommender.load(target, index=index)  # builds the index of the new catalogue and saves it beside
     return CatalogueSet(target, dataset.n_items, dataset.n_users, text_columns)
+
+
+def _prior_field(counts: list[int], weight: float, source: str) -> dict[str, object]:
+    """The manifest's `item_prior` (read back by `recsys.saved_model.item_prior_of`)."""
+    return {"counts": counts, "weight": float(weight), "source": source}
 
 
 def _check_weight(weight: float) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator
 from recsys.models.losses import compute_loss
-from recsys.models.prior import log_prior
+from recsys.models.prior import interaction_counts, log_prior
 
 VAL_MONITOR = "val_ndcg@10"
 
@@ -27,8 +27,7 @@ def log_popularity(sequences: list[list[int]], n_items: int) -> torch.Tensor:
     """log of each item's share of the training interactions, +1 smoothed: [n_items + 1] (row 0: padding, 0).
     The same prior `recsys index set-prior` gives a saved model, so one trained with it can be handed another
     catalogue's popularity in its place."""
-    every = torch.as_tensor([item for items in sequences for item in items], dtype=torch.long)
-    return log_prior(torch.bincount(every, minlength=n_items + 1)[1:])
+    return log_prior(interaction_counts(sequences, n_items))
 
 
 class RecommenderModule(L.LightningModule):
