@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from recsys.models.layers import TransformerBlock, attention_bias, init_weights
+from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ class BERT4Rec(nn.Module):
         # Position 0 is padding; real items get 1..max_len (see `_positions`).
         self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
         self.emb_norm = nn.LayerNorm(hidden)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 hidden,

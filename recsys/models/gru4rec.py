@@ -35,6 +35,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from recsys.models.layers import Dropout
+
 
 @dataclasses.dataclass(frozen=True)
 class GRU4RecConfig:
@@ -88,7 +90,7 @@ class GRU4Rec(nn.Module):
         self.config = config
         hidden = config.hidden
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
-        self.emb_dropout = nn.Dropout(config.dropout_embed)
+        self.emb_dropout = Dropout(config.dropout_embed)
         self.gru = nn.GRU(
             hidden,
             hidden,
@@ -96,7 +98,7 @@ class GRU4Rec(nn.Module):
             batch_first=True,
             dropout=config.dropout_hidden if config.n_layers > 1 else 0.0,  # torch applies it between layers only
         )
-        self.out_dropout = nn.Dropout(config.dropout_hidden)
+        self.out_dropout = Dropout(config.dropout_hidden)
         # The official code's init for its item matrices: uniform in +-sqrt(6 / (rows + cols)) (Glorot).
         # Small item vectors keep the first logits near zero; torch's N(0, 1) default would not.
         bound = math.sqrt(6.0 / (n_items + 1 + hidden))

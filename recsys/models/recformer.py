@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.errors import ConfigError
-from recsys.models.layers import TransformerBlock, attention_bias, init_weights
+from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
 
 KEY, VALUE = 1, 2  # token types; 0 is [CLS], [SEP] and padding
 BACKBONE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -182,7 +182,7 @@ class Recformer(nn.Module):
         self.adapter: nn.Module = (nn.Linear(lm_dim, hidden) if cfg.adapter == "linear" else
                                    nn.Sequential(nn.Linear(lm_dim, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden)))
         self.pos_emb = nn.Embedding(cfg.max_len + 1, hidden, padding_idx=0)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.emb_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden, cfg.n_heads, cfg.ffn_mult * hidden, cfg.dropout, activation="gelu",
                              layer_norm="pre", attention_dropout=0.0)

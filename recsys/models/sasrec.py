@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from recsys.models.layers import TransformerBlock, attention_bias, init_weights
+from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         # Position 0 is padding; real items get 1..max_len (see `_positions`).
         self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 hidden,

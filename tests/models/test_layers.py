@@ -1,4 +1,4 @@
-"""Shared transformer blocks: masks, NaN safety with padding, attention against a manual computation."""
+"""Shared transformer blocks: masks, NaN safety with padding, attention against a manual computation, dropout."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from recsys.models.layers import FeedForward, SelfAttention, TransformerBlock, additive_mask, attention_bias, attention_mask
+from recsys.models.layers import (
+    Dropout,
+    FeedForward,
+    SelfAttention,
+    TransformerBlock,
+    additive_mask,
+    attention_bias,
+    attention_mask,
+    keep_mask,
+)
 
 
 def test_attention_mask_causal_and_padding() -> None:
@@ -131,3 +140,49 @@ def test_last_only_block_equals_the_last_row_of_the_full_block(layer_norm: str) 
     last = block(x, mask, last_only=True)
     assert last.shape == (3, 1, 16)
     torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+# -- Dropout ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_dropout_mask_drops_at_the_asked_rate_in_every_16_bit_slice(p: float) -> None:
+    torch.manual_seed(0)
+    keep = keep_mask((400_000,), p)
+    # 4 mask elements share one 64-bit draw: each slice position must be unbiased on its own
+    for lane in range(4):
+        assert abs(1.0 - keep[lane::4].float().mean().item() - p) < 0.005
+    assert keep.shape == (400_000,) and keep.dtype == torch.bool
+
+
+def test_dropout_is_unbiased_and_its_gradient_is_its_mask() -> None:
+    torch.manual_seed(1)
+    dropout = Dropout(0.25).train()
+    x = torch.full((300, 700), 2.0, requires_grad=True)
+    y = dropout(x)
+    kept = y.detach() != 0
+    assert abs(1.0 - kept.float().mean().item() - 0.25) < 0.01
+    assert torch.allclose(y.detach()[kept], torch.tensor(2.0 / 0.75))  # survivors scaled by 1 / (1 - p)
+    assert abs(y.detach().mean().item() - 2.0) < 0.02
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)  # d out / d in: the same mask and scale
+
+
+def test_dropout_repeats_under_the_same_seed_and_is_identity_in_eval() -> None:
+    dropout = Dropout(0.3)
+    x = torch.randn(64, 50, 32)
+    torch.manual_seed(7)
+    first = dropout(x)
+    torch.manual_seed(7)
+    assert torch.equal(dropout(x), first)
+    assert not torch.equal(dropout(x), first)  # the generator moved on
+    assert dropout.eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
+
+
+def test_dropout_odd_sizes_and_half_precision() -> None:
+    torch.manual_seed(3)
+    x = torch.ones(3, 5, 7, dtype=torch.bfloat16)  # 105 elements: not a multiple of 4
+    y = Dropout(0.5).train()(x)
+    assert y.shape == x.shape and y.dtype == torch.bfloat16
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
