@@ -132,21 +132,22 @@ class BERT4Rec(nn.Module):
         """Same as `encode`: [batch, seq_len] ids -> [batch, seq_len, hidden] states."""
         return self.encode(items)
 
-    def encode(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
         """Output state at every position, each seeing the whole sequence (both directions).
 
         items: [batch, seq_len] LongTensor, left-padded with 0, may contain [MASK] (= self.mask_token).
         Returns [batch, seq_len, hidden]: at a [MASK] position, the vector that scores the hidden item
-        against `item_vectors()`. States at padding positions are finite but meaningless.
+        against `item_vectors()`. States at padding positions are finite but meaningless. With `last_only`,
+        [batch, 1, hidden]: the last position's state alone (the top block and the head run for it only).
         """
         self._check_items(items)
         padding = items == 0  # [batch, seq_len]
         x = self.item_emb(items) + self.pos_emb(self._positions(padding))  # [batch, seq_len, hidden]
         x = self.emb_dropout(self.emb_norm(x)) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
         mask = attention_bias(padding, causal=False, dtype=x.dtype)  # [batch, 1, 1, seq_len]
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.head(self.final_norm(x))  # [batch, seq_len, hidden]
+        for depth, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
+        return self.head(self.final_norm(x))  # [batch, seq_len or 1, hidden]
 
     def user_vector(self, items: Tensor) -> Tensor:
         """The state of a [MASK] appended after the history: [batch, seq_len] -> [batch, hidden].
@@ -157,7 +158,9 @@ class BERT4Rec(nn.Module):
         """
         masks = torch.full((items.shape[0], 1), self.mask_token, dtype=items.dtype, device=items.device)
         query = torch.cat([items, masks], dim=1)[:, -self.config.max_len:]  # [batch, <= max_len]
-        return self.encode(query)[:, -1, :]  # [batch, hidden]
+        # Only the [MASK]'s state is needed: the top block's other queries and the head's other rows would be
+        # a quarter of the work of validating or serving every user.
+        return self.encode(query, last_only=True)[:, -1, :]  # [batch, hidden]
 
     def item_vectors(self) -> Tensor:
         """The tied item table [n_items + 1, hidden]: row 0 is padding (all zeros); the [MASK] row is left

@@ -66,6 +66,19 @@ def test_user_vector_is_the_state_of_an_appended_mask() -> None:
     torch.testing.assert_close(model.user_vector(full), expected)
 
 
+@pytest.mark.parametrize("layer_norm", ["pre", "post"])
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_last_only_encoding_equals_the_last_column_of_the_full_one(layer_norm: str, n_layers: int) -> None:
+    model = make_model(layer_norm=layer_norm, n_layers=n_layers)
+    torch.manual_seed(1)
+    items = torch.randint(1, N_ITEMS + 2, (6, 12))  # [MASK]s included
+    for row, padding in enumerate([0, 3, 7, 11, 12, 5]):  # empty to full rows
+        items[row, :padding] = 0
+    last = model.encode(items, last_only=True)
+    assert last.shape == (6, 1, 16)
+    torch.testing.assert_close(last, model.encode(items)[:, -1:], atol=1e-5, rtol=1e-5)
+
+
 def test_left_padding_invariance() -> None:
     model = make_model()
     history = [3, 1, 4, 1, 5]
