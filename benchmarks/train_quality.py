@@ -58,11 +58,15 @@ def main() -> None:
     parser.add_argument("--note", default=None, help="with --merge: a note kept in the result (e.g. how it was run)")
     parser.add_argument("--commit", default=None, help="with --merge: the commit the parts ran (if theirs is off)")
     parser.add_argument("--command", default=None, help="with --merge: the command that produced the parts")
+    parser.add_argument("--allow-differing", nargs="+", metavar="SECTION.KEY", default=[],
+                        help="with --merge: config keys the parts may differ in (e.g. trainer.max_minutes); "
+                             "each part's value is kept in the result")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     args = parser.parse_args()
     if args.merge:
         merge(args.name, [Path(p) for p in args.merge], args.results_dir,
-              {k: v for k, v in (("note", args.note), ("commit", args.commit), ("command", args.command)) if v})
+              {k: v for k, v in (("note", args.note), ("commit", args.commit), ("command", args.command)) if v},
+              args.allow_differing)
         return
     if not args.config:
         parser.error("--config is required (unless --merge)")
@@ -180,14 +184,18 @@ def earlier_runs(directory: Path, name: str, replaced: set[int]) -> list[dict]:
     return [r for r in json.loads(path.read_text(encoding="utf-8")).get("runs", []) if r["seed"] not in replaced]
 
 
-def merge(name: str, parts: list[Path], directory: Path, extra: dict[str, str]) -> None:
+def merge(name: str, parts: list[Path], directory: Path, extra: dict[str, Any],
+          allowed: list[str] | tuple[str, ...] = ()) -> None:
     """One result from several (e.g. one process per seed): runs pooled, statistics recomputed; the
-    machine and commit of the first part, each part's command kept. The parts must share one config."""
+    machine and commit of the first part, each part's command kept. The parts must share one config, but
+    for the `allowed` keys ("section.key"), whose values per part are recorded."""
     loaded = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
-    reference = _without_seed(loaded[0]["config"])
-    differing = [p.name for p, d in zip(parts, loaded) if _without_seed(d["config"]) != reference]
+    reference = _without_seed(loaded[0]["config"], allowed)
+    differing = [p.name for p, d in zip(parts, loaded) if _without_seed(d["config"], allowed) != reference]
     if differing:
         raise SystemExit(f"--merge: {', '.join(differing)} ran another config than {parts[0].name}")
+    if allowed:
+        extra = {**extra, "differing": {key: [_lookup(d["config"], key) for d in loaded] for key in allowed}}
     runs = sorted((r for d in loaded for r in d["runs"]), key=lambda r: r["seed"])
     result = summarize(loaded[0]["config"], runs, max(d["wall_s"] for d in loaded))
     result.update({"machine": loaded[0]["machine"], "commit": loaded[0]["commit"], "command": loaded[0]["command"],
@@ -195,9 +203,21 @@ def merge(name: str, parts: list[Path], directory: Path, extra: dict[str, str]) 
     print(write_result(name, result, directory))
 
 
-def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a config that decide the result: not the seed, not the run's own scratch folders."""
-    return {**config, "trainer": {k: v for k, v in config["trainer"].items() if k != "seed"}, "tracking": None}
+def _without_seed(config: dict[str, Any], allowed: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The parts of a config that decide the result: not the seed, not the run's own scratch folders, not
+    the keys the caller allows to differ."""
+    kept = {**config, "trainer": {k: v for k, v in config["trainer"].items() if k != "seed"}, "tracking": None}
+    for key in allowed:
+        section, _, name = key.partition(".")
+        if not isinstance(kept.get(section), dict) or name not in kept[section]:
+            raise SystemExit(f"--allow-differing: no config key {key!r}")
+        kept[section] = {k: v for k, v in kept[section].items() if k != name}
+    return kept
+
+
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    section, _, name = key.partition(".")
+    return config[section][name]
 
 
 def summarize(config: dict[str, Any], runs: list[dict], wall_s: float) -> dict:
