@@ -152,9 +152,13 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     if cfg.trainer.val_every > 1:  # epochs without validation have no val_ndcg@10 to checkpoint on: expected
         warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_MONITOR,
-                                 mode="max", save_top_k=1, save_last=True, save_on_train_epoch_end=True,
+                                 mode="max", save_top_k=1, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
-    callbacks: list[Any] = [history, *extra_callbacks, checkpoint]
+    # last.ckpt is its own callback: Lightning's save_last only writes it on epochs that also saved a new best,
+    # so a run stopped after an epoch that did not improve would resume from an older one.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
+    callbacks: list[Any] = [history, *extra_callbacks, checkpoint, last]
     if cfg.trainer.patience > 0:
         # Lightning's own choice of when to check: at the end of each training epoch when every epoch validates,
         # after each validation when val_every > 1 (then patience counts validations, never a stale metric).

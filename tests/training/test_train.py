@@ -200,6 +200,21 @@ def test_validating_every_few_epochs_early_stops_on_the_validations(tmp_path: Pa
     assert result.metrics["best_epoch"] == 1
 
 
+def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tmp_path: Path) -> None:
+    from recsys.training.checkpoints import load_checkpoint_file
+
+    # lr 0: epoch 0 is the best and nothing later beats it; last.ckpt must still be the latest epoch, or a
+    # stopped run would resume from an older one (Lightning's save_last writes only with a new best).
+    cfg = quick_config(tmp_path, "trainer.max_epochs=3", "trainer.patience=0", "trainer.lr=0",
+                       "trainer.limit_train_batches=2", "tracking.enabled=false")
+    result = train(cfg)
+    checkpoints = result.run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert load_checkpoint_file(checkpoints / "last.ckpt")["epoch"] == 2
+    assert load_checkpoint_file(checkpoints / "best.ckpt")["epoch"] == 0
+    assert result.metrics["best_epoch"] == 0
+
+
 def test_time_budget_must_be_positive(tmp_path: Path) -> None:
     from recsys.errors import ConfigError
 
