@@ -190,8 +190,8 @@ def merge(name: str, parts: list[Path], directory: Path, extra: dict[str, Any],
     machine and commit of the first part, each part's command kept. The parts must share one config, but
     for the `allowed` keys ("section.key"), whose values per part are recorded."""
     loaded = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
-    reference = _without_seed(loaded[0]["config"], allowed)
-    differing = [p.name for p, d in zip(parts, loaded) if _without_seed(d["config"], allowed) != reference]
+    reference = _deciding_config(loaded[0]["config"], allowed)
+    differing = [p.name for p, d in zip(parts, loaded) if _deciding_config(d["config"], allowed) != reference]
     if differing:
         raise SystemExit(f"--merge: {', '.join(differing)} ran another config than {parts[0].name}")
     if allowed:
@@ -203,7 +203,7 @@ def merge(name: str, parts: list[Path], directory: Path, extra: dict[str, Any],
     print(write_result(name, result, directory))
 
 
-def _without_seed(config: dict[str, Any], allowed: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def _deciding_config(config: dict[str, Any], allowed: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The parts of a config that decide the result: not the seed, not the run's own scratch folders, not
     the keys the caller allows to differ."""
     kept = {**config, "trainer": {k: v for k, v in config["trainer"].items() if k != "seed"}, "tracking": None}

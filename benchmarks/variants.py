@@ -18,12 +18,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, write_result  # noqa: E402
-from train_quality import _without_seed, summarize  # noqa: E402
+from train_quality import _deciding_config, summarize  # noqa: E402
 
 
 def config_changes(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     """`section.key: value` for every setting of `other` that differs from `base`."""
-    base, other = _without_seed(base), _without_seed(other)
+    base, other = _deciding_config(base), _deciding_config(other)
     return {f"{section}.{key}": value for section, values in other.items() if isinstance(values, dict)
             for key, value in values.items() if base.get(section, {}).get(key) != value}
 
