@@ -23,6 +23,7 @@ class EpochHistory(L.Callback):
         self.tracker: Tracker | None = None
         self.history: list[dict[str, float]] = []
         self.logged_through = -1
+        self._validated = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and self.tracker is None:
@@ -55,7 +56,7 @@ class EpochHistory(L.Callback):
         epoch = trainer.current_epoch
         # callback_metrics keeps the last validation's values through epochs that do not validate (val_every
         # > 1): only an epoch that validated gets val_ metrics, so plots and MLflow never show stale ones.
-        kept = ("train_", "val_") if getattr(self, "_validated", False) else ("train_",)
+        kept = ("train_", "val_") if self._validated else ("train_",)
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(kept)}
         if self._train_s is None:
             self._train_s = time.perf_counter() - self._epoch_started
