@@ -11,6 +11,9 @@ The result file is rewritten after every seed, so a stopped benchmark still repo
 published figure ("time to NDCG@10 0.182"): model selection still uses validation alone, and the seconds
 spent scoring the test split are left out of that time. Seeds run in separate processes (e.g. side by side
 on one GPU) each write their own file; `--merge NAME PART...` combines such files into one result.
+`--resume RUN_DIR` continues a run this script started (its folder under the printed recsys-bench-*/runs)
+from its last checkpoint, e.g. with a larger trainer.max_minutes: the run's own config and seed, the
+overrides on top; its epoch times carry over, so time to the best epoch counts the whole run.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ PUBLISHED = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="result file benchmarks/results/<name>.json")
-    parser.add_argument("--config", help="run config (YAML); required unless --merge")
+    parser.add_argument("--config", help="run config (YAML); required unless --merge or --resume")
     parser.add_argument("--seeds", nargs="+", default=["42", "43", "44"],
                         help="seeds, one run each (config overrides may follow them directly)")
     parser.add_argument("--budget-min", type=float, default=None,
@@ -53,6 +56,9 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where <name>.json goes")
     parser.add_argument("--watch-test", metavar="METRIC=VALUE", default=None,
                         help="score the test split after every epoch and time the way to METRIC >= VALUE")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
+                        help="continue this run folder from its last checkpoint (its config and seed; "
+                             "overrides on top, e.g. trainer.max_minutes=185)")
     parser.add_argument("--merge", nargs="+", metavar="PART", default=None,
                         help="instead of training: combine these result files' runs into <name>.json")
     parser.add_argument("--note", default=None, help="with --merge: a note kept in the result (e.g. how it was run)")
@@ -68,8 +74,8 @@ def main() -> None:
               {k: v for k, v in (("note", args.note), ("commit", args.commit), ("command", args.command)) if v},
               args.allow_differing)
         return
-    if not args.config:
-        parser.error("--config is required (unless --merge)")
+    if not args.config and not args.resume:
+        parser.error("--config is required (unless --merge or --resume)")
     # argparse gives `--seeds 42 43 data.path=...` all to --seeds (nargs="+" takes every non-option after
     # it), so overrides written right after the seeds are split off here.
     args.overrides = [*[s for s in args.seeds if "=" in s], *args.overrides]
@@ -79,9 +85,14 @@ def main() -> None:
         parser.error(f"--seeds: {exc}")
 
     from recsys.run_config import load_run_config
-    from recsys.training.train import train
+    from recsys.training.train import resume_config
 
     started = time.perf_counter()
+    if args.resume:
+        cfg = resume_config(args.resume, [*args.overrides, "trainer.progress_bar=false"])
+        runs = [run_seed(cfg, args.watch_test, resume=args.resume)]
+        write_result(args.name, summarize(cfg.to_dict(), runs, time.perf_counter() - started), args.results_dir)
+        return
     work = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
     runs: list[dict] = []
     for seed in args.seeds:
@@ -90,21 +101,31 @@ def main() -> None:
         cfg = load_run_config(args.config, [*args.overrides, f"trainer.seed={seed}", "trainer.progress_bar=false",
                                             f"tracking.output_dir={work / 'runs'}",
                                             f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}"])
-        t0 = time.perf_counter()
-        watch = TestWatch(*parse_target(args.watch_test)) if args.watch_test else None
-        result = train(cfg, callbacks=[EpochLog(seed), *([watch] if watch else [])])
-        m = result.metrics
-        runs.append({"seed": seed, "ndcg@10": m["test_ndcg@10"], "hr@10": m["test_hr@10"],
-                     "mrr@10": m["test_mrr@10"], "valid_ndcg@10": m["valid_ndcg@10"],
-                     "best_epoch": int(m["best_epoch"]), "epochs_run": int(m["epochs_run"]),
-                     "epoch_s": m.get("epoch_s"), "val_epoch_s": m.get("val_epoch_s"),
-                     "fit_s": m.get("fit_s"), "fit_s_to_best_epoch": fit_s_to_epoch(result.history, m["best_epoch"]),
-                     "wall_s": time.perf_counter() - t0,
-                     **(watch.summary() if watch else {})})
-        print(f"seed {seed}: {runs[-1]}", flush=True)
+        runs.append(run_seed(cfg, args.watch_test))
         earlier = earlier_runs(args.results_dir, args.name, {r["seed"] for r in runs}) if args.append else []
         write_result(args.name, summarize(cfg.to_dict(), earlier + runs, time.perf_counter() - started),
                      args.results_dir)
+
+
+def run_seed(cfg: Any, watch_test: str | None, resume: Path | None = None) -> dict[str, Any]:
+    """Train (or, with `resume`, continue) one run and return its line of the result."""
+    from recsys.training.train import train
+
+    seed = cfg.trainer.seed
+    t0 = time.perf_counter()
+    watch = TestWatch(*parse_target(watch_test)) if watch_test else None
+    result = train(cfg, resume=resume, callbacks=[EpochLog(seed), *([watch] if watch else [])])
+    m = result.metrics
+    run = {"seed": seed, "ndcg@10": m["test_ndcg@10"], "hr@10": m["test_hr@10"],
+           "mrr@10": m["test_mrr@10"], "valid_ndcg@10": m["valid_ndcg@10"],
+           "best_epoch": int(m["best_epoch"]), "epochs_run": int(m["epochs_run"]),
+           "epoch_s": m.get("epoch_s"), "val_epoch_s": m.get("val_epoch_s"),
+           "fit_s": m.get("fit_s"), "fit_s_to_best_epoch": fit_s_to_epoch(result.history, m["best_epoch"]),
+           "wall_s": time.perf_counter() - t0,
+           **({"resumed_from": str(resume)} if resume else {}),
+           **(watch.summary() if watch else {})}
+    print(f"seed {seed}: {run}", flush=True)
+    return run
 
 
 def parse_target(text: str) -> tuple[str, float]:
@@ -256,4 +277,9 @@ def summarize(config: dict[str, Any], runs: list[dict], wall_s: float) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from recsys.errors import RecsysError
+
+    try:
+        main()
+    except RecsysError as exc:  # bad input (a config, a run folder, the data): its one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

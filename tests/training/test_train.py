@@ -133,6 +133,9 @@ def test_resume_continues_the_same_run_without_gaps(tmp_path: Path) -> None:
     assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [0, 1]
     # Each epoch's randomness depends only on (seed, epoch): resuming equals not stopping.
     assert resumed.metrics["test_ndcg@10"] == pytest.approx(straight.metrics["test_ndcg@10"], abs=1e-6)
+    # The history (and so the time to the best epoch) covers the whole run, not only this process's part.
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+    assert resumed.history[0]["epoch_train_s"] == first.history[0]["epoch_train_s"]
     info = json.loads((first.run_dir / "run.json").read_text())
     assert info["run_id"] == first.run_id
 
