@@ -1,4 +1,5 @@
-"""Lightning callbacks: per-epoch metric history (kept in checkpoints) and its MLflow logging."""
+"""Lightning callbacks: per-epoch metric history (kept in checkpoints) and its MLflow logging; early
+stopping that keeps the configured patience when a run resumes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 from typing import Any, Callable
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 
 from recsys.training.tracking import Tracker
 
@@ -78,3 +80,19 @@ class EpochHistory(L.Callback):
         self.history = list(state_dict.get("history", []))
         # max(): setup may already have read a later epoch from MLflow
         self.logged_through = max(self.logged_through, int(state_dict.get("logged_through", -1)))
+
+
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Lightning's early stopping, but a resumed run keeps the patience of its config: Lightning restores the
+    patience saved in the checkpoint, so `--resume RUN trainer.patience=40` would be silently ignored (and a
+    run already stopped by its patience would stop again at once). The wait count still carries over."""
+
+    @property
+    def state_key(self) -> str:
+        # Plain EarlyStopping's key, so that checkpoints written by either resume with the other.
+        return f"EarlyStopping{repr({'monitor': self.monitor, 'mode': self.mode})}"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        configured = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = configured

@@ -119,9 +119,9 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
          start_tracker: Any, ckpt_path: Path | None,
          extra_callbacks: list[Any]) -> tuple[Any, Any, Any, list[dict[str, float]]]:
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from recsys.training.callbacks import EpochHistory
+    from recsys.training.callbacks import ConfiguredEarlyStopping, EpochHistory
     from recsys.training.checkpoints import AtomicCheckpointIO
     from recsys.training.datamodule import SequenceDataModule
     from recsys.training.module import VAL_MONITOR, RecommenderModule, log_popularity
@@ -162,7 +162,7 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     if cfg.trainer.patience > 0:
         # Lightning's own choice of when to check: at the end of each training epoch when every epoch validates,
         # after each validation when val_every > 1 (then patience counts validations, never a stale metric).
-        callbacks.append(EarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience))
+        callbacks.append(ConfiguredEarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience))
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes else None,

@@ -218,6 +218,33 @@ def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tmp_path: P
     assert result.metrics["best_epoch"] == 0
 
 
+def test_resume_with_more_patience_trains_on_after_an_early_stop(tmp_path: Path) -> None:
+    # lr 0: every epoch scores the same, so patience 1 stops after epoch 1; resumed with patience 3 the run
+    # goes on to epoch 3 (the wait count carries over). Lightning alone would restore the saved patience 1
+    # and stop again after one epoch.
+    quick = ["trainer.lr=0", "trainer.limit_train_batches=2", "tracking.enabled=false", "trainer.max_epochs=8"]
+    stopped = train(quick_config(tmp_path, *quick, "trainer.patience=1"))
+    assert [int(row["epoch"]) for row in stopped.history] == [0, 1]
+
+    resumed = train(resume_config(stopped.run_dir, ["trainer.patience=3"]), resume=stopped.run_dir)
+    assert [int(row["epoch"]) for row in resumed.history] == [0, 1, 2, 3]
+    assert resumed.metrics["best_epoch"] == 0
+
+
+def test_early_stopping_state_from_plain_lightning_checkpoints_still_loads() -> None:
+    # Runs checkpointed before ConfiguredEarlyStopping (plain EarlyStopping) must resume with their wait count.
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from recsys.training.callbacks import ConfiguredEarlyStopping
+
+    plain = EarlyStopping(monitor="val_ndcg@10", mode="max", patience=20)
+    plain.wait_count = 20
+    configured = ConfiguredEarlyStopping(monitor="val_ndcg@10", mode="max", patience=40)
+    assert configured.state_key == plain.state_key
+    configured.load_state_dict(plain.state_dict())
+    assert (configured.patience, configured.wait_count) == (40, 20)
+
+
 def test_time_budget_must_be_positive(tmp_path: Path) -> None:
     from recsys.errors import ConfigError
 
