@@ -11,8 +11,8 @@ The result file is rewritten after every seed, so a stopped benchmark still repo
 published figure ("time to NDCG@10 0.182"): model selection still uses validation alone, and the seconds
 spent scoring the test split are left out of that time. Seeds run in separate processes (e.g. side by side
 on one GPU) each write their own file; `--merge NAME PART...` combines such files into one result.
-`--resume RUN_DIR` continues a run this script started (its folder under the printed recsys-bench-*/runs)
-from its last checkpoint, e.g. with a larger trainer.max_minutes: the run's own config and seed, the
+`--resume RUN_DIR` continues a run this script started (its folder under the tracking.output_dir that the
+result file's config records) from its last checkpoint, e.g. with a larger trainer.max_minutes: the run's own config and seed, the
 overrides on top; its epoch times carry over, so time to the best epoch counts the whole run.
 """
 

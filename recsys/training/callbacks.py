@@ -84,8 +84,8 @@ class EpochHistory(L.Callback):
 
 class ConfiguredEarlyStopping(EarlyStopping):
     """Lightning's early stopping, but a resumed run keeps the patience of its config: Lightning restores the
-    patience saved in the checkpoint, so `--resume RUN trainer.patience=40` would be silently ignored (and a
-    run already stopped by its patience would stop again at once). The wait count still carries over."""
+    patience saved in the checkpoint, so `--resume RUN trainer.patience=40` would be silently ignored (a run
+    that early stopping ended would stop again after one more epoch). The wait count still carries over."""
 
     @property
     def state_key(self) -> str:

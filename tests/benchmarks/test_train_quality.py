@@ -1,5 +1,5 @@
-"""benchmarks/train_quality.py end to end on the embedded ml-latest-small (cut short): a run stopped by its
-budget and continued with --resume reports the whole run, as if it had never stopped."""
+"""benchmarks/train_quality.py end to end on the embedded ml-latest-small (cut short): a run that ended and
+was continued with --resume reports the whole run, as if it had never stopped."""
 
 from __future__ import annotations
 
