@@ -60,8 +60,19 @@ def _command_group(commands: argparse._SubParsersAction, name: str, help: str) -
     return group.add_subparsers(title=f"{name} commands", metavar=f"<{name} command>")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except where it says nothing: none given (None), an on/off flag (off), or
+    a help text that already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if action.default is None or action.nargs == 0 or "default" in help:
+            return help
+        return super()._get_help_string(action)
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=36)
+    return _DefaultsFormatter(prog, max_help_position=36)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -283,6 +294,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
 # recsys recommend / serve
 
 
+def _add_model_source_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --index and --tracking-uri: where `recommend` and `serve` load a model from and how they rank."""
+    parser.add_argument("--model", required=True, metavar="DIR|URI",
+                        help="saved model directory, runs:/<run_id>/<path> or models:/<name>/<version>")
+    parser.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
+                        help="FAISS index: flat is exact; hnsw, ivf, ivfpq approximate, for large catalogues")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
+                        "else sqlite:///mlflow.db)")
+
+
 def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     recommend = commands.add_parser(
         "recommend",
@@ -292,8 +314,7 @@ def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type
         "models:/<name>/<version>). Items the user has seen are left out unless --include-seen.",
         formatter_class=_formatter,
     )
-    recommend.add_argument("--model", required=True, metavar="DIR|URI",
-                           help="saved model directory, runs:/<run_id>/<path> or models:/<name>/<version>")
+    _add_model_source_options(recommend)
     query = recommend.add_mutually_exclusive_group(required=True)
     query.add_argument("--user", metavar="ID", help="a known user's original id")
     query.add_argument("--items", metavar="ID,ID,...", help="comma-separated original item ids, oldest first")
@@ -302,13 +323,8 @@ def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type
                            help="a readable table, or JSON for scripts")
     recommend.add_argument("--include-seen", action="store_true",
                            help="allow items of the history in the results (default: left out)")
-    recommend.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
-                           help="FAISS index: flat is exact; hnsw, ivf, ivfpq approximate, for large catalogues")
     recommend.add_argument("--on-unknown", choices=("skip", "error"), default="skip",
                            help="item ids the model does not know: skip them (with a warning) or fail")
-    recommend.add_argument("--tracking-uri", default=None,
-                           help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
-                           "else sqlite:///mlflow.db)")
     recommend.set_defaults(handler=run_recommend)
 
 
@@ -354,15 +370,9 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         "is at /openapi.json and interactive docs at /docs.",
         formatter_class=_formatter,
     )
-    serve.add_argument("--model", required=True, metavar="DIR|URI",
-                       help="saved model directory, runs:/<run_id>/<path> or models:/<name>/<version>")
+    _add_model_source_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
-                       help="FAISS index: flat is exact; hnsw, ivf, ivfpq approximate, for large catalogues")
-    serve.add_argument("--tracking-uri", default=None,
-                       help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
-                       "else sqlite:///mlflow.db)")
     serve.add_argument("--precompute-users", action="store_true",
                        help="encode every known user at start-up: requests by user_id then only search the index")
     serve.add_argument("--compile", action="store_true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,26 @@ def test_every_command_and_option_has_help() -> None:
 
     walk(parser)
     assert {"data", "train", "evaluate"} <= set(seen)
+
+
+def test_help_states_each_default_once_and_only_real_ones() -> None:
+    """Defaults are shown where they say something: not "None" for a required option or one without a
+    default, not "False" for an on/off flag, and not a second time where the help text already names it."""
+
+    def parsers(p: argparse.ArgumentParser):
+        yield p
+        for action in p._actions:
+            if isinstance(action.choices, dict):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    texts = {p.prog: " ".join(p.format_help().split()) for p in parsers(build_parser())}
+    for prog, text in texts.items():
+        assert "(default: None)" not in text and "(default: False)" not in text, prog
+    serve = texts["recsys serve"]
+    assert serve.count("MLFLOW_TRACKING_URI") == 1 and "(default: 8000)" in serve
+    assert "--tracking-uri TRACKING_URI MLflow tracking URI for runs:/ and models:/ (default: " \
+           "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) --host" in serve
 
 
 @pytest.mark.parametrize(
