@@ -75,11 +75,13 @@ batch_2() {  # second call: the two best SASRec variants on all seeds, both toge
 batch_3() {  # prepared for the next session with a GPU (issue 5): BERT4Rec trained to convergence, 3 seeds.
   # One call of ~10 minutes: BUDGET_MIN=8.5 DEADLINE_S=570 bash benchmarks/gpu_batch.sh 3 (timeout_s 600).
   # The config (batch 64, every training window) converged on 2 CPU cores at 0.1587 (best epochs 85-140),
-  # as with the last window only (0.1584); what is left to try is width: 128 lifted SASRec by 0.005 NDCG@10.
+  # as with the last window only (0.1584); what is left to try: width (128 lifted SASRec by 0.005 NDCG@10),
+  # and the paper's per-item output bias.
   for seed in 42 43 44; do
     launch bert4rec_ml-1m-papers_gpu configs/bert4rec_ml-1m-papers.yaml $seed
     launch bert4rec-h128_ml-1m-papers_gpu configs/bert4rec_ml-1m-papers.yaml $seed -- \
       "model.hidden=128" "model.dropout=0.2"
+    launch bert4rec-outputbias_ml-1m-papers_gpu configs/bert4rec_ml-1m-papers.yaml $seed -- "model.output_bias=true"
     # RecTools' published 0.1618 comes from a wider model (their benchmark fork blondered/bert4rec_repro:
     # 256 factors, 4 heads, mask prob 0.15, dropout 0.2, lr 1e-3, full softmax; max_len 100 there, 200 here).
     launch bert4rec-h256_ml-1m-papers_gpu configs/bert4rec_ml-1m-papers.yaml $seed -- \

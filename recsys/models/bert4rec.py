@@ -6,8 +6,9 @@ Recommendation with Bidirectional Encoder Representations from Transformer", CIK
 Kept from the paper and its reference code (FeiSun/BERT4Rec): every position attends to every other real
 position (no causal mask), learned position embeddings, post-LN blocks with a GELU feed-forward 4x wide,
 an embedding LayerNorm, and the output head GELU(h W + b) followed by a LayerNorm, then a dot product with
-the item embedding table (tied). The paper adds a per-item output bias; it is left out here, so that
-`score == user_vector @ item_vectors().T` holds exactly and retrieval can use a FAISS inner-product index.
+the item embedding table (tied). The paper's per-item output bias is an option (`output_bias`, off by
+default): it rides in one extra dimension, 1 on the user side and the bias on the item side, so that
+`score == user_vector @ item_vectors().T` still holds exactly and retrieval stays a FAISS inner product.
 
 Cloze objective: the data hides items behind the [MASK] token (id n_items + 1, one extra embedding row)
 and the loss is computed at the masked positions (`recsys.data.batches.mask_batch`, picked by the class
@@ -61,6 +62,9 @@ class BERT4RecConfig:
     """Training loss, see recsys.models.losses: full softmax over the catalogue (the paper's) or sampled softmax."""
     n_negatives: int = 256
     """Uniform negatives per step for 'sampled_ce' (shared by the batch)."""
+    output_bias: bool = False
+    """Add a learnt bias per item to its score (the paper's output layer). Vectors get one more dimension
+    (hidden + 1): 1 on the user side, the bias on the item side."""
 
     def __post_init__(self) -> None:
         for name in ("max_len", "hidden", "n_layers", "n_heads", "ffn_mult", "n_negatives"):
@@ -127,18 +131,21 @@ class BERT4Rec(nn.Module):
             nn.LayerNorm(hidden),
         )
         self.apply(init_weights)
+        # One bias per item (not padding: its score stays 0, as the contract with rankers says).
+        self.item_bias = nn.Parameter(torch.zeros(n_items)) if config.output_bias else None
 
     def forward(self, items: Tensor) -> Tensor:
-        """Same as `encode`: [batch, seq_len] ids -> [batch, seq_len, hidden] states."""
+        """Same as `encode`: [batch, seq_len] ids -> [batch, seq_len, dim] states."""
         return self.encode(items)
 
     def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
         """Output state at every position, each seeing the whole sequence (both directions).
 
         items: [batch, seq_len] LongTensor, left-padded with 0, may contain [MASK] (= self.mask_token).
-        Returns [batch, seq_len, hidden]: at a [MASK] position, the vector that scores the hidden item
-        against `item_vectors()`. States at padding positions are finite but meaningless. With `last_only`,
-        [batch, 1, hidden]: the last position's state alone (the top block and the head run for it only).
+        Returns [batch, seq_len, dim]: at a [MASK] position, the vector that scores the hidden item against
+        `item_vectors()`. States at padding positions are finite but meaningless. With `last_only`,
+        [batch, 1, dim]: the last position's state alone (the top block and the head run for it only).
+        dim is hidden, or hidden + 1 with `output_bias` (a last column of ones).
         """
         self._check_items(items)
         padding = items == 0  # [batch, seq_len]
@@ -147,10 +154,13 @@ class BERT4Rec(nn.Module):
         mask = attention_bias(padding, causal=False, dtype=x.dtype)  # [batch, 1, 1, seq_len]
         for depth, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
-        return self.head(self.final_norm(x))  # [batch, seq_len or 1, hidden]
+        states = self.head(self.final_norm(x))  # [batch, seq_len or 1, hidden]
+        if self.item_bias is None:
+            return states
+        return torch.cat([states, states.new_ones(*states.shape[:-1], 1)], dim=-1)  # [..., hidden + 1]
 
     def user_vector(self, items: Tensor) -> Tensor:
-        """The state of a [MASK] appended after the history: [batch, seq_len] -> [batch, hidden].
+        """The state of a [MASK] appended after the history: [batch, seq_len] -> [batch, dim].
 
         A full window (seq_len == max_len) drops its oldest column to make room; with left padding that
         is the oldest item or padding. The [MASK] is the position the next item would take, which is what
@@ -160,12 +170,16 @@ class BERT4Rec(nn.Module):
         query = torch.cat([items, masks], dim=1)[:, -self.config.max_len:]  # [batch, <= max_len]
         # Only the [MASK]'s state is needed: the top block's other queries and the head's other rows were ~40%
         # of the time of scoring every ml-1m user (validation, serving).
-        return self.encode(query, last_only=True)[:, -1, :]  # [batch, hidden]
+        return self.encode(query, last_only=True)[:, -1, :]  # [batch, dim]
 
     def item_vectors(self) -> Tensor:
-        """The tied item table [n_items + 1, hidden]: row 0 is padding (all zeros); the [MASK] row is left
-        out, since it is never a recommendation."""
-        return self.item_emb.weight[: self.n_items + 1]
+        """The tied item table [n_items + 1, dim]: row 0 is padding (all zeros); the [MASK] row is left
+        out, since it is never a recommendation. With `output_bias`, each row ends with the item's bias."""
+        table = self.item_emb.weight[: self.n_items + 1]  # [n_items + 1, hidden]
+        if self.item_bias is None:
+            return table
+        bias = torch.cat([self.item_bias.new_zeros(1), self.item_bias])  # [n_items + 1]: padding's is 0
+        return torch.cat([table, bias.unsqueeze(1)], dim=1)  # [n_items + 1, hidden + 1]
 
     def score(self, items: Tensor) -> Tensor:
         """Scores of every catalogue item as the next one: [batch, seq_len] history -> [batch, n_items + 1].

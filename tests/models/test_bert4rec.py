@@ -45,6 +45,39 @@ def test_score_is_user_vector_times_item_vectors() -> None:
     torch.testing.assert_close(model.item_vectors()[0], torch.zeros(16))
 
 
+def test_output_bias_is_added_to_every_score_through_one_more_dimension() -> None:
+    plain, biased = make_model(), make_model(output_bias=True)  # same seed: same weights but the bias
+    with torch.no_grad():
+        biased.item_bias.copy_(torch.linspace(-1.0, 1.0, N_ITEMS))
+    items = torch.randint(0, N_ITEMS + 1, (5, 12))
+    assert biased.user_vector(items).shape == (5, 17) and biased.item_vectors().shape == (N_ITEMS + 1, 17)
+    torch.testing.assert_close(biased.score(items), biased.user_vector(items) @ biased.item_vectors().T)
+    expected = plain.score(items) + torch.cat([torch.zeros(1), biased.item_bias.detach()])
+    torch.testing.assert_close(biased.score(items), expected)
+    assert torch.all(biased.score(items)[:, 0] == 0)  # padding's column stays 0
+    assert plain.item_bias is None and "item_bias" not in plain.state_dict()
+
+
+def test_output_bias_learns_item_popularity() -> None:
+    # Targets drawn from a skewed distribution with nothing in the input to predict them by, and only the
+    # biases trained: they alone must carry the skew into the scores (the rest of each score is fixed).
+    torch.manual_seed(0)
+    model = BERT4Rec(N_ITEMS, BERT4RecConfig(max_len=4, hidden=8, n_heads=1, n_layers=1, output_bias=True))
+    optimizer = torch.optim.Adam([model.item_bias], lr=0.05)
+    popularity = 1.3 ** torch.arange(N_ITEMS, dtype=torch.float)  # item i + 1 drawn 1.3x as often as item i
+    query = torch.full((256, 1), model.mask_token)
+    for _ in range(300):
+        targets = torch.multinomial(popularity, 256, replacement=True) + 1
+        loss = compute_loss("ce", model.encode(query)[:, -1, :], targets, model.item_vectors(), n_negatives=16,
+                            gbce_t=0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    scores = (model.encode(query[:1])[0, -1] @ model.item_vectors().T)[1:].detach()
+    assert torch.equal(scores.argsort(descending=True)[:5], torch.arange(N_ITEMS - 1, N_ITEMS - 6, -1))
+
+
 @pytest.mark.parametrize("layer_norm", ["pre", "post"])
 def test_bidirectional_later_items_change_earlier_states(layer_norm: str) -> None:
     model = make_model(layer_norm=layer_norm)
@@ -137,7 +170,7 @@ def test_config_validation_and_round_trip() -> None:
         BERT4RecConfig(mask_prob=0.0)
     with pytest.raises(ValueError, match="last_item_mask_prob"):
         BERT4RecConfig(last_item_mask_prob=1.5)
-    config = BERT4RecConfig(hidden=32, loss="sampled_ce", last_item_mask_prob=0.0)
+    config = BERT4RecConfig(hidden=32, loss="sampled_ce", last_item_mask_prob=0.0, output_bias=True)
     assert from_dict(BERT4RecConfig, to_dict(config), "model") == config
     with pytest.raises(ConfigError, match="loss"):
         from_dict(BERT4RecConfig, {"loss": "bce"}, "model")

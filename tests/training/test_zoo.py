@@ -22,7 +22,9 @@ QUICK_MODEL = ["model.max_len=30", "model.hidden=32"]  # as test_train.QUICK; po
 
 @pytest.mark.parametrize(
     ("name", "model_overrides"),
-    [("bert4rec", QUICK_MODEL), ("gru4rec", QUICK_MODEL), ("popularity", [])],
+    [("bert4rec", QUICK_MODEL), ("bert4rec", [*QUICK_MODEL, "model.output_bias=true"]), ("gru4rec", QUICK_MODEL),
+     ("popularity", [])],
+    ids=["bert4rec", "bert4rec-output-bias", "gru4rec", "popularity"],
 )
 def test_model_trains_logs_saves_and_recommends(tmp_path: Path, name: str, model_overrides: list[str]) -> None:
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
