@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
+from recsys.models.prior import with_bias_column, with_unit_column
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +158,7 @@ class BERT4Rec(nn.Module):
         states = self.head(self.final_norm(x))  # [batch, seq_len or 1, hidden]
         if self.item_bias is None:
             return states
-        return torch.cat([states, states.new_ones(*states.shape[:-1], 1)], dim=-1)  # [..., hidden + 1]
+        return with_unit_column(states)  # [batch, seq_len or 1, hidden + 1]
 
     def user_vector(self, items: Tensor) -> Tensor:
         """The state of a [MASK] appended after the history: [batch, seq_len] -> [batch, dim].
@@ -179,7 +180,7 @@ class BERT4Rec(nn.Module):
         if self.item_bias is None:
             return table
         bias = torch.cat([self.item_bias.new_zeros(1), self.item_bias])  # [n_items + 1]: padding's is 0
-        return torch.cat([table, bias.unsqueeze(1)], dim=1)  # [n_items + 1, hidden + 1]
+        return with_bias_column(table, bias)  # [n_items + 1, hidden + 1]
 
     def score(self, items: Tensor) -> Tensor:
         """Scores of every catalogue item as the next one: [batch, seq_len] history -> [batch, n_items + 1].

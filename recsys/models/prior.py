@@ -22,6 +22,18 @@ import torch
 from torch import Tensor, nn
 
 
+def with_unit_column(queries: Tensor) -> Tensor:
+    """[..., dim] -> [..., dim + 1]: a last column of ones, the query side of a per-item score term carried as
+    one more dimension (its item side: `with_bias_column`)."""
+    return torch.cat([queries, queries.new_ones(*queries.shape[:-1], 1)], dim=-1)
+
+
+def with_bias_column(vectors: Tensor, bias: Tensor) -> Tensor:
+    """[n_items + 1, dim], [n_items + 1] -> [n_items + 1, dim + 1]: each item's vector ending in its bias, so
+    that `with_unit_column(q) @ result.T == q @ vectors.T + bias`."""
+    return torch.cat([vectors, bias.to(vectors.dtype).unsqueeze(1)], dim=1)
+
+
 def interaction_counts(sequences: Sequence[Sequence[int]], n_items: int) -> Tensor:
     """[n_items] how often each item_idx 1..n_items occurs in `sequences` (lists of item_idx)."""
     every = torch.as_tensor([item for items in sequences for item in items], dtype=torch.long)
@@ -66,13 +78,11 @@ class WithItemPrior(nn.Module):
 
     def user_vector(self, items: Tensor) -> Tensor:
         """[batch, seq_len] -> [batch, dim + 1]: the model's query and a constant 1 that picks up the prior."""
-        query = self.model.user_vector(items)
-        return torch.cat([query, query.new_ones(query.shape[0], 1)], dim=1)
+        return with_unit_column(self.model.user_vector(items))
 
     def item_vectors(self) -> Tensor:
         """[n_items + 1, dim + 1]: the model's item vectors and each item's weighted log prior."""
-        vectors = self.model.item_vectors()
-        return torch.cat([vectors, self.item_bias.to(vectors.dtype).unsqueeze(1)], dim=1)
+        return with_bias_column(self.model.item_vectors(), self.item_bias)
 
     def score(self, items: Tensor) -> Tensor:
         """[batch, seq_len] -> [batch, n_items + 1]: the model's scores plus the prior."""

@@ -18,7 +18,7 @@ from torch import nn
 from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator
 from recsys.models.losses import compute_loss
-from recsys.models.prior import interaction_counts, log_prior
+from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
 
 VAL_MONITOR = "val_ndcg@10"
 
@@ -82,8 +82,7 @@ class RecommenderModule(L.LightningModule):
         if self.log_popularity is not None:
             # One more dimension, 1 on the state side and log popularity on the item side, adds log p(item) to
             # every logit without any loss knowing about it.
-            hidden = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], dim=1)
-            items = torch.cat([items, self.log_popularity.to(items.dtype).unsqueeze(1)], dim=1)
+            hidden, items = with_unit_column(hidden), with_bias_column(items, self.log_popularity)
         loss = compute_loss(
             self.loss_name,
             hidden,
