@@ -91,6 +91,11 @@ class TrainerConfig:
     """Clip the gradient norm to this value (None: no clipping)."""
     patience: int = 10
     """Stop after this many validation checks without a better validation NDCG@10 (0: never stop early)."""
+    cooldown_epochs: int = 0
+    """After early stopping (or max_epochs), go back to the best epoch's weights and train this many more
+    epochs with the learning rate falling linearly from lr to zero, validating each; the best validated epoch
+    of the whole run is kept (0: no cool-down). A constant rate leaves the weights rattling around a good
+    point; annealing at the end settles them (needs lr_decay: none)."""
     max_minutes: float | None = None
     """Stop training after this many minutes of fitting, keeping the best epoch so far (None: no time limit)."""
     val_every: int = 1
@@ -129,6 +134,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.cooldown_epochs < 0:
+            raise ValueError(f"cooldown_epochs must be 0 or more, got {self.cooldown_epochs}")
+        if self.cooldown_epochs and self.lr_decay != "none":
+            raise ValueError(f"cooldown_epochs needs lr_decay: none (a cool-down is its own decay), "
+                             f"got lr_decay: {self.lr_decay}")
 
 
 @dataclasses.dataclass(frozen=True)

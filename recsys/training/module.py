@@ -51,6 +51,8 @@ class RecommenderModule(L.LightningModule):
         self.cfg = trainer_config
         self.ks = ks
         self._val: RankingAccumulator | None = None
+        # > 0 once training has reached its cool-down (trainer.cooldown_epochs): the next fit anneals the rate.
+        self.cooldown_epochs = 0
         # [n_items + 1] added to the training logits (popularity_correction); None: plain logits.
         self.register_buffer("log_popularity", log_popularity, persistent=False)
 
@@ -122,12 +124,23 @@ class RecommenderModule(L.LightningModule):
         cfg = self.cfg
         optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, betas=cfg.betas,
                                       weight_decay=cfg.weight_decay)
+        if self.cooldown_epochs:
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._cooldown(optimizer), "interval": "step"}}
         if cfg.warmup_steps == 0 and cfg.lr_decay == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = _lr_lambda(cfg.warmup_steps, total, cfg.lr_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _cooldown(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """lr falling linearly to zero over the cool-down's steps. Its step count starts at 0 in the fit that
+        begins the cool-down (the checkpoint it starts from carries no scheduler) and is restored from
+        last.ckpt when a run is resumed during it."""
+        trainer = self.trainer
+        steps_per_epoch = int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs)
+        total = max(1, self.cooldown_epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
 
 
 def _lr_lambda(warmup: int, total: int, decay: str) -> Any:

@@ -118,11 +118,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
 def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split: Split, run_dir: Path,
          start_tracker: Any, ckpt_path: Path | None,
          extra_callbacks: list[Any]) -> tuple[Any, Any, Any, list[dict[str, float]]]:
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from recsys.training.callbacks import ConfiguredEarlyStopping, EpochHistory
-    from recsys.training.checkpoints import AtomicCheckpointIO
     from recsys.training.datamodule import SequenceDataModule
     from recsys.training.module import VAL_MONITOR, RecommenderModule, log_popularity
 
@@ -146,25 +142,52 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     if objective == "count":
         return _fit_counts(model, split, datamodule, module, start_tracker)
     history = EpochHistory(start_tracker)
+    checkpoint, last = _checkpoint_callbacks(run_dir)
+    callbacks: list[Any] = [history, *extra_callbacks, checkpoint, last]
+    cooldown = _cooldown_state(cfg, run_dir, ckpt_path)
+    if cooldown is None:
+        stopping = ([ConfiguredEarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience)]
+                    if cfg.trainer.patience > 0 else [])
+        trainer = _trainer(cfg, run_dir, callbacks + stopping, cfg.trainer.max_epochs)
+        _run_fit(trainer, module, datamodule, ckpt_path)
+        if not cfg.trainer.cooldown_epochs or trainer.interrupted or _out_of_time(trainer):
+            return trainer, module, datamodule, history.history
+        cooldown = _start_cooldown(run_dir, trainer.current_epoch)
+    first_epoch, ckpt_path = cooldown
+    module.cooldown_epochs = cfg.trainer.cooldown_epochs
+    trainer = _trainer(cfg, run_dir, callbacks, first_epoch + cfg.trainer.cooldown_epochs)
+    _run_fit(trainer, module, datamodule, ckpt_path)
+    return trainer, module, datamodule, history.history
+
+
+def _checkpoint_callbacks(run_dir: Path) -> tuple[Any, Any]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from recsys.training.module import VAL_MONITOR
+
     # save_on_train_epoch_end: the checkpoint is written after EpochHistory recorded the epoch
     # (Lightning runs checkpoint callbacks last), so a resumed run knows what it already logged.
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-    if cfg.trainer.val_every > 1:  # epochs without validation have no val_ndcg@10 to checkpoint on: expected
-        warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_MONITOR,
-                                 mode="max", save_top_k=1, save_on_train_epoch_end=True,
-                                 enable_version_counter=False)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_MONITOR,
+                           mode="max", save_top_k=1, save_on_train_epoch_end=True,
+                           enable_version_counter=False)
     # last.ckpt is its own callback: Lightning's save_last only writes it on epochs that also saved a new best,
     # so a run stopped after an epoch that did not improve would resume from an older one.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks: list[Any] = [history, *extra_callbacks, checkpoint, last]
-    if cfg.trainer.patience > 0:
-        # Lightning's own choice of when to check: at the end of each training epoch when every epoch validates,
-        # after each validation when val_every > 1 (then patience counts validations, never a stale metric).
-        callbacks.append(ConfiguredEarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience))
-    trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
+    return best, last
+
+
+def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any], max_epochs: int) -> Any:
+    import lightning as L
+
+    from recsys.training.checkpoints import AtomicCheckpointIO
+
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    if cfg.trainer.val_every > 1:  # epochs without validation have no val_ndcg@10 to checkpoint on: expected
+        warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+    return L.Trainer(
+        max_epochs=max_epochs,
+        # max_minutes bounds the whole run, cool-down included: Lightning's timer is kept in the checkpoints
         max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes else None,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -183,12 +206,71 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a truncated last.ckpt
     )
+
+
+def _run_fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: Path | None) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)
-    return trainer, module, datamodule, history.history
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cool-down (trainer.cooldown_epochs): a second fit that starts from the best epoch's weights and optimiser
+# state, with the epoch count, history and timer of the last epoch, and anneals the learning rate to zero.
+
+COOLDOWN_CKPT = "cooldown_start.ckpt"
+
+
+def _cooldown_state(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None) -> tuple[int, Path] | None:
+    """(first cool-down epoch, checkpoint to fit from) when this fit is the cool-down: a resumed run that
+    had begun it, or one whose main training had already ended (early stopped, or at max_epochs) and now
+    asks for a cool-down. None: main training first."""
+    if not cfg.trainer.cooldown_epochs or ckpt_path is None:
+        return None
+    from recsys.training.checkpoints import load_checkpoint_file
+
+    state = load_checkpoint_file(ckpt_path)
+    next_epoch = int(state["epoch"]) + 1
+    started = _read_run_info(run_dir).get("cooldown_first_epoch")
+    if started is not None:  # killed before the cool-down's first epoch was saved: start it again
+        return int(started), ckpt_path if next_epoch > int(started) else run_dir / "checkpoints" / COOLDOWN_CKPT
+    if _main_training_ended(cfg, state):
+        return _start_cooldown(run_dir, next_epoch)
+    return None
+
+
+def _start_cooldown(run_dir: Path, first_epoch: int) -> tuple[int, Path]:
+    """Write the cool-down's starting checkpoint: the best epoch's weights and optimiser moments, and the last
+    epoch's loops, history, best-so-far and timer, so epochs go on counting and the whole run stays one
+    history. No scheduler state (the cool-down's starts at its first step) and no early stopping (the
+    cool-down runs to its end)."""
+    from recsys.training.checkpoints import AtomicCheckpointIO, load_checkpoint_file
+
+    folder = run_dir / "checkpoints"
+    best, last = load_checkpoint_file(folder / "best.ckpt"), load_checkpoint_file(folder / "last.ckpt")
+    start = {**last, "state_dict": best["state_dict"], "optimizer_states": best["optimizer_states"],
+             "lr_schedulers": [],
+             "callbacks": {k: v for k, v in last["callbacks"].items() if not k.startswith("EarlyStopping")}}
+    # Every process of a multi-process run writes the same file from the same two (an atomic replace each).
+    AtomicCheckpointIO().save_checkpoint(start, folder / COOLDOWN_CKPT)
+    _write_run_info(run_dir, {"cooldown_first_epoch": first_epoch, "cooldown_from_epoch": int(best["epoch"])})
+    return first_epoch, folder / COOLDOWN_CKPT
+
+
+def _main_training_ended(cfg: RunConfig, state: dict[str, Any]) -> bool:
+    if int(state["epoch"]) + 1 >= cfg.trainer.max_epochs:
+        return True
+    stopping = [v for k, v in state.get("callbacks", {}).items() if k.startswith("EarlyStopping")]
+    return bool(cfg.trainer.patience and stopping and stopping[0].get("wait_count", 0) >= cfg.trainer.patience)
+
+
+def _out_of_time(trainer: Any) -> bool:
+    from lightning.pytorch.callbacks import Timer
+
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    return bool(timers) and (timers[0].time_remaining("train") or 0.0) <= 0.0
 
 
 def _fit_counts(model: torch.nn.Module, split: Split, datamodule: Any, module: Any,
