@@ -194,8 +194,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:  # type: ig
                        "defaults: SASRec on the embedded ml-latest-small)")
     train.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
                        help="continue a run from its last checkpoint (no value: the newest run under "
-                       "tracking.output_dir); the same MLflow run goes on, overrides such as trainer.max_epochs=400 or "
-                       "trainer.patience=40 apply to the rest of it")
+                       "tracking.output_dir); the same MLflow run goes on, overrides such as trainer.max_epochs=400, "
+                       "trainer.patience=40 or trainer.cooldown_epochs=20 apply to the rest of it")
     train.add_argument("--tracking-uri", default=None,
                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     train.add_argument("--register", default=None, metavar="NAME",

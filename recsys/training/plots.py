@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def plot_learning_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Train loss and validation NDCG@10 / HR@10 per epoch, side by side, as a PNG."""
+    fig = learning_curves_figure(history, title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def learning_curves_figure(history: list[dict[str, float]], title: str = "") -> Any:
+    """The figure of `plot_learning_curves`. The learning rate rides on the loss panel's right-hand axis when it
+    changes during the run (warm-up, decay, a cool-down), since a bend in the curves often starts there; the best
+    validation epoch, the one the run keeps, is marked."""
     # A bare Figure (no pyplot) draws with Agg and leaves the caller's backend alone: train() called from a
     # notebook must not switch its inline plots off.
     from matplotlib.figure import Figure
@@ -16,8 +27,19 @@ def plot_learning_curves(history: list[dict[str, float]], path: str | Path, titl
     left, right = fig.subplots(1, 2)
     left.plot(epochs, [row.get("train_loss", float("nan")) for row in history], marker=".")
     left.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    rates = [row.get("lr", float("nan")) for row in history]
+    if len({rate for rate in rates if rate == rate}) > 1:
+        rate_axis = left.twinx()
+        rate_axis.plot(epochs, rates, color="grey", linestyle=":", label="learning rate")
+        rate_axis.set(ylabel="learning rate", ylim=(0, None))
+        rate_axis.legend(loc="center right")
     for key in ("val_ndcg@10", "val_hr@10"):
         right.plot(epochs, [row.get(key, float("nan")) for row in history], marker=".", label=key[4:])
+    scored = [row for row in history if "val_ndcg@10" in row]
+    if scored:
+        best = max(scored, key=lambda row: row["val_ndcg@10"])
+        right.axvline(best["epoch"] + 1, color="grey", linestyle="--", linewidth=1,
+                      label=f"best epoch ({int(best['epoch']) + 1})")
     right.set(xlabel="epoch", ylabel="metric", title="validation (full ranking)")
     right.legend()
     for ax in (left, right):
@@ -25,9 +47,7 @@ def plot_learning_curves(history: list[dict[str, float]], path: str | Path, titl
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def plot_metrics_at_k(metrics: dict[str, float], path: str | Path, title: str = "") -> Path:

@@ -138,3 +138,17 @@ def test_no_cooldown_once_the_time_budget_is_spent(tmp_path: Path) -> None:
 def test_cooldown_settings_are_checked_when_the_config_loads(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         quick_config(tmp_path, "trainer.cooldown_epochs=2", override)
+
+
+def test_learning_curves_show_the_rate_falling_and_mark_the_kept_epoch(cooled, main_only) -> None:
+    from recsys.training.plots import learning_curves_figure
+
+    figure = learning_curves_figure(cooled.history)
+    loss_panel, validation_panel, rate_axis = figure.axes
+    rate_line = rate_axis.get_lines()[0]
+    assert list(rate_line.get_ydata()) == pytest.approx([row["lr"] for row in cooled.history])
+    best = int(cooled.metrics["best_epoch"]) + 1  # the plots count epochs from 1
+    marks = [line for line in validation_panel.get_lines() if list(line.get_xdata()) == [best, best]]
+    assert len(marks) == 1 and f"best epoch ({best})" == marks[0].get_label()
+    # A constant rate (the main training alone) gets no axis of its own.
+    assert len(learning_curves_figure(main_only.history).axes) == 2
