@@ -146,6 +146,8 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     callbacks: list[Any] = [history, *extra_callbacks, checkpoint, last]
     cooldown = _cooldown_state(cfg, run_dir, ckpt_path)
     if cooldown is None:
+        # Lightning's own choice of when to check: at the end of each training epoch when every epoch validates,
+        # after each validation when val_every > 1 (then patience counts validations, never a stale metric).
         stopping = ([ConfiguredEarlyStopping(monitor=VAL_MONITOR, mode="max", patience=cfg.trainer.patience)]
                     if cfg.trainer.patience > 0 else [])
         trainer = _trainer(cfg, run_dir, callbacks + stopping, cfg.trainer.max_epochs)
@@ -153,6 +155,8 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
         if not cfg.trainer.cooldown_epochs or trainer.interrupted or _out_of_time(trainer):
             return trainer, module, datamodule, history.history
         cooldown = _start_cooldown(run_dir, trainer.current_epoch)
+        if cooldown is None:
+            return trainer, module, datamodule, history.history
     first_epoch, ckpt_path = cooldown
     module.cooldown_epochs = cfg.trainer.cooldown_epochs
     trainer = _trainer(cfg, run_dir, callbacks, first_epoch + cfg.trainer.cooldown_epochs)
@@ -241,14 +245,18 @@ def _cooldown_state(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None) -> tu
     return None
 
 
-def _start_cooldown(run_dir: Path, first_epoch: int) -> tuple[int, Path]:
+def _start_cooldown(run_dir: Path, first_epoch: int) -> tuple[int, Path] | None:
     """Write the cool-down's starting checkpoint: the best epoch's weights and optimiser moments, and the last
     epoch's loops, history, best-so-far and timer, so epochs go on counting and the whole run stays one
     history. No scheduler state (the cool-down's starts at its first step) and no early stopping (the
-    cool-down runs to its end)."""
+    cool-down runs to its end). None when no epoch was validated, so there is no best one to go back to."""
     from recsys.training.checkpoints import AtomicCheckpointIO, load_checkpoint_file
 
     folder = run_dir / "checkpoints"
+    if not (folder / "best.ckpt").is_file():
+        warnings.warn("no validated epoch to cool down from (trainer.val_every > epochs run?): no cool-down",
+                      RuntimeWarning, stacklevel=2)
+        return None
     best, last = load_checkpoint_file(folder / "best.ckpt"), load_checkpoint_file(folder / "last.ckpt")
     start = {**last, "state_dict": best["state_dict"], "optimizer_states": best["optimizer_states"],
              "lr_schedulers": [],

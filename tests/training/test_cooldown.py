@@ -131,6 +131,14 @@ def test_no_cooldown_once_the_time_budget_is_spent(tmp_path: Path) -> None:
     assert "cooldown_first_epoch" not in json.loads((result.run_dir / "run.json").read_text())
 
 
+def test_no_cooldown_without_a_validated_epoch_to_go_back_to(tmp_path: Path) -> None:
+    cfg = quick_config(tmp_path, *QUICK, "trainer.max_epochs=2", "trainer.val_every=5", "trainer.cooldown_epochs=2")
+    with pytest.warns(RuntimeWarning, match="no validated epoch to cool down from"):
+        result = train(cfg)
+    assert _epochs(result) == [0, 1]
+    assert result.model_dir is not None and (result.model_dir / "manifest.json").is_file()
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("trainer.cooldown_epochs=-1", "cooldown_epochs must be 0 or more"),
     ("trainer.lr_decay=linear", "cooldown_epochs needs lr_decay: none"),
