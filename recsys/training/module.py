@@ -125,7 +125,8 @@ class RecommenderModule(L.LightningModule):
         optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, betas=cfg.betas,
                                       weight_decay=cfg.weight_decay)
         if self.cooldown_epochs:
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._cooldown(optimizer), "interval": "step"}}
+            scheduler = self._cooldown(optimizer)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if cfg.warmup_steps == 0 and cfg.lr_decay == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))

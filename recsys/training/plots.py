@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def learning_curves_figure(history: list[dict[str, float]], title: str = "") -> 
     left.plot(epochs, [row.get("train_loss", float("nan")) for row in history], marker=".")
     left.set(xlabel="epoch", ylabel="train loss", title="training loss")
     rates = [row.get("lr", float("nan")) for row in history]
-    if len({rate for rate in rates if rate == rate}) > 1:
+    if len({rate for rate in rates if not math.isnan(rate)}) > 1:
         rate_axis = left.twinx()
         rate_axis.plot(epochs, rates, color="grey", linestyle=":", label="learning rate")
         rate_axis.set(ylabel="learning rate", ylim=(0, None))
