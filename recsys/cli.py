@@ -12,6 +12,10 @@ from typing import Callable
 
 from recsys.errors import RecsysError
 
+# recsys.retrieval.index.KINDS, spelled out: importing it would load numpy and FAISS into every --help
+# (tests/cli/test_cli.py keeps the two equal).
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -298,7 +302,7 @@ def _add_model_source_options(parser: argparse.ArgumentParser) -> None:
     """--model, --index and --tracking-uri: where `recommend` and `serve` load a model from and how they rank."""
     parser.add_argument("--model", required=True, metavar="DIR|URI",
                         help="saved model directory, runs:/<run_id>/<path> or models:/<name>/<version>")
-    parser.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat",
+    parser.add_argument("--index", choices=INDEX_KINDS, default="flat",
                         help="FAISS index: flat is exact; hnsw, ivf, ivfpq approximate, for large catalogues")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI for runs:/ and models:/ (default: $MLFLOW_TRACKING_URI, "
@@ -453,7 +457,7 @@ def _add_output_options(parser: argparse.ArgumentParser, suffix: str) -> None:
     """--out and --index of the commands that write a new model directory (never in place)."""
     parser.add_argument("--out", default=None, metavar="DIR",
                         help=f"where to write the new model directory (default: <model>-{suffix}, -2, ...)")
-    parser.add_argument("--index", choices=("flat", "hnsw", "ivf", "ivfpq"), default="flat", help="FAISS index to build")
+    parser.add_argument("--index", choices=INDEX_KINDS, default="flat", help="FAISS index to build")
 
 
 def run_add_items(args: argparse.Namespace) -> int:

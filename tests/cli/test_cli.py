@@ -28,6 +28,23 @@ def test_help_imports_no_heavy_library() -> None:
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
 
 
+def test_the_index_kinds_offered_are_the_ones_retrieval_builds() -> None:
+    from recsys.cli import INDEX_KINDS
+    from recsys.retrieval.index import KINDS
+
+    assert INDEX_KINDS == KINDS
+    for command in (["recommend"], ["serve"], ["index", "add-items"]):
+        index = next(a for a in _subparser(build_parser(), command)._actions if "--index" in a.option_strings)
+        assert tuple(index.choices) == KINDS, command
+
+
+def _subparser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
 def test_every_command_and_option_has_help() -> None:
     parser = build_parser()
     seen = []
