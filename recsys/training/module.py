@@ -141,7 +141,7 @@ class RecommenderModule(L.LightningModule):
         trainer = self.trainer
         steps_per_epoch = int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs)
         total = max(1, self.cooldown_epochs * steps_per_epoch)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(0, total, "linear"))
 
 
 def _lr_lambda(warmup: int, total: int, decay: str) -> Any:
