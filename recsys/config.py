@@ -125,7 +125,7 @@ class TrainerConfig:
     num_workers: int = 0
     """DataLoader worker processes."""
     threads: int | None = None
-    """torch CPU threads (None: torch's default, all cores)."""
+    """torch CPU threads (None: the cores this process may use, from its CPU affinity and cgroup quota)."""
     limit_train_batches: float | int = 1.0
     """Fraction or number of training batches per epoch (for quick runs)."""
     progress_bar: bool = True

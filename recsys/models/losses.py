@@ -38,44 +38,80 @@ def full_ce(hidden: Tensor, targets: Tensor, item_table: Tensor) -> Tensor:
     """
     _check_inputs(hidden, targets, item_table)
     if hidden.device.type == "cpu" and hidden.dtype == torch.float32:
-        chunk = max(128, min(1024, (1 << 20) // item_table.shape[0]))
-        return ChunkedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk)
+        chunk = cross_entropy_chunk(item_table.shape[0])
+        if torch.is_grad_enabled() and (hidden.requires_grad or item_table.requires_grad):
+            return FusedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk)
+        return chunked_cross_entropy_value(hidden, item_table[1:], targets - 1, chunk)
     logits = hidden @ item_table[1:].T  # [n, n_items]
     return F.cross_entropy(logits, targets - 1)
 
 
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean softmax cross-entropy of `hidden @ table.T` against `targets`, never holding the whole
-    [n, n_items] logit matrix: rows go through in chunks that stay in the CPU cache, and the backward pass
-    recomputes each chunk's logits instead of reading back a saved copy. On CPU this is ~3x faster than
-    F.cross_entropy on materialised logits (memory traffic, not arithmetic, is the cost there); values and
-    gradients are the same up to float rounding (tested). GPUs use the plain path.
+def cross_entropy_chunk(n_items: int) -> int:
+    """Rows of logits per chunk: about 2 MB of them (a chunk's logits, softmax and gradient stay in the
+    last-level cache). Measured on a 2-core AMD EPYC: 128-row chunks of 3,706 items ran the logit product
+    15% faster than 282-row ones, and 1024-row ones 20% slower."""
+    return max(32, min(1024, (1 << 19) // n_items))
+
+
+def chunked_cross_entropy_value(hidden: Tensor, table: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """The mean cross-entropy of `hidden @ table.T` against `targets`, a chunk of rows at a time, with no
+    gradient: what `FusedCrossEntropy` returns, for callers that do not train on it."""
+    lse = torch.empty(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)  # [n]
+    for start in range(0, hidden.shape[0], chunk):
+        lse[start:start + chunk] = torch.logsumexp(hidden[start:start + chunk] @ table.T, dim=1)
+    target_logits = (hidden * table[targets]).sum(dim=1)  # [n]
+    return (lse - target_logits).mean()
+
+
+TINY_PROBABILITY = 1e-30
+"""Below this a float32 softmax probability has lost its precision (1.2e-38 is float32's smallest normal)."""
+
+
+class FusedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy of `hidden @ table.T` against `targets`, with its gradients computed in
+    the same pass as the loss. The loss is linear in the incoming gradient, so the forward pass computes
+    d loss / d hidden and d loss / d table for a gradient of 1 and the backward pass only scales them.
+    Rows go through in chunks that stay in the CPU cache and the [n, n_items] logit matrix is never held:
+    each chunk's logits are computed once, turned into a softmax in place and used for both gradients.
+    On CPU memory traffic, not arithmetic, is the cost: against computing the logits a second time in the
+    backward pass (what a plain autograd function must do to save memory) this saves one of the four
+    [n, n_items] products and one exponential pass. Values and
+    gradients equal F.cross_entropy's on materialised logits up to float rounding (tested). GPUs use the
+    plain path. Only for losses that are backpropagated: `chunked_cross_entropy_value` otherwise.
     """
 
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, table: Tensor, targets: Tensor, chunk: int) -> Tensor:
-        lse = torch.empty(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)  # [n]
-        for start in range(0, hidden.shape[0], chunk):
-            lse[start:start + chunk] = torch.logsumexp(hidden[start:start + chunk] @ table.T, dim=1)
-        target_logits = (hidden * table[targets]).sum(dim=1)  # [n]
-        ctx.save_for_backward(hidden, table, targets, lse)
-        ctx.chunk = chunk
-        return (lse - target_logits).mean()
+        n = hidden.shape[0]
+        loss = hidden.new_zeros(())
+        grad_hidden = torch.empty_like(hidden)  # [n, d]
+        grad_table = torch.zeros_like(table)  # [n_items, d]
+        for start in range(0, n, chunk):
+            rows, wanted = hidden[start:start + chunk], targets[start:start + chunk]  # [c, d], [c]
+            logits = rows @ table.T  # [c, n_items]
+            picked = torch.arange(rows.shape[0], device=rows.device)
+            # torch's softmax kernel makes one pass over each row where logsumexp-then-exp makes five (2.7x
+            # faster here); the loss then comes from the target's probability, -log p = lse - logit.
+            probs = torch.softmax(logits, dim=1)  # [c, n_items]
+            target_probs = probs[picked, wanted]  # [c]
+            row_loss = -torch.log(target_probs)
+            underflow = target_probs < TINY_PROBABILITY  # its log is inexact or -inf: count it exactly
+            if underflow.any():
+                exact = torch.logsumexp(logits[underflow], dim=1) - logits[picked, wanted][underflow]
+                row_loss[underflow] = exact
+            loss += row_loss.sum()
+            probs[picked, wanted] -= 1.0  # d loss_row / d logits
+            grad_hidden[start:start + chunk] = probs @ table
+            grad_table.addmm_(probs.T, rows)
+        ctx.save_for_backward(grad_hidden, grad_table)
+        ctx.n = n
+        return loss / n
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
-        hidden, table, targets, lse = ctx.saved_tensors
-        scale = grad / hidden.shape[0]
-        grad_hidden = torch.empty_like(hidden)
-        grad_table = torch.zeros_like(table)
-        for start in range(0, hidden.shape[0], ctx.chunk):
-            rows = hidden[start:start + ctx.chunk]  # [c, d]
-            probs = torch.exp(rows @ table.T - lse[start:start + ctx.chunk, None])  # softmax, [c, n_items]
-            probs[torch.arange(rows.shape[0], device=rows.device), targets[start:start + ctx.chunk]] -= 1.0
-            probs *= scale  # now d loss / d logits
-            grad_hidden[start:start + ctx.chunk] = probs @ table
-            grad_table.addmm_(probs.T, rows)
-        return grad_hidden, grad_table, None, None
+        grad_hidden, grad_table = ctx.saved_tensors
+        scale = grad / ctx.n
+        return grad_hidden * scale, grad_table * scale, None, None
 
 
 def sampled_ce(

@@ -20,6 +20,7 @@ import polars as pl
 import torch
 
 from recsys.config import flatten
+from recsys.cpus import available_cpus
 from recsys.data import schema
 from recsys.data.dataset import PreparedDataset, Split
 from recsys.errors import ConfigError
@@ -334,8 +335,8 @@ def _quiet_libraries() -> None:
 
 
 def _configure_threads(cfg: RunConfig) -> None:
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    # torch's own default counts the machine's cores, which a cgroup quota may not let this process use.
+    torch.set_num_threads(cfg.trainer.threads or available_cpus())
 
 
 def _load_weights(module: Any, checkpoint: Path) -> None:

@@ -200,21 +200,35 @@ def test_each_loss_trains_a_tiny_sasrec(name: str) -> None:
     assert accuracy >= 0.75
 
 
-def test_chunked_cross_entropy_matches_materialised_logits() -> None:
-    from recsys.models.losses import ChunkedCrossEntropy
+def test_fused_cross_entropy_matches_materialised_logits() -> None:
+    from recsys.models.losses import FusedCrossEntropy
 
     generator = torch.Generator().manual_seed(3)
-    hidden = torch.randn(700, 16, generator=generator, requires_grad=True)
+    hidden = torch.randn(700, 16, generator=generator)
+    hidden[:4] *= 60  # logits hundreds apart: the targets' softmax probabilities underflow float32
+    hidden.requires_grad_()
     table = torch.randn(51, 16, generator=generator, requires_grad=True)
     targets = torch.randint(0, 51, (700,), generator=generator)
 
-    expected = torch.nn.functional.cross_entropy(hidden @ table.T, targets)
+    # An upstream gradient other than 1 (a loss weight): the gradients computed ahead must be scaled by it.
+    expected = 2.5 * torch.nn.functional.cross_entropy(hidden @ table.T, targets)
     expected.backward()
     want_hidden, want_table = hidden.grad.clone(), table.grad.clone()
     hidden.grad, table.grad = None, None
 
-    got = ChunkedCrossEntropy.apply(hidden, table, targets, 128)  # 700 rows: 5 full chunks and a partial one
+    got = 2.5 * FusedCrossEntropy.apply(hidden, table, targets, 128)  # 700 rows: 5 full chunks and a partial one
     got.backward()
+    # float32 sums in another order (chunks, softmax kernel): torch's default float32 tolerance (rtol 1.3e-6)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(hidden.grad, want_hidden)
     torch.testing.assert_close(table.grad, want_table)
+
+
+def test_full_ce_without_gradients_gives_the_same_value() -> None:
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(300, 8, generator=generator, requires_grad=True)
+    table = torch.randn(40, 8, generator=generator, requires_grad=True)
+    targets = torch.randint(1, 40, (300,), generator=generator)
+    with torch.no_grad():
+        plain = full_ce(hidden, targets, table)  # the value-only path: no gradient work
+    torch.testing.assert_close(plain, full_ce(hidden, targets, table).detach())
