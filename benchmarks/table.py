@@ -34,6 +34,13 @@ def short(text: str) -> str:
     return text
 
 
+def short_cpu(cpu: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon', 'AMD EPYC 7B13 64-Core Processor' -> 'AMD EPYC': speeds
+    differ by CPU kind, so the tables say which."""
+    words = [w for w in cpu.replace("(R)", "").replace("(TM)", "").split() if w.isalpha() and w != "Processor"]
+    return " ".join(words[:2])
+
+
 def row(result: dict, path: Path) -> str:
     metrics = result.get("metrics", {})
     names = result.get("headline") or [k for k, v in metrics.items() if isinstance(v, (int, float))]
@@ -42,7 +49,8 @@ def row(result: dict, path: Path) -> str:
     if published:
         shown += "; published: " + "; ".join(f"{name} {v[0]:.4f}/{v[1]:.4f}" for name, v in published.items())
     machine = result.get("machine", {})
-    where = f"{machine.get('cores', '?')} cores" + (f", {machine['gpu']}" if machine.get("gpu") else ", no GPU")
+    cpu = f" ({short_cpu(machine['cpu'])})" if machine.get("cpu") else ""
+    where = f"{machine.get('cores', '?')} cores{cpu}" + (f", {machine['gpu']}" if machine.get("gpu") else ", no GPU")
     dataset = result.get("dataset") or "-"
     if isinstance(dataset, dict):
         dataset = "; ".join(short(str(v)) for k, v in dataset.items() if k != "preset")
