@@ -184,8 +184,10 @@ def test_registry() -> None:
     assert get_model_spec("bert4rec") == (BERT4Rec, BERT4RecConfig)
 
 
-@pytest.mark.parametrize(("loss", "steps"), [("ce", 100), ("sampled_ce", 200)])
+@pytest.mark.parametrize(("loss", "steps"), [("ce", 100), ("sampled_ce", 400)])
 def test_learns_a_toy_pattern(loss: str, steps: int) -> None:
+    # sampled_ce sees 16 of 20 items a step, so it needs more steps; at 200 its top item depended on the CPU's
+    # float rounding (right on one machine, the neighbour below on an AMD EPYC).
     # Every sequence counts up by one (mod n): each masked item is given by its neighbours.
     torch.manual_seed(0)
     n_items = 20
