@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away (`| head`) is then caught below
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except RecsysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -38,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (`recsys evaluate --format json | head`): what it wanted it has, so
+    no message; stdout is pointed at /dev/null so that Python's flush at exit does not fail again. 141 is
+    what a shell reports for a program that SIGPIPE ended (128 + 13)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +172,14 @@ def _data_config(args: argparse.Namespace) -> "DataConfig":  # noqa: F821 (impor
     )
 
 
+def _stat(value: object) -> str:
+    """A statistic as people read it: 100,836 interactions; density 0.0170 (3 significant digits, which is
+    what a density says; --json keeps every digit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:#.3g}"
+
+
 def run_data(args: argparse.Namespace) -> int:
     """`recsys data prepare|stats`: prepare (or reuse) the dataset and print its statistics."""
     import json
@@ -173,7 +196,7 @@ def run_data(args: argparse.Namespace) -> int:
         return 0
     lengths = stats.pop("sequence_length")
     for key, value in stats.items():
-        print(f"{key:>14}: {value:,}" if isinstance(value, int) else f"{key:>14}: {value}")
+        print(f"{key:>14}: {_stat(value)}")
     shown = (f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:,.1f}" for k, v in lengths.items())
     print(f"{'seq. length':>14}: " + ", ".join(shown))
     return 0
@@ -218,9 +241,12 @@ def run_train(args: argparse.Namespace) -> int:
         overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
     if args.register:
         overrides.append(f"tracking.register_as={args.register}")
-    resume = None
-    if args.resume is not None:
-        resume = latest_run_dir(load_run_config(args.config, overrides)) if args.resume == "latest" else args.resume
+    resume = args.resume
+    if _is_override(resume):  # `--resume trainer.patience=10`: argparse took the override for the run folder
+        overrides.insert(0, resume)
+        resume = "latest"
+    if resume is not None:
+        resume = latest_run_dir(load_run_config(args.config, overrides)) if resume == "latest" else resume
         cfg = resume_config(resume, overrides)
         print(f"resuming {resume}")
     else:
@@ -238,6 +264,13 @@ def run_train(args: argparse.Namespace) -> int:
                                         if k.startswith("test_") and k.endswith("@10")))
     print(f"saved model:  {result.model_dir}")
     return 0
+
+
+def _is_override(value: str | None) -> bool:
+    """A section.key=value override rather than a run folder (one whose name has '=' in it still exists)."""
+    from pathlib import Path
+
+    return value is not None and "=" in value and not Path(value).is_dir()
 
 
 def log_pyfunc_flavour(tracking_uri: str, run_id: str, model_dir: object) -> None:
@@ -361,8 +394,16 @@ def run_recommend(args: argparse.Namespace) -> int:
     print(f"{'rank':>4}  {'item_id':>{width}}  {'score':>8}  title")
     for rank, r in enumerate(recs, start=1):
         title = r.title if r.title is not None else "-"
-        print(f"{rank:>4}  {str(r.item_id):>{width}}  {r.score:8.4f}  {title[:70]}")
+        print(f"{rank:>4}  {str(r.item_id):>{width}}  {r.score:8.4f}  {_shortened(title, TITLE_WIDTH)}")
     return 0
+
+
+TITLE_WIDTH = 70  # characters of a title in `recsys recommend`'s table; the JSON output keeps it whole
+
+
+def _shortened(text: str, width: int) -> str:
+    """text cut to `width` characters, the last one an ellipsis when anything was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

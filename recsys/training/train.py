@@ -59,6 +59,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     from recsys.data.prepare import prepare_dataset
     from recsys.data.splits import make_split
 
+    if resume is not None:
+        _refuse_finished_run(cfg, Path(resume))
     _configure_threads(cfg)
     _quiet_libraries()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -273,6 +275,41 @@ def _main_training_ended(cfg: RunConfig, state: dict[str, Any]) -> bool:
         return True
     stopping = [v for k, v in state.get("callbacks", {}).items() if k.startswith("EarlyStopping")]
     return bool(cfg.trainer.patience and stopping and stopping[0].get("wait_count", 0) >= cfg.trainer.patience)
+
+
+def _refuse_finished_run(cfg: RunConfig, run_dir: Path) -> None:
+    """A resumed run that would train no epoch (and so only save its model again, as model-2) stops here,
+    before anything is written, with a line that says why and what would go on."""
+    reason = _why_finished(cfg, run_dir)
+    if reason:
+        raise ConfigError(f"{run_dir}: the run is finished ({reason}); nothing trained or written. To go on, "
+                          "resume it with a larger trainer.max_epochs, trainer.patience or trainer.max_minutes, "
+                          "or with trainer.cooldown_epochs=N")
+
+
+def _why_finished(cfg: RunConfig, run_dir: Path) -> str | None:
+    """Why this run, resumed with `cfg`, has no epoch left to train; None when it has one, or when it never
+    saved its model (a run killed after its last epoch: resuming it evaluates and saves)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not (run_dir / "model").is_dir() or not last.is_file():
+        return None
+    from recsys.training.checkpoints import load_checkpoint_file
+
+    state = load_checkpoint_file(last)
+    epochs_run = int(state["epoch"]) + 1
+    elapsed = state.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
+    if cfg.trainer.max_minutes and elapsed >= cfg.trainer.max_minutes * 60:
+        return f"its time budget trainer.max_minutes={cfg.trainer.max_minutes:g} is spent"
+    started = _read_run_info(run_dir).get("cooldown_first_epoch")
+    if started is not None:
+        if epochs_run < int(started) + cfg.trainer.cooldown_epochs:
+            return None
+        return f"{epochs_run} epochs, its cool-down of trainer.cooldown_epochs={cfg.trainer.cooldown_epochs} included"
+    if cfg.trainer.cooldown_epochs or not _main_training_ended(cfg, state):
+        return None  # a cool-down asked for now, or epochs left before max_epochs
+    if epochs_run >= cfg.trainer.max_epochs:
+        return f"{epochs_run} of trainer.max_epochs={cfg.trainer.max_epochs} epochs run"
+    return f"early stopped after {epochs_run} epochs, trainer.patience={cfg.trainer.patience}"
 
 
 def _out_of_time(trainer: Any) -> bool:
