@@ -40,16 +40,27 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / experiment).as_uri()
 
 
-def git_commit(path: str | Path = ".") -> str | None:
-    """The commit of the git checkout holding `path`, with '-dirty' when it has uncommitted changes."""
+def git_commit(package_dir: str | Path | None = None) -> str | None:
+    """The commit of the recsys checkout that this code runs from, with '-dirty' when it has uncommitted
+    changes; None when the code is not a git checkout's (an installed copy).
+
+    Asked of the package's own folder, never of the working directory: a run started elsewhere would log
+    nothing, and one started inside another repository would log that repository's commit. The package file
+    must be tracked there, so a copy installed into a virtual environment inside a checkout (ignored by its
+    git) does not pass for the checkout's code."""
+    folder = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        _git(folder, "ls-files", "--error-unmatch", "__init__.py")
+        commit = _git(folder, "rev-parse", "HEAD")
+        dirty = _git(folder, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}-dirty" if dirty else commit
+
+
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=5,
+                          check=True).stdout.strip()
 
 
 class Tracker:
