@@ -70,6 +70,7 @@ def summary(runs: list[dict], started: float) -> dict:
         "dataset": "ml-latest-small",
         "preset": "raw",
         "model": "sasrec",
+        "epochs_counted_from": 1,  # best_epoch: 1 is the first epoch (results without this field count from 0)
         "metrics": metrics,
         "target": TARGET,
         "runs": runs,

@@ -91,6 +91,7 @@ def main() -> None:
     transfer = transfer_metrics(model_dir, args.target, args.target_path, device(cfg.trainer.accelerator))
     write_result(args.name, {
         "benchmark": "recformer_transfer",
+        "epochs_counted_from": 1,  # best_epoch: 1 is the first epoch (results without this field count from 0)
         "dataset": {"source": f"{cfg.data.name} ({cfg.data.preset})", "target": f"{args.target} (raw, leave-one-out test)"},
         "model": f"recformer ({cfg.model.mode}), trained on {cfg.data.name} only",
         "headline": ["ndcg@10", "hr@10", "popularity_ndcg@10", "popularity_hr@10", "last_item_text_ndcg@10",

@@ -41,8 +41,18 @@ def short_cpu(cpu: str) -> str:
     return " ".join(words[:2])
 
 
+def metrics_of(result: dict) -> dict:
+    """A result's metrics with best_epoch counted from 1, as recsys counts epochs now: results written
+    before that (no epochs_counted_from field) counted from 0, and their files stay as they were written."""
+    metrics = dict(result.get("metrics", {}))
+    best = metrics.get("best_epoch")
+    if isinstance(best, (int, float)) and best >= 0 and result.get("epochs_counted_from") != 1:
+        metrics["best_epoch"] = best + 1
+    return metrics
+
+
 def row(result: dict, path: Path) -> str:
-    metrics = result.get("metrics", {})
+    metrics = metrics_of(result)
     names = result.get("headline") or [k for k, v in metrics.items() if isinstance(v, (int, float))]
     shown = ", ".join(f"{k} {fmt(metrics[k])}" for k in names[:MAX_METRICS] if metrics.get(k) is not None)
     published = result.get("published")
@@ -77,7 +87,7 @@ def quality_table() -> str:
         result = json.loads(path.read_text(encoding="utf-8"))
         if result.get("benchmark") != "train_quality":
             continue
-        m = result["metrics"]
+        m = metrics_of(result)
         machine = result.get("machine", {})
         where = machine.get("gpu") or f"{machine.get('cores', '?')} CPU cores"
         published = "; ".join(f"{v[0]:.4f} / {v[1]:.4f} ({name})" for name, v in result.get("published", {}).items())

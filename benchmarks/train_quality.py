@@ -120,7 +120,7 @@ def run_seed(cfg: Any, watch_test: str | None, resume: Path | None = None) -> di
            "mrr@10": m["test_mrr@10"], "valid_ndcg@10": m["valid_ndcg@10"],
            "best_epoch": int(m["best_epoch"]), "epochs_run": int(m["epochs_run"]),
            "epoch_s": m.get("epoch_s"), "val_epoch_s": m.get("val_epoch_s"),
-           "fit_s": m.get("fit_s"), "fit_s_to_best_epoch": fit_s_to_epoch(result.history, m["best_epoch"]),
+           "fit_s": m.get("fit_s"), "fit_s_to_best_epoch": fit_s_to_epoch(result.history, m["best_epoch"] - 1),  # rows count from 0
            "wall_s": time.perf_counter() - t0,
            **({"resumed_from": str(resume)} if resume else {}),
            **(watch.summary() if watch else {})}
@@ -162,7 +162,7 @@ class EpochLog(L.Callback):
         # Epochs that do not validate (val_every > 1) still see the last validation's metrics: show none.
         val = float(m.get("val_ndcg@10", float("nan"))) if self.validated else float("nan")
         self.validated = False
-        print(f"seed {self.seed} epoch {trainer.current_epoch} loss {float(m.get('train_loss', float('nan'))):.4f} "
+        print(f"seed {self.seed} epoch {trainer.current_epoch + 1} loss {float(m.get('train_loss', float('nan'))):.4f} "
               f"val_ndcg@10 {val:.4f} t {time.perf_counter() - self.started:.1f}s", flush=True)
 
 
@@ -258,6 +258,7 @@ def summarize(config: dict[str, Any], runs: list[dict], wall_s: float) -> dict:
         "split": config["data"]["split"],
         "model": model,
         "config": config,
+        "epochs_counted_from": 1,  # best_epoch: 1 is the first epoch (results without this field count from 0)
         "metrics": {"ndcg@10": ndcg["mean"], "hr@10": hr["mean"], "ndcg@10_std": ndcg["std"],
                     "hr@10_std": hr["std"], "mrr@10": spread("mrr@10")["mean"],
                     "epoch_s": spread("epoch_s")["mean"], "best_epoch": spread("best_epoch")["mean"],

@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 
 from recsys.training.tracking import Tracker
 
@@ -18,10 +18,16 @@ class EpochHistory(L.Callback):
     The history lives in the callback's state, which Lightning stores in every checkpoint, so a resumed run
     plots its whole curve. `logged_through` guards MLflow against duplicates: after a crash between
     logging epoch N and checkpointing it, the resumed run trains epoch N again but does not log it twice.
+
+    Rows and `logged_through` count epochs from 0, as Lightning does; what a user reads counts from 1: the
+    MLflow step of epoch row N is N + 1 (so the final metrics, logged at step epochs_run, sit on the last
+    epoch's step), and `say`, when given (no progress bar), gets one line per epoch.
     """
 
-    def __init__(self, tracker_factory: Callable[[], Tracker | None]) -> None:
+    def __init__(self, tracker_factory: Callable[[], Tracker | None],
+                 say: Callable[[str], None] | None = None) -> None:
         self.tracker_factory = tracker_factory
+        self.say = say
         self.tracker: Tracker | None = None
         self.history: list[dict[str, float]] = []
         self.logged_through = -1
@@ -35,7 +41,7 @@ class EpochHistory(L.Callback):
             if self.tracker is not None:
                 # A resumed run may have logged an epoch that its last checkpoint does not know of.
                 steps = [m.step for m in self.tracker.metric_history("train_loss")]
-                self.logged_through = max([self.logged_through, *steps])
+                self.logged_through = max([self.logged_through, *(step - 1 for step in steps)])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
@@ -70,8 +76,10 @@ class EpochHistory(L.Callback):
         row["epoch"] = float(epoch)
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
         if self.tracker is not None and epoch > self.logged_through:
-            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             self.logged_through = epoch
+        if self.say is not None:
+            self.say(epoch_line(row, trainer.max_epochs))
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "logged_through": self.logged_through}
@@ -80,6 +88,34 @@ class EpochHistory(L.Callback):
         self.history = list(state_dict.get("history", []))
         # max(): setup may already have read a later epoch from MLflow
         self.logged_through = max(self.logged_through, int(state_dict.get("logged_through", -1)))
+
+
+def epoch_line(row: dict[str, float], max_epochs: int) -> str:
+    """`epoch 3/10  loss 6.123  val ndcg@10 0.0456  4.1 s` (training and validation time) for a history row;
+    an epoch that did not validate (trainer.val_every > 1) shows no validation metric."""
+    parts = [f"epoch {int(row['epoch']) + 1}/{max_epochs}"]
+    if "train_loss" in row:
+        parts.append(f"loss {row['train_loss']:.3f}")
+    if "val_ndcg@10" in row:
+        parts.append(f"val ndcg@10 {row['val_ndcg@10']:.4f}")
+    parts.append(f"{row.get('epoch_train_s', 0.0) + row.get('epoch_val_s', 0.0):.1f} s")
+    return "  ".join(parts)
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the epoch counted from 1 and out of max_epochs (`Epoch 10/10` for the
+    last of 10; Lightning's own says `Epoch 9`), as the per-epoch lines, metrics.json and the plots count."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        # Lightning's own body with the description changed (calling it first would draw `Epoch 0` once).
+        from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset()
+        self.train_progress_bar.total = convert_inf(self.total_train_batches)
+        self.train_progress_bar.initial = 0
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
 
 class ConfiguredEarlyStopping(EarlyStopping):

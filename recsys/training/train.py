@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -64,8 +65,11 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     _configure_threads(cfg)
     _quiet_libraries()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    say(f"preparing data: {cfg.data.name} (preset {cfg.data.preset})")
     dataset = prepare_dataset(cfg.data, progress=cfg.trainer.progress_bar)
     split = make_split(dataset, cfg.data)
+    say(f"building the model: {cfg.model_name} over {dataset.n_items:,} items "
+        f"({dataset.n_users:,} users, {dataset.n_interactions:,} interactions)")
     model = build_model(cfg.model_name, cfg.model, dataset.n_items)
     _hand_over_item_texts(model, dataset)
 
@@ -104,7 +108,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
         _load_weights(module, Path(best))
     metrics = _final_metrics(module, datamodule, cfg)
     metrics["epochs_run"] = float(trainer.current_epoch)
-    metrics["best_epoch"] = float(_best_epoch(history))
+    metrics["best_epoch"] = float(_best_epoch(history))  # counted from 1, as the console shows epochs
     # this process's fit (after a resume: since it), without starting the MLflow run
     metrics["fit_s"] = time.perf_counter() - fit_started - tracking_setup_s[0]
     metrics.update(_epoch_times(history))
@@ -121,7 +125,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
 def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split: Split, run_dir: Path,
          start_tracker: Any, ckpt_path: Path | None,
          extra_callbacks: list[Any]) -> tuple[Any, Any, Any, list[dict[str, float]]]:
-    from recsys.training.callbacks import ConfiguredEarlyStopping, EpochHistory
+    from recsys.training.callbacks import ConfiguredEarlyStopping, EpochHistory, EpochProgressBar
     from recsys.training.datamodule import SequenceDataModule
     from recsys.training.module import VAL_MONITOR, RecommenderModule, log_popularity
 
@@ -144,9 +148,11 @@ def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split
     )
     if objective == "count":
         return _fit_counts(model, split, datamodule, module, start_tracker)
-    history = EpochHistory(start_tracker)
+    history = EpochHistory(start_tracker, say=None if cfg.trainer.progress_bar else say)
     checkpoint, last = _checkpoint_callbacks(run_dir)
     callbacks: list[Any] = [history, *extra_callbacks, checkpoint, last]
+    if cfg.trainer.progress_bar:
+        callbacks.append(EpochProgressBar())
     cooldown = _cooldown_state(cfg, run_dir, ckpt_path)
     if cooldown is None:
         # Lightning's own choice of when to check: at the end of each training epoch when every epoch validates,
@@ -340,7 +346,17 @@ def _hand_over_item_texts(model: torch.nn.Module, dataset: PreparedDataset) -> N
     if getattr(model, "needs_item_texts", False):
         from recsys.data.item_text import catalogue_attributes
 
+        say(f"encoding the text of {dataset.n_items:,} items ({', '.join(_text_columns(dataset))})")
+        started = time.perf_counter()
         model.set_item_texts(catalogue_attributes(dataset.items, _text_columns(dataset), dataset.n_items))  # type: ignore[operator]
+        say(f"encoded {dataset.n_items:,} item texts in {time.perf_counter() - started:.1f} s")
+
+
+def say(line: str) -> None:
+    """One line on what the run is doing, on stderr beside Lightning's progress bar (stdout keeps the
+    results the CLI prints); from the first process only in a multi-process run."""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _text_columns(dataset: PreparedDataset) -> tuple[str, ...]:
@@ -409,10 +425,12 @@ def _epoch_times(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _best_epoch(history: list[dict[str, float]]) -> int:
+    """The best validated epoch, counted from 1 (the first epoch is 1, as everything a user reads says;
+    history rows and checkpoints keep Lightning's count from 0); -1 when no epoch was validated."""
     scored = [row for row in history if "val_ndcg@10" in row]
     if not scored:
         return -1
-    return int(max(scored, key=lambda row: row["val_ndcg@10"])["epoch"])
+    return int(max(scored, key=lambda row: row["val_ndcg@10"])["epoch"]) + 1
 
 
 # ---------------------------------------------------------------------------------------------------------

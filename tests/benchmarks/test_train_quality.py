@@ -42,10 +42,10 @@ def test_resumed_run_reports_the_whole_run(tmp_path: Path) -> None:
     part, whole = result(tmp_path, "first")["runs"][0], result(tmp_path, "resumed")["runs"][0]
     assert whole["seed"] == 7 and whole["resumed_from"] == str(run_dirs[0])
     assert (part["epochs_run"], whole["epochs_run"]) == (1, 3)
-    assert part["best_epoch"] == whole["best_epoch"] == 0
+    assert part["best_epoch"] == whole["best_epoch"] == 1  # the first epoch (counted from 1)
     assert whole["ndcg@10"] == pytest.approx(part["ndcg@10"], abs=1e-9)
     assert whole["fit_s_to_best_epoch"] == part["fit_s_to_best_epoch"] > 0
-    assert "seed 7 epoch 2 " in resumed.stdout and "seed 7 epoch 0 " not in resumed.stdout
+    assert "seed 7 epoch 3 " in resumed.stdout and "seed 7 epoch 1 " not in resumed.stdout  # from 1
 
 
 def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:

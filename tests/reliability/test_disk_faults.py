@@ -141,7 +141,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmp_path: Path, mon
     resumed = train(resume_config(run_dir, []), resume=run_dir)  # space freed: go on
     assert quality(resumed.metrics) == quality(straight.metrics)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(resumed.run_id, "train_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(resumed.run_id, "train_loss")] == [1, 2]
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
 
 
@@ -159,5 +159,5 @@ def test_a_full_disk_when_saving_the_model_keeps_the_run_resumable(tmp_path: Pat
     assert resumed.model_dir == run_dir / "model"
     assert quality(load_model_files(resumed.model_dir).metrics) == quality(straight.metrics)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(resumed.run_id, "train_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(resumed.run_id, "train_loss")] == [1, 2]
     assert json.loads((run_dir / "run.json").read_text())["run_id"] == resumed.run_id

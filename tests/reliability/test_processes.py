@@ -66,7 +66,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
     assert not (run_dir / "model").exists()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1]
 
     resumed = subprocess.run(cli_command("train", "--resume", str(run_dir)), cwd=work, env=cli_env(),
                              capture_output=True, text=True, timeout=300)
@@ -78,8 +78,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     losses = client.get_metric_history(run_id, "train_loss")
-    assert [m.step for m in losses] == [0, 1, 2]
-    assert [m.step for m in client.get_metric_history(run_id, "val_ndcg_at_10")] == [0, 1, 2]
+    assert [m.step for m in losses] == [1, 2, 3]  # MLflow steps count epochs from 1
+    assert [m.step for m in client.get_metric_history(run_id, "val_ndcg_at_10")] == [1, 2, 3]
     # Every epoch's randomness depends only on (seed, epoch): on CPU the resumed run equals the uninterrupted
     # one exactly (tolerance 0), per-epoch losses and every final metric alike.
     assert [m.value for m in losses] == straight_losses

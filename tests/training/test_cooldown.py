@@ -75,7 +75,7 @@ def test_cooldown_starts_from_the_best_epochs_weights_and_keeps_the_best_of_the_
     assert start["lr_schedulers"] == []
 
     scored = max(cooled.history, key=lambda row: row["val_ndcg@10"])
-    assert cooled.metrics["best_epoch"] == scored["epoch"]
+    assert cooled.metrics["best_epoch"] == scored["epoch"] + 1  # metrics count from 1, rows from 0
     assert cooled.metrics["valid_ndcg@10"] == pytest.approx(scored["val_ndcg@10"], abs=1e-6)
     assert cooled.metrics["valid_ndcg@10"] >= best_main["val_ndcg@10"] - 1e-6
     # The first cool-down epoch carries on from the best weights, not from the scrambled ones.
@@ -155,7 +155,7 @@ def test_learning_curves_show_the_rate_falling_and_mark_the_kept_epoch(cooled, m
     loss_panel, validation_panel, rate_axis = figure.axes
     rate_line = rate_axis.get_lines()[0]
     assert list(rate_line.get_ydata()) == pytest.approx([row["lr"] for row in cooled.history])
-    best = int(cooled.metrics["best_epoch"]) + 1  # the plots count epochs from 1
+    best = int(cooled.metrics["best_epoch"])  # metrics.json and the plots both count epochs from 1
     marks = [line for line in validation_panel.get_lines() if list(line.get_xdata()) == [best, best]]
     assert len(marks) == 1 and f"best epoch ({best})" == marks[0].get_label()
     # A constant rate (the main training alone) gets no axis of its own.

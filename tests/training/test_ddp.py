@@ -33,6 +33,6 @@ def test_two_process_ddp_epoch_is_logged_once(tmp_path: Path) -> None:
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["trainer.devices"] == "2" and run.data.params["trainer.strategy"] == "ddp"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_ndcg_at_10")] == [0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_ndcg_at_10")] == [1]
     assert run.data.metrics["test_n_users"] == 610  # the final test sees every user once

@@ -54,9 +54,9 @@ def test_run_is_logged_to_a_real_mlflow_store(two_epoch_run) -> None:
     assert experiment.name == "recsys-ml-latest-small"
 
     losses = client.get_metric_history(result.run_id, "train_loss")
-    assert [m.step for m in losses] == [0, 1]
+    assert [m.step for m in losses] == [1, 2]
     assert losses[1].value < losses[0].value  # it learns
-    assert [m.step for m in client.get_metric_history(result.run_id, "val_ndcg_at_10")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_ndcg_at_10")] == [1, 2]  # epochs from 1
     assert 0.0 <= run.data.metrics["test_ndcg_at_10"] <= run.data.metrics["test_hr_at_10"] <= 1.0
     assert run.data.metrics["test_hr_at_10"] == pytest.approx(result.metrics["test_hr@10"])
 
@@ -130,7 +130,7 @@ def test_resume_continues_the_same_run_without_gaps(tmp_path: Path) -> None:
     assert resumed.run_id == first.run_id
     assert resumed.run_dir == first.run_dir
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [1, 2]
     # Each epoch's randomness depends only on (seed, epoch): resuming equals not stopping.
     assert resumed.metrics["test_ndcg@10"] == pytest.approx(straight.metrics["test_ndcg@10"], abs=1e-6)
     # The history (and so the time to the best epoch) covers the whole run, not only this process's part.
@@ -200,7 +200,7 @@ def test_validating_every_few_epochs_early_stops_on_the_validations(tmp_path: Pa
     validated = [int(row["epoch"]) for row in result.history if "val_ndcg@10" in row]
     assert [int(row["epoch"]) for row in result.history] == [0, 1, 2, 3]
     assert validated == [1, 3]
-    assert result.metrics["best_epoch"] == 1
+    assert result.metrics["best_epoch"] == 2  # counted from 1
 
 
 def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_last_checkpoint_follows_every_epoch_even_without_a_new_best(tmp_path: P
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert load_checkpoint_file(checkpoints / "last.ckpt")["epoch"] == 2
     assert load_checkpoint_file(checkpoints / "best.ckpt")["epoch"] == 0
-    assert result.metrics["best_epoch"] == 0
+    assert result.metrics["best_epoch"] == 1  # counted from 1
 
 
 def test_resume_with_more_patience_trains_on_after_an_early_stop(tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_resume_with_more_patience_trains_on_after_an_early_stop(tmp_path: Path)
 
     resumed = train(resume_config(stopped.run_dir, ["trainer.patience=3"]), resume=stopped.run_dir)
     assert [int(row["epoch"]) for row in resumed.history] == [0, 1, 2, 3]
-    assert resumed.metrics["best_epoch"] == 0
+    assert resumed.metrics["best_epoch"] == 1
 
 
 def test_early_stopping_state_from_plain_lightning_checkpoints_still_loads() -> None:
