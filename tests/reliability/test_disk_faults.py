@@ -7,9 +7,7 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from recsys.retrieval import Recommender
 from recsys.saved_model import MANIFEST, load_model_files, save_model
 from recsys.training.checkpoints import load_checkpoint_file
 from recsys.training.train import resume_config, train
+from tests.processes import running, wait_for_exit, wait_until
 from tests.reliability.conftest import cli_env, quick
 from tests.retrieval.conftest import tiny_saved_model
 
@@ -74,27 +73,23 @@ def test_a_failed_save_leaves_nothing_and_keeps_the_previous_model(tmp_path: Pat
 
 def test_a_writer_killed_mid_save_leaves_a_folder_that_never_loads_and_is_cleaned(tmp_path: Path) -> None:
     # A real process, killed with SIGKILL after every file (manifest included) is in its temporary folder and
-    # before the rename that would publish it: the worst moment.
+    # before the rename that would publish it: the worst moment. The stubbed rename creates a marker (argv[2]),
+    # then holds still: the kill waits for the marker, so every write and fsync before the rename is done,
+    # however slow the machine (a sleep after the manifest appeared could kill it mid-fsync).
     script = (
-        "import os, sys, time\n"
+        "import os, sys, threading\n"
+        "from pathlib import Path\n"
         "from recsys.saved_model import save_model\n"
         "from tests.retrieval.conftest import tiny_saved_model\n"
-        "os.rename = lambda *a: time.sleep(600)\n"
+        "os.rename = lambda *a: (Path(sys.argv[2]).touch(), threading.Event().wait(600))\n"
         "save_model(tiny_saved_model(), sys.argv[1])\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "model")], env=cli_env(),
-                               cwd=Path(__file__).parents[2])
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".model.*.tmp/manifest.json")):
-            assert process.poll() is None and time.monotonic() < deadline, "the writer never reached the rename"
-            time.sleep(0.05)
-        time.sleep(0.2)  # the fsyncs before the rename
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    at_rename, log = tmp_path / "at-rename", tmp_path / "writer.log"
+    with running([sys.executable, "-c", script, str(tmp_path / "model"), str(at_rename)], log, env=cli_env(),
+                 cwd=Path(__file__).parents[2]) as process:
+        wait_until(at_rename.exists, process, log, "the writer to reach the rename that publishes the model")
+        os.kill(process.pid, signal.SIGKILL)
+        assert wait_for_exit(process, log, "the killed writer") == -signal.SIGKILL
     (leftover,) = tmp_path.glob(".model.*.tmp")
     assert (leftover / MANIFEST).is_file()  # complete in content, yet:
     with pytest.raises(ModelLoadError, match="an unfinished save .* not a model directory"):

@@ -8,7 +8,6 @@ import json
 import random
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +21,12 @@ from schemathesis import GenerationMode
 
 from recsys.saved_model import save_model
 from recsys.serving.http import MAX_BATCH, MAX_BODY_BYTES, MAX_ITEMS, MAX_K
+from tests.processes import TEST_TIMEOUT_S, answers, running
 from tests.reliability.conftest import cli_command, cli_env
 from tests.retrieval.conftest import ITEM_IDS, tiny_saved_model
+
+# The first test also waits for the server's start-up (up to START_TIMEOUT_S): its own limit is longer.
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 
 def rss_mib(pid: int) -> float:
@@ -39,26 +42,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = (model.parent / "serve.log").open("w")
-    process = subprocess.Popen(cli_command("serve", "--model", str(model), "--port", str(port), "--compile"),
-                               env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            pytest.fail(f"recsys serve did not start: {(model.parent / 'serve.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    yield url, process
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
-    assert "Traceback" not in (model.parent / "serve.log").read_text()  # no request ever raised through
+    log = model.parent / "serve.log"
+    # `running` stops the server (its whole process group) however this ends, a start-up that failed included.
+    with running(cli_command("serve", "--model", str(model), "--port", str(port), "--compile"), log,
+                 env=cli_env(), ready=answers(f"{url}/health"),
+                 what=f"recsys serve --compile to answer GET {url}/health") as process:
+        yield url, process
+    assert "Traceback" not in log.read_text()  # no request ever raised through
 
 
 BAD_REQUESTS: list[tuple[str, str, dict]] = [

@@ -4,9 +4,9 @@ and two `recsys train` processes started at once in the same folder."""
 from __future__ import annotations
 
 import json
+import os
 import signal
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,28 +16,41 @@ from mlflow.tracking import MlflowClient
 from recsys.data.prepare import prepare_dataset
 from recsys.saved_model import load_model_files
 from recsys.training.train import train
+from tests.processes import running, wait_for_exit, wait_until
 from tests.reliability.conftest import SASREC, cli_command, cli_env, quick, quick_overrides
 
-# Batches of 4 give ~150 optimiser steps per epoch: an epoch lasts a few seconds even on a fast machine, so a
-# kill half an epoch after a checkpoint lands in the middle of the next epoch.
-LONG_EPOCHS = ["trainer.batch_size=4", "trainer.max_epochs=3", "trainer.patience=0"]
+# 610 users in batches of 32: 20 optimiser steps per epoch, so there is a middle to be killed in.
+LONG_EPOCHS = ["trainer.batch_size=32", "trainer.max_epochs=3", "trainer.patience=0"]
+PAUSE_AT_BATCH = 9
+
+# `recsys train` (the CLI's own main) with one extra callback: after step PAUSE_AT_BATCH of epoch 1 it creates
+# the marker file named by its first argument and holds still. The test kills it there: in the middle of
+# epoch 1 at a known step, however slow the machine, where a kill timed by the clock could land anywhere.
+# Run as `python -c` so that it needs only the installed recsys, not this repository on sys.path.
+PAUSING_TRAIN = f"""
+import sys, threading
+from pathlib import Path
+import lightning as L
+import recsys.training.train as train_module
+from recsys.cli import main
+
+marker = Path(sys.argv[1])
+
+class PauseMidEpoch(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == {PAUSE_AT_BATCH}:
+            marker.write_text(str(trainer.global_step))
+            threading.Event().wait(600)  # until the test's SIGKILL; bounded, should the test itself be gone
+            sys.exit("PauseMidEpoch: paused 600 s and nobody killed the run")
+
+real_train = train_module.train
+train_module.train = lambda *args, **kwargs: real_train(*args, **kwargs, callbacks=[PauseMidEpoch()])
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def quality(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.endswith("_s")}  # timings differ run to run
-
-
-def wait_for(root: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> Path:
-    """The first file matching `pattern` under `root`, polled while `process` runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = sorted(root.glob(pattern))
-        if found:
-            return found[0]
-        if process.poll() is not None:
-            pytest.fail(f"the training process ended (rc {process.returncode}) before {root / pattern} appeared")
-        time.sleep(0.02)
-    pytest.fail(f"{root / pattern} did not appear within {timeout} s")
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -47,31 +60,29 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Pat
 
     work = tmp_path / "killed"
     work.mkdir()
-    log = (work / "train.log").open("w")
-    process = subprocess.Popen(cli_command("train", "--config", str(SASREC), *quick_overrides(work, *LONG_EPOCHS)),
-                               cwd=work, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        # Checkpoints are written at the end of an epoch: epoch 0's last.ckpt marks the start of epoch 1.
-        # Half an epoch later (the uninterrupted run's own epoch time) epoch 1 is in the middle of its steps.
-        last = wait_for(work, "runs/*/checkpoints/last.ckpt", process)
-        time.sleep(straight.metrics["epoch_s"] / 2)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
-    run_dir = last.parents[1]
-    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0  # killed inside epoch 1
+    paused = work / "paused-mid-epoch"
+    args = [sys.executable, "-c", PAUSING_TRAIN, str(paused),
+            "train", "--config", str(SASREC), *quick_overrides(work, *LONG_EPOCHS)]
+    log = work / "train.log"
+    with running(args, log, cwd=work, env=cli_env()) as process:
+        wait_until(paused.exists, process, log, f"the run to pause in epoch 1 after batch {PAUSE_AT_BATCH}")
+        os.kill(process.pid, signal.SIGKILL)  # the training process itself, as the OOM killer or kill -9 would
+        assert wait_for_exit(process, log, "the killed run") == -signal.SIGKILL
+    (run_dir,) = {p.parent for p in (work / "runs").glob("*/run.json")}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 0  # killed inside epoch 1: after epoch 0's steps and 10 of epoch 1's
+    assert int(paused.read_text()) == checkpoint["global_step"] + PAUSE_AT_BATCH + 1
     assert not (run_dir / "model").exists()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1]
 
-    resumed = subprocess.run(cli_command("train", "--resume", str(run_dir)), cwd=work, env=cli_env(),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert f"resuming {run_dir}" in resumed.stdout
+    resume_log = work / "resume.log"
+    with running(cli_command("train", "--resume", str(run_dir)), resume_log, cwd=work, env=cli_env()) as process:
+        returncode = wait_for_exit(process, resume_log, "recsys train --resume")
+    assert returncode == 0, resume_log.read_text()[-4000:]
+    assert f"resuming {run_dir}" in resume_log.read_text()
 
     # The same MLflow run goes on, with every epoch logged exactly once and no gap.
     assert json.loads((run_dir / "run.json").read_text())["run_id"] == run_id
@@ -94,13 +105,11 @@ def test_two_runs_started_at_once_in_one_folder_keep_their_own_outputs(tmp_path:
     prepare_dataset(cfg.data)  # the shared cache, ready: the two runs race on their outputs, not on data
     args = cli_command("train", "--config", str(SASREC),
                        *quick_overrides(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2"))
-    logs = [(tmp_path / f"run{n}.log").open("w") for n in (1, 2)]
-    processes = [subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
-                 for log in logs]
-    codes = [p.wait(timeout=300) for p in processes]
-    for log in logs:
-        log.close()
-    outputs = [(tmp_path / f"run{n}.log").read_text() for n in (1, 2)]
+    logs = [tmp_path / f"run{n}.log" for n in (1, 2)]
+    with running(args, logs[0], cwd=tmp_path, env=cli_env()) as first, \
+            running(args, logs[1], cwd=tmp_path, env=cli_env()) as second:
+        codes = [wait_for_exit(p, log, f"recsys train ({log.name})") for p, log in zip((first, second), logs)]
+    outputs = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n".join(o[-2000:] for o in outputs)
     # Both start on a fresh SQLite store: creating its schema at once used to leave one run untracked.
     assert not any("MLflow tracking at" in o for o in outputs), "\n".join(outputs)

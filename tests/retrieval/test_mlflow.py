@@ -4,11 +4,8 @@ and exact retrieval on a really trained model."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +19,7 @@ from recsys.data.batches import left_pad
 from recsys.errors import ModelLoadError
 from recsys.retrieval import Recommender
 from recsys.saved_model import SavedModel, save_model
+from tests.processes import TEST_TIMEOUT_S, answers, running
 
 
 @pytest.fixture(scope="module")
@@ -147,42 +145,23 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT_S)  # waits up to START_TIMEOUT_S for the server
 def test_mlflow_models_serve_answers_invocations(trained: tuple[Path, object], tmp_path: Path) -> None:
     store, result = trained
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # serve starts `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"runs:/{result.run_id}/pyfunc",
-                             "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow models serve did not start in 60 s")
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+    log = tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    # `running` stops the whole process group (mlflow and the uvicorn it starts) however the test ends.
+    with running([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"runs:/{result.run_id}/pyfunc",
+                  "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"], log, env=env, cwd=tmp_path,
+                 ready=answers(f"{url}/ping"), what=f"mlflow models serve to answer GET {url}/ping"):
         body = {"dataframe_records": [{"user_id": 1, "k": 3}, {"items": [1, 2, 3], "k": 2}]}
-        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        response = httpx.post(f"{url}/invocations", json=body, timeout=30)
         assert response.status_code == 200, response.text
         rows = response.json()["predictions"]
         rec = Recommender.load(result.model_dir)
         assert [r["item_id"] for r in rows if r["query"] == 0] == [r.item_id for r in rec.recommend(user=1, k=3)]
         assert [r["rank"] for r in rows if r["query"] == 1] == [1, 2]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the whole group: mlflow and the uvicorn it started
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
