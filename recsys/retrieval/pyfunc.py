@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,22 +31,20 @@ DEFAULT_K = 10
 RUNTIME_PACKAGES = ("torch", "faiss-cpu", "polars", "numpy", "pandas", "safetensors", "pyyaml", "mlflow")
 
 
-with warnings.catch_warnings():
-    # MLflow warns, when the class is defined, that predict() has no type hints; that is on purpose (below).
-    warnings.filterwarnings("ignore", message=".*type hints.*")
+class RecsysPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """`Recommender` behind MLflow's pyfunc interface; see the module docstring for the frames."""
 
-    class RecsysPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
-        """`Recommender` behind MLflow's pyfunc interface; see the module docstring for the frames."""
+    def load_context(self, context: Any) -> None:
+        from recsys.retrieval.recommender import Recommender
 
-        def load_context(self, context: Any) -> None:
-            from recsys.retrieval.recommender import Recommender
+        # save_index=False: the artifact folder may be read-only or shared; a flat index builds in milliseconds.
+        self.recommender = Recommender.load(context.artifacts[MODEL_DIR_ARTIFACT], save_index=False)
 
-            # save_index=False: the artifact folder may be read-only or shared; a flat index builds in milliseconds.
-            self.recommender = Recommender.load(context.artifacts[MODEL_DIR_ARTIFACT], save_index=False)
-
-        # No type hints here on purpose: MLflow reads predict's hints as an input schema and rejects `Any`.
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            return predict_frame(self.recommender, _as_frame(model_input), int((params or {}).get("k", DEFAULT_K)))
+    # pd.DataFrame is the hint MLflow takes as "no input schema, no validation" (as no hint did, but without
+    # MLflow's warning "Add type hints to the predict method" at every run: a filter cannot hide that one,
+    # MLflow turns UserWarnings back on around its check). `_as_frame` still takes a dict or list too.
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # type: ignore[no-untyped-def]
+        return predict_frame(self.recommender, _as_frame(model_input), int((params or {}).get("k", DEFAULT_K)))
 
 
 def predict_frame(recommender: Any, frame: pd.DataFrame, default_k: int = DEFAULT_K) -> pd.DataFrame:
@@ -97,15 +94,13 @@ def log_pyfunc(model_dir: str | Path, tracking_uri: str | None = None, run_id: s
         run_id = client.create_run(experiment_id, run_name="recsys-pyfunc").info.run_id
     with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
         saved = Path(tmp) / artifact_path
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*type hints.*")  # see RecsysPyfunc
-            mlflow.pyfunc.save_model(
-                path=str(saved),
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
-                artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
-                code_paths=[_package_copy(Path(tmp) / "code")],
-                pip_requirements=_requirements(),
-            )
+        mlflow.pyfunc.save_model(
+            path=str(saved),
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            code_paths=[_package_copy(Path(tmp) / "code")],
+            pip_requirements=_requirements(),
+        )
         client.log_artifacts(run_id, str(saved), artifact_path)
     if new_run:
         client.set_terminated(run_id)

@@ -382,6 +382,9 @@ def _quiet_libraries() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "mlflow.store", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    # MLflow draws a "Downloading artifacts" bar each time it reads back the model it just logged (pyfunc
+    # flavour, registration): noise at the end of every run. Set the variable to true to have them back.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # A tracking server that is down must not stall the end of a run for minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
