@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -350,6 +351,20 @@ def _hand_over_item_texts(model: torch.nn.Module, dataset: PreparedDataset) -> N
         started = time.perf_counter()
         model.set_item_texts(catalogue_attributes(dataset.items, _text_columns(dataset), dataset.n_items))  # type: ignore[operator]
         say(f"encoded {dataset.n_items:,} item texts in {time.perf_counter() - started:.1f} s")
+        say(truncation_line(getattr(model, "text_token_counts", []), model.config.max_item_tokens))  # type: ignore[union-attr]
+
+
+def truncation_line(token_counts: list[int], max_item_tokens: int) -> str:
+    """How much of the catalogue's text model.max_item_tokens cut, in one line: the share of item texts cut and
+    the median and 90th-percentile length in tokens, to set max_item_tokens from."""
+    if not token_counts:
+        return "item texts: none"
+    ordered = sorted(token_counts)
+    cut = sum(count > max_item_tokens for count in ordered) / len(ordered)
+    median = statistics.median(ordered)
+    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return (f"item texts: {cut:.1%} cut to model.max_item_tokens={max_item_tokens} (median {median:g} tokens, "
+            f"90th percentile {p90})")
 
 
 def say(line: str) -> None:
