@@ -16,7 +16,11 @@ from recsys.retrieval import Recommender
 from recsys.saved_model import save_model
 from recsys.serving.http import MAX_BATCH, MAX_BODY_BYTES, MAX_ITEMS, MAX_K, create_app
 
+from tests.processes import START_TIMEOUT_S, TEST_TIMEOUT_S
 from tests.retrieval.conftest import HISTORIES, tiny_saved_model
+
+# The first test also waits for the server fixture (up to START_TIMEOUT_S): a longer limit than that wait.
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +36,16 @@ def server(rec: Recommender) -> Iterator[str]:
     srv = uvicorn.Server(uvicorn.Config(create_app(rec), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S  # only bounds a hang: a loaded machine may take long
+        while not srv.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail(f"uvicorn did not start within {START_TIMEOUT_S:.0f} s", pytrace=False)
+            time.sleep(0.05)  # polling srv.started: goes on as soon as it is set
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
