@@ -5,7 +5,8 @@
 | raw      | none       | 5                     | 0                     | single | 6,040 users, 3,706 items, 1,000,209 |
 | papers   | none       | 5                     | 5                     | single | 6,040 users, 3,416 items, 999,611   |
 
-'papers' is the SASRec/BERT4Rec protocol: every rating is an implicit interaction, items with fewer than
+'raw' keeps every interaction of every user with at least 5 (MovieLens users all have 20 or more; a custom
+log loses its users with 1-4), as the README says. 'papers' is the SASRec/BERT4Rec protocol: every rating is an implicit interaction, items with fewer than
 5 ratings are dropped once, then users with fewer than 5.
 """
 
