@@ -172,7 +172,7 @@ def test_incomplete_cache_folder_is_rebuilt(tiny_ml1m: Path, tmp_path: Path) -> 
 
 
 def test_use_cache_false_writes_nothing(tiny_ml1m: Path, tmp_path: Path) -> None:
-    prepare_dataset(tiny_cfg(tiny_ml1m, tmp_path / "cache"))
+    prepare_dataset(tiny_cfg(tiny_ml1m, tmp_path / "cache"), use_cache=False)
     assert not (tmp_path / "cache").exists()
 
 
