@@ -417,13 +417,24 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     )
     _add_model_source_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (1-65535)")
     serve.add_argument("--precompute-users", action="store_true",
                        help="encode every known user at start-up: requests by user_id then only search the index")
     serve.add_argument("--compile", action="store_true",
                        help="compile the model's encoder with torch.compile at start-up (5-25 s once, needs a C++ "
                        "compiler; falls back with a warning): faster encoding of histories on a CPU")
     serve.set_defaults(handler=run_serve)
+
+
+def _port(text: str) -> int:
+    """A TCP port number, checked here: out of range, uvicorn's socket call fails with an OverflowError."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -13,11 +13,55 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from recsys.errors import ConfigError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed range of a number field, checked when a config is built: `Annotated[int, Range(1)]`.
+    A value out of range would otherwise reach Lightning or torch and fail there with a traceback, or, worse,
+    mean something else (Lightning reads max_epochs=-1 as no limit)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    """low itself is not allowed (lr > 0)"""
+    high_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must be {self.describe()}, got {value!r}" if below or above else None
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'greater than' if self.low_open else 'at least'} {_number(self.low)}"
+        if self.low is None:
+            return f"{'less than' if self.high_open else 'at most'} {_number(self.high)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+Positive = Annotated[int, Range(1)]
+NonNegative = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+Fraction = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
+
+# Lightning's names (lightning.pytorch's accelerator and strategy registries, its precision inputs), spelled out
+# so that loading a config imports no Lightning; tests/test_config.py keeps them equal to Lightning's.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
+              "ddp_find_unused_parameters_false", "fsdp", "fsdp_cpu_offload", "deepspeed", "single_device")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16",
+              "64")
 # A number in exponent notation without a dot, e.g. 5e-5: a float everywhere but in YAML 1.1, which PyYAML follows.
 _SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
@@ -34,19 +78,19 @@ class DataConfig:
     """Named preprocessing preset: 'raw' (every rating is an interaction) or 'papers' (items with < 5 interactions dropped)."""
     min_rating: float | None = None
     """Keep only interactions whose rating is at least this (None: keep all; implicit feedback)."""
-    min_user_interactions: int | None = None
+    min_user_interactions: Positive | None = None
     """Drop users with fewer interactions than this (None: the preset's value)."""
-    min_item_interactions: int | None = None
+    min_item_interactions: Positive | None = None
     """Drop items with fewer interactions than this (None: the preset's value)."""
     core: Literal["single", "iterated"] = "single"
     """'single': filter items then users once (the papers' protocol); 'iterated': repeat until a stable k-core."""
-    max_history: int | None = None
+    max_history: Positive | None = None
     """Keep only each user's most recent N interactions (None: all)."""
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     """'leave_one_out': last item test, second-to-last validation; 'temporal': global cut at timestamp quantiles."""
-    valid_quantile: float = 0.8
+    valid_quantile: Fraction = 0.8
     """Temporal split only: interactions before this timestamp quantile train the model."""
-    test_quantile: float = 0.9
+    test_quantile: Fraction = 0.9
     """Temporal split only: the first interaction of each user after this quantile is the test target."""
     cache_dir: str | None = None
     """Where prepared datasets are cached as Parquet (None: $RECSYS_CACHE or ~/.cache/recsys)."""
@@ -73,32 +117,33 @@ class DataConfig:
 class TrainerConfig:
     """How to train: optimisation, stopping, devices, seeds."""
 
-    max_epochs: int = 200
+    max_epochs: Positive = 200
     """Upper bound on epochs; early stopping usually ends sooner."""
-    batch_size: int = 128
+    batch_size: Positive = 128
     """Sequences per optimiser step."""
-    lr: float = 1e-3
+    lr: PositiveFloat = 1e-3
     """Peak learning rate of AdamW."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, Range(0)] = 0.0
     """AdamW decoupled weight decay."""
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[Annotated[float, Range(0, 1, high_open=True)], Annotated[float, Range(0, 1, high_open=True)]] = (
+        0.9, 0.98)
     """AdamW betas."""
-    warmup_steps: int = 0
+    warmup_steps: NonNegative = 0
     """Linear learning-rate warm-up over this many optimiser steps."""
     lr_decay: Literal["none", "linear", "cosine"] = "none"
     """Learning-rate decay after warm-up, to zero at max_epochs."""
-    grad_clip: float | None = 1.0
+    grad_clip: PositiveFloat | None = 1.0
     """Clip the gradient norm to this value (None: no clipping)."""
-    patience: int = 10
+    patience: NonNegative = 10
     """Stop after this many validation checks without a better validation NDCG@10 (0: never stop early)."""
-    cooldown_epochs: int = 0
+    cooldown_epochs: NonNegative = 0
     """After early stopping (or max_epochs), go back to the best epoch's weights and train this many more
     epochs with the learning rate falling linearly from lr to zero, validating each; the best validated epoch
     of the whole run is kept (0: no cool-down). A constant rate leaves the weights rattling around a good
     point; annealing at the end settles them (needs lr_decay: none)."""
-    max_minutes: float | None = None
+    max_minutes: PositiveFloat | None = None
     """Stop training after this many minutes of fitting, keeping the best epoch so far (None: no time limit)."""
-    val_every: int = 1
+    val_every: Positive = 1
     """Validate every N epochs."""
     popularity_correction: bool = False
     """Train on logits plus log(training popularity) of each item (logQ correction, Yi et al., RecSys 2019), so
@@ -110,32 +155,29 @@ class TrainerConfig:
     bucket_by_length: bool = True
     """Group training windows of similar length into batches (each batch is trimmed to its longest window):
     the same data and model, far fewer padded positions to compute; batch order stays random."""
-    eval_batch_size: int = 512
+    eval_batch_size: Positive = 512
     """Users per batch when scoring the full catalogue."""
-    seed: int = 42
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 42
     """Seed of every random generator (data order, init, dropout, negatives)."""
-    accelerator: str = "auto"
+    accelerator: Literal[ACCELERATORS] = "auto"  # type: ignore[valid-type]
     """Lightning accelerator: 'cpu', 'gpu' or 'auto'."""
-    devices: int | str = 1
+    devices: Positive | Literal["auto"] = 1
     """Lightning devices: a count, or 'auto'."""
-    strategy: str = "auto"
+    strategy: Literal[STRATEGIES] = "auto"  # type: ignore[valid-type]
     """Lightning strategy, e.g. 'ddp' (with accelerator cpu: gloo processes)."""
-    precision: str = "auto"
+    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
     """'auto' = bf16 mixed precision on a GPU that supports it, else 32-bit; or any Lightning precision string."""
-    num_workers: int = 0
+    num_workers: NonNegative = 0
     """DataLoader worker processes."""
-    threads: int | None = None
+    threads: Positive | None = None
     """torch CPU threads (None: the cores this process may use, from its CPU affinity and cgroup quota)."""
-    limit_train_batches: float | int = 1.0
+    limit_train_batches: Positive | Annotated[float, Range(0, 1, low_open=True)] = 1.0
     """Fraction or number of training batches per epoch (for quick runs)."""
     progress_bar: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
-        if self.cooldown_epochs < 0:
-            raise ValueError(f"cooldown_epochs must be 0 or more, got {self.cooldown_epochs}")
+        check_fields(self)
         if self.cooldown_epochs and self.lr_decay != "none":
             raise ValueError(f"cooldown_epochs needs lr_decay: none (a cool-down is its own decay), "
                              f"got lr_decay: {self.lr_decay}")
@@ -173,7 +215,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping of keys, got {_show(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -186,6 +228,16 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     except (TypeError, ValueError) as exc:  # a __post_init__ check
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
     return obj
+
+
+def check_fields(obj: Any) -> None:
+    """Check a config dataclass built in Python (not from YAML) as `from_dict` would: types and ranges.
+
+    Called from `__post_init__`, so `TrainerConfig(batch_size=0)` fails at once with the field's name, not
+    in the middle of a run."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for field in dataclasses.fields(obj):
+        _coerce(hints[field.name], getattr(obj, field.name), field.name)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -213,12 +265,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a YAML text file (byte {exc.start} is not UTF-8 text)") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+        position = getattr(exc, "position", None)  # a character YAML refuses to read at all has no mark
+        number = mark.line + 1 if mark is not None else text.count("\n", 0, position) + 1 if position is not None else None
+        line = f" line {number}:" if number is not None else ""
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line} invalid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -259,6 +317,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = get_origin(hint)
     if hint is Any:
         return value
+    if origin is Annotated:
+        base, *metadata = get_args(hint)
+        value = _coerce(base, value, key)
+        for meta in metadata:
+            problem = meta.problem(value) if isinstance(meta, Range) else None
+            if problem:
+                raise _OutOfRange(f"{key}: {problem}")
+        return value
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
@@ -268,14 +334,18 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None
-        errors = []
+        out_of_range = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _coerce(option, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except _OutOfRange as exc:
+                out_of_range.append(exc)
+            except ConfigError:
+                continue
+        if out_of_range:  # the right type, a wrong value: say which values are allowed
+            raise out_of_range[-1]
         raise ConfigError(f"{key}: expected {_type_name(hint)}, got {_show(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -313,9 +383,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {hint!r}")  # a bug in a config class
 
 
+class _OutOfRange(ConfigError):
+    """A value of the right type outside its field's Range."""
+
+
 def _type_name(hint: Any) -> str:
-    args = [a for a in get_args(hint) if a is not type(None)]
-    names = [getattr(a, "__name__", str(a)) for a in args]
+    args = [get_args(a)[0] if get_origin(a) is Annotated else a for a in get_args(hint) if a is not type(None)]
+    names = [f"one of {', '.join(map(repr, get_args(a)))}" if get_origin(a) is Literal else getattr(a, "__name__", str(a))
+             for a in args]
     return " or ".join(names) + (" or null" if type(None) in get_args(hint) else "")
 
 

@@ -54,9 +54,11 @@ def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConf
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{where}: {unknown[0]}: unknown section (known: {', '.join(SECTIONS)})")
+    for section in SECTIONS:
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ConfigError(f"{where}: {section}: expected a mapping of keys, got {type(data[section]).__name__} "
+                              f"{data[section]!r:.60}")
     model_data = dict(data.get("model") or {})
-    if not isinstance(data.get("model") or {}, dict):
-        raise ConfigError(f"{where}: model: expected a mapping of keys")
     model_name = model_data.pop("name", "sasrec")
     if model_name not in MODELS:
         raise ConfigError(f"{where}: model.name: unknown model {model_name!r} (known: {', '.join(sorted(MODELS))})")

@@ -79,6 +79,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume is not None and not last_ckpt.is_file():
         raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    if info.pop("failed", None) is not None:  # resumed after a failure: what failed is in its MLflow run's tags
+        _write_json_atomic(run_dir / RUN_INFO, info)
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     holder: dict[str, Tracker | None] = {"tracker": None}
@@ -95,15 +97,25 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
         tracking_setup_s[0] += time.perf_counter() - started
         return tracker
 
-    if resume is None:
-        _write_config(run_dir, cfg)
-    fit_started = time.perf_counter()
-    trainer, module, datamodule, history = _fit(cfg, model, dataset, split, run_dir, start_tracker,
-                                                last_ckpt if resume is not None else None, callbacks or [])
-    if not trainer.is_global_zero:
-        return TrainResult(run_dir, None, None, tracking_uri, {})
+    try:
+        if resume is None:
+            _write_config(run_dir, cfg)
+        fit_started = time.perf_counter()
+        trainer, module, datamodule, history = _fit(cfg, model, dataset, split, run_dir, start_tracker,
+                                                    last_ckpt if resume is not None else None, callbacks or [])
+        if not trainer.is_global_zero:
+            return TrainResult(run_dir, None, None, tracking_uri, {})
+        return _finish(cfg, trainer, module, datamodule, history, dataset, split, run_dir, holder["tracker"],
+                       tracking_uri, fit_started, tracking_setup_s[0], after_logging)
+    except BaseException as exc:
+        _mark_failed(run_dir, holder["tracker"], exc, keep=resume is not None or last_ckpt.is_file())
+        raise
 
-    tracker = holder["tracker"]
+
+def _finish(cfg: RunConfig, trainer: Any, module: Any, datamodule: Any, history: list[dict[str, float]],
+            dataset: PreparedDataset, split: Split, run_dir: Path, tracker: Tracker | None, tracking_uri: str,
+            fit_started: float, tracking_setup_s: float, after_logging: AfterLogging | None) -> TrainResult:
+    """After the fit: the best weights back, test metrics, the saved model, the MLflow run closed."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         _load_weights(module, Path(best))
@@ -111,12 +123,41 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     metrics["epochs_run"] = float(trainer.current_epoch)
     metrics["best_epoch"] = float(_best_epoch(history))  # counted from 1, as the console shows epochs
     # this process's fit (after a resume: since it), without starting the MLflow run
-    metrics["fit_s"] = time.perf_counter() - fit_started - tracking_setup_s[0]
+    metrics["fit_s"] = time.perf_counter() - fit_started - tracking_setup_s
     metrics.update(_epoch_times(history))
     model_dir = _save(cfg, module.model, dataset, split, metrics, run_dir, tracker)
     version = _finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir, after_logging)
     return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version,
                        history)
+
+
+def _mark_failed(run_dir: Path, tracker: Tracker | None, exc: BaseException, keep: bool) -> None:
+    """A run that failed after it started: its MLflow run marked FAILED (KILLED when interrupted) with the
+    reason as a tag, never left RUNNING; its folder removed when nothing in it can be resumed, else kept
+    with the reason in run.json, so `recsys train --resume` can go on from the last epoch."""
+    import shutil
+
+    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+    reason = "interrupted" if interrupted else failure_reason(exc)
+    if tracker is not None:
+        tracker.set_tags({"recsys.failure": reason})
+        tracker.finish("KILLED" if interrupted else "FAILED")
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        return  # a worker process: the launcher decides about the folder
+    if keep:
+        _write_run_info(run_dir, {"failed": reason})
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line: a RecsysError's own message, else the exception's type and the first line of its text."""
+    from recsys.errors import RecsysError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, RecsysError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -94,6 +94,24 @@ def test_help_states_each_default_once_and_only_real_ones() -> None:
         ("modle.hidden=3", "modle: unknown section"),
         ("model.dropout=1.5", "dropout must be in [0, 1), got 1.5"),
         ("trainer.max_epochs", "expected key=value"),
+        # Lightning reads -1 as "no limit" and fails on -5 with a traceback; 0 would be a batch-less loader
+        ("trainer.max_epochs=-1", "trainer.max_epochs: must be at least 1, got -1"),
+        ("trainer.max_epochs=-5", "trainer.max_epochs: must be at least 1, got -5"),
+        ("trainer.batch_size=0", "trainer.batch_size: must be at least 1, got 0"),
+        ("trainer.eval_batch_size=-2", "trainer.eval_batch_size: must be at least 1, got -2"),
+        ("trainer.lr=0", "trainer.lr: must be greater than 0, got 0.0"),
+        ("trainer.betas=[0.9,1.0]", "trainer.betas[1]: must be in [0, 1), got 1.0"),
+        ("trainer.accelerator=gpuu", "trainer.accelerator: 'gpuu' is not one of 'auto', 'cpu', 'gpu'"),
+        ("trainer.devices=0", "trainer.devices: must be at least 1, got 0"),
+        ("trainer.devices=all", "trainer.devices: expected int or one of 'auto', got 'all'"),
+        ("trainer.strategy=dp", "trainer.strategy: 'dp' is not one of 'auto', 'ddp'"),
+        ("trainer.precision=fp16", "trainer.precision: 'fp16' is not one of 'auto', '32-true'"),
+        ("trainer.threads=0", "trainer.threads: must be at least 1, got 0"),
+        ("trainer.num_workers=-1", "trainer.num_workers: must be at least 0, got -1"),
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches: must be in (0, 1], got 0.0"),
+        ("trainer.seed=-1", "trainer.seed: must be in [0, 4294967295], got -1"),
+        ("data.valid_quantile=1.5", "data.valid_quantile: must be in (0, 1), got 1.5"),
+        ("data.min_user_interactions=0", "data.min_user_interactions: must be at least 1, got 0"),
     ],
 )
 def test_bad_overrides_stop_with_one_line_naming_the_key(override: str, message: str, tmp_path: Path) -> None:
@@ -111,6 +129,21 @@ def test_bad_yaml_names_the_file_and_line(tmp_path: Path) -> None:
     done = run_cli("train", "--config", str(bad), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: {bad}:") and "line 3" in done.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (bytes(range(256)) * 4, "not a YAML text file (byte 128 is not UTF-8 text)"),
+    (b"model: [1, 2]\n", "model: expected a mapping of keys, got list [1, 2]"),
+    (b"trainer: 5\n", "trainer: expected a mapping of keys, got int 5"),
+    (b"data:\n  name: ml-1m\x00\n", "line 2: invalid YAML: special characters are not allowed"),
+])
+def test_a_config_that_is_not_a_yaml_mapping_is_one_line(content: bytes, message: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    done = run_cli("train", "--config", str(bad), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {bad}: {message}"]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

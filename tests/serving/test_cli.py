@@ -71,3 +71,16 @@ def test_help_lists_every_option() -> None:
     serve = recsys("serve", "--help").stdout
     for option in ("--model", "--host", "--port", "--index", "--precompute-users", "--compile"):
         assert option in serve
+
+
+@pytest.mark.parametrize("port, message", [
+    ("99999", "99999 is not a port number (1-65535)"),  # uvicorn's socket call raised OverflowError
+    ("0", "0 is not a port number (1-65535)"),
+    ("http", "'http' is not a port number (1-65535)"),
+])
+def test_serve_refuses_a_port_out_of_range_before_loading_anything(model_dir: Path, port: str,
+                                                                    message: str) -> None:
+    out = recsys("serve", "--model", str(model_dir), "--port", port)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == f"recsys serve: error: argument --port: {message}"
+    assert "Traceback" not in out.stderr

@@ -248,5 +248,5 @@ def test_early_stopping_state_from_plain_lightning_checkpoints_still_loads() -> 
 def test_time_budget_must_be_positive(tmp_path: Path) -> None:
     from recsys.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="max_minutes must be positive"):
+    with pytest.raises(ConfigError, match=r"trainer.max_minutes: must be greater than 0, got 0.0"):
         quick_config(tmp_path, "trainer.max_minutes=0")
