@@ -249,9 +249,11 @@ def run_train(args: argparse.Namespace) -> int:
         resume = latest_run_dir(load_run_config(args.config, overrides)) if resume == "latest" else resume
         cfg = resume_config(resume, overrides)
         print(f"resuming {resume}")
+        config_file = args.config
     else:
-        cfg = load_run_config(args.config or default_config_path(), overrides)
-    result = train(cfg, config_file=args.config, resume=resume, after_logging=log_pyfunc_flavour)
+        config_file = args.config or default_config_path()
+        cfg = load_run_config(config_file, overrides)
+    result = train(cfg, config_file=config_file, resume=resume, after_logging=log_pyfunc_flavour)
     if result.model_dir is None:  # a worker process of a multi-process run
         return 0
     print(f"run folder:   {result.run_dir}")
@@ -280,13 +282,19 @@ def log_pyfunc_flavour(tracking_uri: str, run_id: str, model_dir: object) -> Non
     log_pyfunc(model_dir, tracking_uri, run_id=run_id)  # type: ignore[arg-type]
 
 
+DEFAULT_CONFIG = "configs/sasrec_ml-latest-small.yaml"
+
+
 def default_config_path() -> str | None:
-    """configs/sasrec_ml-latest-small.yaml when run from a checkout; elsewhere None, i.e. the built-in
-    defaults, which are the same run (SASRec on the embedded ml-latest-small)."""
+    """The default run's config: configs/sasrec_ml-latest-small.yaml of the working folder, else the one of
+    the checkout this package runs from (an install from a clone: `recsys train` in any folder is the same
+    run); None, the built-in defaults (SASRec on the embedded ml-latest-small, untuned), only without either."""
     from pathlib import Path
 
-    local = Path("configs/sasrec_ml-latest-small.yaml")
-    return str(local) if local.is_file() else None
+    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def add_evaluate_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

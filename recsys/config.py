@@ -121,7 +121,7 @@ class TrainerConfig:
     """Upper bound on epochs; early stopping usually ends sooner."""
     batch_size: Positive = 128
     """Sequences per optimiser step."""
-    lr: PositiveFloat = 1e-3
+    lr: Annotated[float, Range(0)] = 1e-3  # 0 is allowed: weights that stay put, a test's fixed point
     """Peak learning rate of AdamW."""
     weight_decay: Annotated[float, Range(0)] = 0.0
     """AdamW decoupled weight decay."""

@@ -99,7 +99,7 @@ def test_help_states_each_default_once_and_only_real_ones() -> None:
         ("trainer.max_epochs=-5", "trainer.max_epochs: must be at least 1, got -5"),
         ("trainer.batch_size=0", "trainer.batch_size: must be at least 1, got 0"),
         ("trainer.eval_batch_size=-2", "trainer.eval_batch_size: must be at least 1, got -2"),
-        ("trainer.lr=0", "trainer.lr: must be greater than 0, got 0.0"),
+        ("trainer.lr=-0.001", "trainer.lr: must be at least 0, got -0.001"),
         ("trainer.betas=[0.9,1.0]", "trainer.betas[1]: must be in [0, 1), got 1.0"),
         ("trainer.accelerator=gpuu", "trainer.accelerator: 'gpuu' is not one of 'auto', 'cpu', 'gpu'"),
         ("trainer.devices=0", "trainer.devices: must be at least 1, got 0"),
@@ -177,3 +177,14 @@ def test_numbers_in_exponent_notation_are_numbers_in_overrides_and_files(tmp_pat
     assert load_run_config(CONFIG, ["trainer.weight_decay=1E-2"]).trainer.weight_decay == 0.01
     done = run_cli("train", "--config", str(CONFIG), "trainer.lr=5e-5x", cwd=tmp_path)
     assert done.returncode == 2 and "trainer.lr: expected a number, got '5e-5x'" in done.stderr
+
+
+def test_the_default_run_is_the_same_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys.cli import default_config_path
+
+    # In a fresh folder `recsys train` used to fall back to the dataclasses' untuned defaults (200 epochs).
+    monkeypatch.chdir(tmp_path)
+    assert default_config_path() == str(CONFIG.resolve())
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / CONFIG.name).write_text("trainer:\n  max_epochs: 3\n")
+    assert default_config_path() == str(Path("configs") / CONFIG.name)  # the working folder's own wins

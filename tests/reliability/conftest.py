@@ -12,7 +12,7 @@ from recsys.run_config import RunConfig, load_run_config
 from tests.training.test_train import QUICK
 
 CONFIGS = Path(__file__).parents[2] / "configs"
-SASREC = CONFIGS / "sasrec_ml-latest-small.yaml"
+SASREC = Path(__file__).parents[1] / "configs" / "sasrec_small.yaml"  # the tests' own, see its header
 ONE_THREAD = [*QUICK, "trainer.threads=1"]  # later overrides win: QUICK's threads=2 becomes 1
 
 

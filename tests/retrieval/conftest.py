@@ -78,7 +78,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, ob
                  f"tracking.output_dir={store / 'runs'}", f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
                  "tracking.register_as=recsys-retrieval-test"]
     threads = torch.get_num_threads()
-    cfg = load_run_config(Path(__file__).parents[2] / "configs" / "sasrec_ml-latest-small.yaml", overrides)
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / "sasrec_small.yaml", overrides)
     result = train(cfg, after_logging=log_pyfunc_flavour)  # as `recsys train` does
     yield store, result
     torch.set_num_threads(threads)

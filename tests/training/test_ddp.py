@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-CONFIG = Path(__file__).parents[2] / "configs" / "sasrec_ml-latest-small.yaml"
+CONFIG = Path(__file__).parents[1] / "configs" / "sasrec_small.yaml"
 
 
 def test_two_process_ddp_epoch_is_logged_once(tmp_path: Path) -> None:

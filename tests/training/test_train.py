@@ -27,7 +27,7 @@ QUICK = [
 def quick_config(tmp_path: Path, *extra: str):
     overrides = [*QUICK, f"tracking.output_dir={tmp_path / 'runs'}",
                  f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
-    return load_run_config(Path(__file__).parents[2] / "configs" / "sasrec_ml-latest-small.yaml", overrides)
+    return load_run_config(Path(__file__).parents[1] / "configs" / "sasrec_small.yaml", overrides)
 
 
 @pytest.fixture(scope="module")
