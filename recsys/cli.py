@@ -144,7 +144,7 @@ def _add_data_options(parser: argparse.ArgumentParser, statistics: bool = True) 
     custom.add_argument("--timestamp-column", default="timestamp", help="column of timestamps (numbers or ISO dates)")
     custom.add_argument("--rating-column", default=None, help="optional column of ratings")
     custom.add_argument("--text-columns", nargs="*", default=(), help="item-table columns that describe items in words")
-    custom.add_argument("--separator", default=",", help="CSV field separator")
+    custom.add_argument("--separator", default=",", help="CSV field separator, one character (\\t or tab: a tab)")
 
 
 def _data_config(args: argparse.Namespace) -> "DataConfig":  # noqa: F821 (imported in the body: start-up stays light)
@@ -184,10 +184,13 @@ def run_data(args: argparse.Namespace) -> int:
     """`recsys data prepare|stats`: prepare (or reuse) the dataset and print its statistics."""
     import json
 
-    from recsys.data.prepare import dataset_stats, prepare_dataset, prepared_dir
+    from recsys.data.prepare import dataset_stats, leakage_warning, prepare_dataset, prepared_dir
 
     cfg = _data_config(args)
     ds = prepare_dataset(cfg, progress=args.data_command == "prepare" and sys.stderr.isatty())
+    warning = leakage_warning(ds)
+    if warning:
+        print(warning, file=sys.stderr)
     stats = dataset_stats(ds)
     if args.data_command == "prepare":
         stats["cache"] = str(prepared_dir(cfg, ds.fingerprint))
@@ -195,10 +198,11 @@ def run_data(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     lengths = stats.pop("sequence_length")
+    width = max(len(key) for key in stats)
     for key, value in stats.items():
-        print(f"{key:>14}: {_stat(value)}")
+        print(f"{key:>{width}}: {_stat(value)}")
     shown = (f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:,.1f}" for k, v in lengths.items())
-    print(f"{'seq. length':>14}: " + ", ".join(shown))
+    print(f"{'seq. length':>{width}}: " + ", ".join(shown))
     return 0
 
 
@@ -217,8 +221,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         formatter_class=_formatter,
     )
     train.add_argument("--config", default=None,
-                       help="YAML run config (default: configs/sasrec_ml-latest-small.yaml if present, else the built-in "
-                       "defaults: SASRec on the embedded ml-latest-small)")
+                       help="YAML run config (default: configs/sasrec_ml-latest-small.yaml of this folder, else of "
+                       "the recsys checkout; the built-in defaults only without either)")
     train.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
                        help="continue a run from its last checkpoint (no value: the newest run under "
                        "tracking.output_dir); the same MLflow run goes on, overrides such as trainer.max_epochs=400, "

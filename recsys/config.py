@@ -78,9 +78,9 @@ class DataConfig:
     """Named preprocessing preset: 'raw' (every rating is an interaction) or 'papers' (items with < 5 interactions dropped)."""
     min_rating: float | None = None
     """Keep only interactions whose rating is at least this (None: keep all; implicit feedback)."""
-    min_user_interactions: Positive | None = None
+    min_user_interactions: NonNegative | None = None
     """Drop users with fewer interactions than this (None: the preset's value)."""
-    min_item_interactions: Positive | None = None
+    min_item_interactions: NonNegative | None = None
     """Drop items with fewer interactions than this (None: the preset's value)."""
     core: Literal["single", "iterated"] = "single"
     """'single': filter items then users once (the papers' protocol); 'iterated': repeat until a stable k-core."""
@@ -110,7 +110,16 @@ class DataConfig:
     text_columns: tuple[str, ...] = ()
     """custom: item-table columns that describe an item in words (for text models)."""
     separator: str = ","
-    """custom: CSV field separator."""
+    """custom: CSV field separator, one character; a tab may be written as \\t or 'tab'."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.separator in ("\\t", "tab"):  # what a shell passes for --separator '\t'
+            object.__setattr__(self, "separator", "\t")
+        if len(self.separator.encode("utf-8")) != 1:
+            shown = "empty" if not self.separator else f"{self.separator!r}"
+            raise FieldError("separator", f"must be one character (e.g. ',', ';' or \\t), got {shown}: the CSV "
+                             "reader splits on a single byte; convert a log with a longer separator first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +234,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     values = {name: _coerce(hints[name], value, _key(where, name)) for name, value in data.items()}
     try:
         obj = cls(**values)
+    except FieldError as exc:
+        raise ConfigError(f"{_key(where, exc.field)}: {exc.problem}") from None
     except (TypeError, ValueError) as exc:  # a __post_init__ check
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
     return obj
@@ -381,6 +392,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {_show(value)}")
         return value
     raise ConfigError(f"{key}: unsupported config type {hint!r}")  # a bug in a config class
+
+
+class FieldError(ConfigError, ValueError):
+    """A bad value of one field, found by a config class's own check; `from_dict` names it in full."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
 
 
 class _OutOfRange(ConfigError):

@@ -29,6 +29,8 @@ class PreparedDataset:
     items: pl.DataFrame
     fingerprint: str
     text_columns: tuple[str, ...] = field(default=())
+    duplicates_dropped: int = 0
+    """Rows of the raw log dropped as exact duplicates of an earlier row (same user, item and timestamp)."""
 
     @property
     def n_users(self) -> int:

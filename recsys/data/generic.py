@@ -139,6 +139,8 @@ def _read_table(member: Member, cfg: DataConfig, columns: list[str] | None) -> p
     except pl.exceptions.PolarsError as exc:
         kind = "Parquet" if _is_parquet(member) else f"CSV with separator {cfg.separator!r}"
         raise DataError(f"{member.label}: cannot read as {kind} ({str(exc).strip().splitlines()[0]})") from None
+    if frame.width == 0:  # nothing at all, not even a header line
+        raise DataError(f"{member.label}: the file is empty (no header line, no rows)")
     if columns is None:
         return frame
     _check_columns(member, frame.columns, columns, cfg.separator)

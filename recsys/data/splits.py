@@ -82,10 +82,42 @@ def temporal_split(sequences: pl.DataFrame, valid_quantile: float, test_quantile
 def make_split(ds: PreparedDataset, cfg: DataConfig) -> Split:
     """The split `cfg.split` names, over `ds.sequences`."""
     if cfg.split == "leave_one_out":
-        return leave_one_out(ds.sequences)
-    if cfg.split == "temporal":
-        return temporal_split(ds.sequences, cfg.valid_quantile, cfg.test_quantile)
-    raise DataError(f"split {cfg.split!r} is unknown (known: leave_one_out, temporal)")
+        split = leave_one_out(ds.sequences)
+    elif cfg.split == "temporal":
+        split = temporal_split(ds.sequences, cfg.valid_quantile, cfg.test_quantile)
+    else:
+        raise DataError(f"split {cfg.split!r} is unknown (known: leave_one_out, temporal)")
+    _require_targets(ds, cfg, split)
+    return split
+
+
+def _require_targets(ds: PreparedDataset, cfg: DataConfig, split: Split) -> None:
+    """A split with no validation or no test target cannot early-stop or be scored: say why, before training
+    starts (Lightning's own complaint is about a metric that 'is not available')."""
+    empty = [name for name, frame in (("validation", split.valid), ("test", split.test)) if frame.height == 0]
+    if not empty:
+        return
+    if cfg.split == "leave_one_out":
+        longest = int(ds.sequences[schema.ITEMS].list.len().max() or 0)
+        raise DataError(
+            f"{ds.name}: leave-one-out needs users with at least {MIN_EVALUATED_LENGTH} interactions (training, "
+            f"validation and test target), but none of the {ds.n_users:,} users has that many (longest: {longest}); "
+            "use a log with longer histories, or data.split=temporal")
+    raise DataError(
+        f"{ds.name}: the temporal split at valid_quantile={cfg.valid_quantile}, test_quantile={cfg.test_quantile} "
+        f"leaves no {' and no '.join(empty)} target (no user has interactions on both sides of the cut); "
+        "move the quantiles")
+
+
+def not_evaluated(ds: PreparedDataset, split: Split) -> str | None:
+    """A line on users the split trains on but does not evaluate (leave-one-out: fewer than 3 items)."""
+    if split.kind != "leave_one_out":
+        return None
+    short = ds.n_users - split.test.height
+    if short == 0:
+        return None
+    return (f"note: {short:,} of {ds.n_users:,} users have fewer than {MIN_EVALUATED_LENGTH} interactions: they "
+            "only train, leave-one-out cannot evaluate them (data.min_user_interactions=3 drops them)")
 
 
 def _cuts(flat: pl.LazyFrame, valid_quantile: float, test_quantile: float) -> tuple[int, int]:

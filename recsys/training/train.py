@@ -58,8 +58,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     """
     import lightning as L
 
-    from recsys.data.prepare import prepare_dataset
-    from recsys.data.splits import make_split
+    from recsys.data.prepare import leakage_warning, prepare_dataset
+    from recsys.data.splits import make_split, not_evaluated
 
     if resume is not None:
         _refuse_finished_run(cfg, Path(resume))
@@ -68,7 +68,13 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     say(f"preparing data: {cfg.data.name} (preset {cfg.data.preset})")
     dataset = prepare_dataset(cfg.data, progress=cfg.trainer.progress_bar)
+    warning = leakage_warning(dataset)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)  # printed whatever the progress settings: it may void the run
     split = make_split(dataset, cfg.data)
+    note = not_evaluated(dataset, split)
+    if note:
+        say(note)
     say(f"building the model: {cfg.model_name} over {dataset.n_items:,} items "
         f"({dataset.n_users:,} users, {dataset.n_interactions:,} interactions)")
     model = build_model(cfg.model_name, cfg.model, dataset.n_items)
@@ -601,9 +607,13 @@ def _free_model_dir(run_dir: Path) -> Path:
 
 def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, split: Split,
                    config_file: str | Path | None, run_dir: Path) -> None:
+    from recsys.data.prepare import repeated_last_share
+
     tracker.log_params(flatten(cfg.to_dict()))
     tracker.log_params({"dataset.fingerprint": dataset.fingerprint, "dataset.n_users": dataset.n_users,
                         "dataset.n_items": dataset.n_items, "dataset.n_interactions": dataset.n_interactions,
+                        "dataset.duplicates_dropped": dataset.duplicates_dropped,
+                        "dataset.last_repeats_previous": f"{repeated_last_share(dataset):.4f}",
                         "split.n_valid": split.valid.height, "split.n_test": split.test.height})
     tags = {"model": cfg.model_name, "dataset": cfg.data.name, "preset": cfg.data.preset,
             "split": split.kind, "loss": getattr(cfg.model, "loss", ""), "run_dir": str(run_dir.resolve()),

@@ -1,0 +1,154 @@
+"""A user's own log that would mislead or break a run: duplicated events, an empty file, a separator typed the
+shell's way, users too short to split. Each is a count and a warning, or one line with exit 2 and nothing left."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recsys.cli import main
+from recsys.config import DataConfig
+from recsys.data.prepare import dataset_stats, prepare_dataset
+from recsys.errors import ConfigError, DataError
+
+ROWS = [(user, item, 1000 * user + 10 * t) for user in range(1, 9) for t, item in enumerate([10, 20, 30, 40, 50])]
+
+
+def write_log(path: Path, rows: list[tuple[int, int, int]], separator: str = ",") -> Path:
+    lines = [separator.join(("user_id", "item_id", "timestamp"))] + [separator.join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def cfg(log: Path, tmp_path: Path, **overrides: object) -> DataConfig:
+    return DataConfig(**{"name": "custom", "interactions_file": str(log), "cache_dir": str(tmp_path / "cache"),
+                         "min_user_interactions": 1, **overrides})  # type: ignore[arg-type]
+
+
+def train_cli(tmp_path: Path, log: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = ["train", "data.name=custom", f"data.interactions_file={log}", f"data.cache_dir={tmp_path / 'cache'}",
+            "model.max_len=10", "model.hidden=16", "trainer.max_epochs=1", "trainer.progress_bar=false",
+            "trainer.threads=1", f"tracking.output_dir={tmp_path / 'runs'}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    return subprocess.run([sys.executable, "-m", "recsys.cli", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+
+
+# ---- duplicated events ------------------------------------------------------------------------------------
+
+
+def test_exact_duplicates_are_dropped_and_counted_repeats_at_other_times_kept(tmp_path: Path) -> None:
+    again_later = [(1, 50, 1999)]  # user 1 watches item 50 again, later: a real repeat
+    log = write_log(tmp_path / "log.csv", ROWS + ROWS + again_later)
+    ds = prepare_dataset(cfg(log, tmp_path))
+    assert ds.duplicates_dropped == len(ROWS)
+    lengths = dict(zip(ds.sequences["user_idx"].to_list(), ds.sequences["items"].list.len().to_list()))
+    assert lengths == {1: 6, **{u: 5 for u in range(2, 9)}}
+    stats = dataset_stats(ds)
+    assert stats["duplicates_dropped"] == len(ROWS) and stats["interactions"] == len(ROWS) + 1
+    assert stats["test_targets_repeating_previous"] == pytest.approx(1 / 8, abs=1e-12)  # user 1's 50, 50
+    # the count survives the cache
+    assert prepare_dataset(cfg(log, tmp_path)).duplicates_dropped == len(ROWS)
+
+
+def test_a_log_whose_targets_repeat_the_previous_item_warns_in_one_line(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # every event written twice, one second apart: not exact duplicates, so kept, and every target is trivial
+    doubled = ROWS + [(u, i, t + 1) for u, i, t in ROWS]
+    log = write_log(tmp_path / "log.csv", doubled)
+    assert main(["data", "prepare", "custom", "--from", str(log), "--min-user", "1",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: custom: 100% of the users' last interactions (the test targets) repeat the item "
+                        "just before them: repeating the last item scores that high; check the log for events "
+                        "written twice (exact duplicates of user, item and timestamp are already dropped: 0)"]
+    assert "test_targets_repeating_previous: 1" in captured.out
+
+
+def test_duplicates_reach_the_mlflow_run_and_the_console(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "log.csv", ROWS + ROWS[:7])
+    done = train_cli(tmp_path, log)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning:" not in done.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.params["dataset.duplicates_dropped"] == "7"
+    assert run.data.params["dataset.last_repeats_previous"] == "0.0000"
+
+
+def test_the_duplicates_policy_is_part_of_the_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys.data import prepare as prepare_module
+
+    log = write_log(tmp_path / "log.csv", ROWS)
+    first = prepare_dataset(cfg(log, tmp_path)).fingerprint
+    monkeypatch.setattr(prepare_module, "DUPLICATES_POLICY", "kept")
+    assert prepare_dataset(cfg(log, tmp_path)).fingerprint != first
+
+
+# ---- files and separators ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "log.csv: the file is empty (no header line, no rows)"),
+    ("\n\n", "log.csv: the file is empty (no header line, no rows)"),
+    ("user_id,item_id,timestamp\n", "log.csv: no interactions in this file (no data rows)"),
+])
+def test_an_empty_log_says_so(tmp_path: Path, content: str, message: str) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text(content)
+    with pytest.raises(DataError) as error:
+        prepare_dataset(cfg(log, tmp_path))
+    assert str(error.value) == f"{log}: {message.removeprefix('log.csv: ')}"
+
+
+def test_a_tab_separator_typed_as_backslash_t_reads_a_tsv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = write_log(tmp_path / "log.tsv", ROWS, separator="\t")
+    for typed in ("\\t", "tab", "\t"):  # `--separator '\t'` in a shell passes the two characters \ and t
+        assert main(["data", "stats", "custom", "--from", str(log), "--separator", typed, "--min-user", "1",
+                     "--cache-dir", str(tmp_path / "cache"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["interactions"] == len(ROWS)
+
+
+@pytest.mark.parametrize(("separator", "shown"), [(";;", "';;'"), ("", "empty"), ("§", "'§'")])
+def test_a_separator_that_is_not_one_byte_is_one_line(tmp_path: Path, separator: str, shown: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    log = write_log(tmp_path / "log.csv", ROWS)
+    assert main(["data", "stats", "custom", "--from", str(log), "--separator", separator,
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: separator: must be one character (e.g. ',', ';' or \\t), got {shown}: the CSV reader "
+                   "splits on a single byte; convert a log with a longer separator first"]
+    with pytest.raises(ConfigError, match=r"^config: data\.separator: must be one character"):
+        from recsys.run_config import load_run_config
+
+        load_run_config(None, [f"data.separator='{separator}'"])
+
+
+# ---- users too short for leave-one-out ----------------------------------------------------------------------
+
+
+def test_no_user_long_enough_to_split_is_one_line_before_training(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "log.csv", [(u, i, t) for u, i, t in ROWS if t % 1000 < 20])  # 2 each
+    done = train_cli(tmp_path, log, "data.min_user_interactions=1")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: custom: leave-one-out needs users with at least 3 interactions (training, validation and test "
+        "target), but none of the 8 users has that many (longest: 2); use a log with longer histories, or "
+        "data.split=temporal")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was started, so none is left RUNNING
+
+
+def test_users_too_short_to_evaluate_train_only_and_are_counted(tmp_path: Path) -> None:
+    short = [(u, i, t) for u, i, t in ROWS if u > 6 or t % 1000 < 20]  # users 1-6: 2 interactions, 7-8: 5
+    done = train_cli(tmp_path, write_log(tmp_path / "log.csv", short), "data.min_user_interactions=1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("note: 6 of 8 users have fewer than 3 interactions: they only train, leave-one-out cannot evaluate "
+            "them (data.min_user_interactions=3 drops them)") in done.stderr.splitlines()
