@@ -9,8 +9,7 @@ region. So threads are chosen from the CPU affinity and the cgroup quota (v2 `cp
 Waiting: torch's CPU kernels run on OpenMP (GNU libgomp in the torch wheels), whose idle threads spin at
 the end of each parallel region before they sleep. On cores that other work shares, a spinning thread
 burns the time slice its sibling needed: SASRec on ML-1M with 4 CPU-bound processes beside it took 2.2x as
-long per step with spinning threads as with passive ones (7.4 s against 3.3 s per 8 steps, one measurement on
-2 AMD EPYC cores). `prefer_passive_waiting` asks for passive
+long per step with spinning threads as with passive ones (one measurement, on 2 AMD EPYC cores). `prefer_passive_waiting` asks for passive
 waiting; OpenMP reads the setting once, when torch loads it, so it is called on `import recsys`, which the
 command line does before it imports torch. A value the user set is kept.
 """
