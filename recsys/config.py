@@ -29,7 +29,7 @@ class Range:
     low: float | None = None
     high: float | None = None
     low_open: bool = False
-    """low itself is not allowed (lr > 0)"""
+    """low itself is not allowed (grad_clip > 0)"""
     high_open: bool = False
 
     def problem(self, value: float) -> str | None:
@@ -53,7 +53,6 @@ def _number(value: float | None) -> str:
 Positive = Annotated[int, Range(1)]
 NonNegative = Annotated[int, Range(0)]
 PositiveFloat = Annotated[float, Range(0, low_open=True)]
-Fraction = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
 
 # Lightning's names (lightning.pytorch's accelerator and strategy registries, its precision inputs), spelled out
 # so that loading a config imports no Lightning; tests/test_config.py keeps them equal to Lightning's.
@@ -88,9 +87,9 @@ class DataConfig:
     """Keep only each user's most recent N interactions (None: all)."""
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     """'leave_one_out': last item test, second-to-last validation; 'temporal': global cut at timestamp quantiles."""
-    valid_quantile: Fraction = 0.8
+    valid_quantile: Annotated[float, Range(0, 1, low_open=True)] = 0.8
     """Temporal split only: interactions before this timestamp quantile train the model."""
-    test_quantile: Fraction = 0.9
+    test_quantile: Annotated[float, Range(0, 1, low_open=True)] = 0.9
     """Temporal split only: the first interaction of each user after this quantile is the test target."""
     cache_dir: str | None = None
     """Where prepared datasets are cached as Parquet (None: $RECSYS_CACHE or ~/.cache/recsys)."""

@@ -110,7 +110,7 @@ def test_help_states_each_default_once_and_only_real_ones() -> None:
         ("trainer.num_workers=-1", "trainer.num_workers: must be at least 0, got -1"),
         ("trainer.limit_train_batches=0", "trainer.limit_train_batches: must be in (0, 1], got 0.0"),
         ("trainer.seed=-1", "trainer.seed: must be in [0, 4294967295], got -1"),
-        ("data.valid_quantile=1.5", "data.valid_quantile: must be in (0, 1), got 1.5"),
+        ("data.valid_quantile=1.5", "data.valid_quantile: must be in (0, 1], got 1.5"),
         ("data.min_user_interactions=-1", "data.min_user_interactions: must be at least 0, got -1"),
     ],
 )
