@@ -13,7 +13,7 @@ import polars as pl
 
 from recsys.config import DataConfig
 from recsys.data import schema
-from recsys.data.io import Member, require_rows
+from recsys.data.io import Member
 from recsys.data.raw import INTERACTION_COLUMNS, RawData
 from recsys.errors import DataError
 
@@ -44,7 +44,7 @@ def read_interactions(member: Member, cfg: DataConfig) -> pl.DataFrame:
     wanted = {cfg.user_column: schema.USER_ID, cfg.item_column: schema.ITEM_ID, cfg.timestamp_column: schema.TIMESTAMP}
     if cfg.rating_column:
         wanted[cfg.rating_column] = schema.RATING
-    frame = require_rows(_read_table(member, cfg, list(wanted)), member).rename(wanted).with_row_index(schema.ROW)
+    frame = _require_rows(_read_table(member, cfg, list(wanted)), member).rename(wanted).with_row_index(schema.ROW)
     first_line = 1 if _is_parquet(member) else 2  # CSV line numbers count the header
     columns = {
         schema.USER_ID: _ids(frame[schema.USER_ID], member, cfg.user_column, first_line),
@@ -137,14 +137,32 @@ def _read_table(member: Member, cfg: DataConfig, columns: list[str] | None) -> p
                 member.polars_input(), separator=cfg.separator, infer_schema=False, raise_if_empty=False
             )
     except pl.exceptions.PolarsError as exc:
+        _refuse_empty(member)  # a 0-byte Parquet file fails to parse: say that it is empty, not why parsing failed
         kind = "Parquet" if _is_parquet(member) else f"CSV with separator {cfg.separator!r}"
         raise DataError(f"{member.label}: cannot read as {kind} ({str(exc).strip().splitlines()[0]})") from None
-    if frame.width == 0:  # nothing at all, not even a header line
-        raise DataError(f"{member.label}: the file is empty (no header line, no rows)")
+    if frame.width == 0:  # polars found no header line: nothing at all, or only blank lines
+        _refuse_empty(member)
+        raise DataError(f"{member.label}: no header line and no rows (only blank lines)")
     if columns is None:
         return frame
     _check_columns(member, frame.columns, columns, cfg.separator)
     return frame.select(columns)
+
+
+def _refuse_empty(member: Member) -> None:
+    """A DataError when the file has no bytes at all."""
+    size = member.path.stat().st_size if member.path is not None else len(member.read_bytes())
+    if size == 0:
+        raise DataError(f"{member.label}: the file is empty (0 bytes)")
+
+
+def _require_rows(frame: pl.DataFrame, member: Member) -> pl.DataFrame:
+    """`frame` when it has rows; a header without a single row below it is a DataError naming the file and the
+    columns it found, not an empty dataset that fails later, far from its cause."""
+    if frame.height == 0:
+        what = "columns" if _is_parquet(member) else "a header line"
+        raise DataError(f"{member.label}: the file has {what} ({', '.join(frame.columns)}) but no rows")
+    return frame
 
 
 def _check_columns(member: Member, found: list[str], required: list[str], separator: str | None = None) -> None:

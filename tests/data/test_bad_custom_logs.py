@@ -3,11 +3,13 @@ shell's way, users too short to split. Each is a count and a warning, or one lin
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -94,17 +96,29 @@ def test_the_duplicates_policy_is_part_of_the_cache_key(tmp_path: Path, monkeypa
 # ---- files and separators ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("", "log.csv: the file is empty (no header line, no rows)"),
-    ("\n\n", "log.csv: the file is empty (no header line, no rows)"),
-    ("user_id,item_id,timestamp\n", "log.csv: no interactions in this file (no data rows)"),
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("log.csv", b"", "the file is empty (0 bytes)"),
+    ("log.csv.gz", gzip.compress(b""), "the file is empty (0 bytes)"),
+    ("log.parquet", b"", "the file is empty (0 bytes)"),
+    ("log.csv", b"\n\n", "no header line and no rows (only blank lines)"),
+    ("log.csv", b"user_id,item_id,timestamp\n", "the file has a header line (user_id, item_id, timestamp) but no rows"),
+    ("log.csv", b"user_id,item_id,timestamp", "the file has a header line (user_id, item_id, timestamp) but no rows"),
 ])
-def test_an_empty_log_says_so(tmp_path: Path, content: str, message: str) -> None:
-    log = tmp_path / "log.csv"
-    log.write_text(content)
+def test_an_empty_log_says_so_in_one_line_and_caches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             name: str, content: bytes, message: str) -> None:
+    log = tmp_path / name
+    log.write_bytes(content)
+    assert main(["data", "prepare", "custom", "--from", str(log), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err == f"error: {log}: {message}\n"
+    assert not (tmp_path / "cache" / "prepared").exists()
+
+
+def test_a_parquet_log_without_rows_says_so(tmp_path: Path) -> None:
+    log = tmp_path / "log.parquet"
+    pl.DataFrame(schema={"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64}).write_parquet(log)
     with pytest.raises(DataError) as error:
         prepare_dataset(cfg(log, tmp_path))
-    assert str(error.value) == f"{log}: {message.removeprefix('log.csv: ')}"
+    assert str(error.value) == f"{log}: the file has columns (user_id, item_id, timestamp) but no rows"
 
 
 def test_a_tab_separator_typed_as_backslash_t_reads_a_tsv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
