@@ -1,7 +1,12 @@
 """Filtering interactions and turning them into per-user chronological sequences.
 
-Order of operations (`prepare_dataset` follows it): rating threshold -> minimum interactions per item and
-per user -> keep each user's most recent `max_history` -> internal ids -> sequences.
+Order of operations (`prepare_dataset` follows it): exact duplicates dropped -> rating threshold -> minimum
+interactions per item and per user -> keep each user's most recent `max_history` -> internal ids -> sequences.
+
+Exact duplicates: rows with the same user, item and timestamp as an earlier row are one event logged twice
+(an export appended twice, a retried write). Kept, each would put an item right before itself, and the
+leave-one-out test target would be the item just seen: a log appended to itself trained to HR@10 1.0000,
+NDCG@10 0.9815. The same item at another time is a real repeat (a film watched again, a product rebought).
 
 Two filtering protocols:
   * 'single': drop rare items once, then rare users once (SASRec and BERT4Rec preprocess ML-1M this way).
@@ -29,6 +34,21 @@ CHRONOLOGICAL = (schema.TIMESTAMP, schema.ROW)
 def at_least(column: str, k: int) -> pl.Expr:
     """True for rows whose `column` value occurs at least `k` times."""
     return pl.len().over(column) >= k
+
+
+EVENT = (schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP)
+"""What makes two rows the same event: rows that agree on all three are exact duplicates."""
+
+
+def drop_exact_duplicates(interactions: pl.DataFrame) -> pl.DataFrame:
+    """Each (user, item, timestamp) once: the first row of the file keeps its rating and its place (row)."""
+    # Counting distinct hashes of the three columns is 5-7x cheaper than an order-keeping `unique` (ml-1m: 0.14 s
+    # against 1.0 s; ml-1m ten times over, 10M rows: 2.2 s against 11.7 s, on 2 cores), and most logs (every
+    # MovieLens release) hold no duplicate: the exact pass runs only when the hashes say there may be one, and a
+    # hash collision merely costs that pass.
+    if interactions.select(pl.struct(EVENT).hash().n_unique()).item() == interactions.height:
+        return interactions
+    return interactions.unique(list(EVENT), keep="first", maintain_order=True)
 
 
 def filter_min_rating(interactions: pl.DataFrame, min_rating: float | None) -> pl.DataFrame:

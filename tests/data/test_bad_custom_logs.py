@@ -58,6 +58,15 @@ def test_exact_duplicates_are_dropped_and_counted_repeats_at_other_times_kept(tm
     assert prepare_dataset(cfg(log, tmp_path)).duplicates_dropped == len(ROWS)
 
 
+def test_of_exact_duplicates_the_first_row_is_kept_with_its_rating(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp,rating\n1,10,5,4\n1,20,6,1\n1,10,5,2\n1,30,7,5\n")
+    ds = prepare_dataset(cfg(log, tmp_path, rating_column="rating", min_rating=3.0))
+    assert ds.duplicates_dropped == 1
+    # 10 keeps its first rating, 4 (the second, 2, would fail min_rating=3); 20, rated 1, does not pass
+    assert ds.item_map["item_id"].to_list() == [10, 30] and ds.sequences["items"].to_list() == [[1, 2]]
+
+
 def test_a_log_whose_targets_repeat_the_previous_item_warns_in_one_line(tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # every event written twice, one second apart: not exact duplicates, so kept, and every target is trivial
