@@ -32,6 +32,7 @@ from recsys.data.movielens import READERS
 from recsys.data.presets import Preprocessing, resolve_preprocessing
 from recsys.data.raw import RawData
 from recsys.data.sequences import build_sequences, drop_exact_duplicates, filter_counts, filter_min_rating, keep_last
+from recsys.data.splits import MIN_EVALUATED_LENGTH
 from recsys.errors import DataError
 
 FORMAT_VERSION = 1
@@ -40,11 +41,11 @@ DUPLICATES_POLICY = "exact (user, item, timestamp) duplicates dropped, repeats a
 """How duplicated rows are treated (see recsys.data.sequences), part of the cache key: a cache built before exact
 duplicates were dropped, or under another policy, is not reused."""
 REPEAT_TARGET_WARNING_SHARE = 0.2
-"""At this share of targets that repeat the item just before them, prepare warns. Repeating the last item then
-gets HR@1 of at least this share, near what SASRec reaches at HR@10 on ML-1M (0.2958 in the README's
-benchmarks): the metrics would measure the repeat, not the model. Logs rich in real repeats stay far below it
-(measured on the copies in shared/data: Instacart, 64% of rows a repurchase, 1.7% of test targets; Ta-Feng
-0.4%; MovieLens 0%), while a log with every event written twice, a second apart, gives 100%."""
+"""At this share of test or validation targets that repeat the item just before them, prepare warns. Repeating
+the last item then gets HR@1 of at least this share, near what SASRec reaches at HR@10 on ML-1M (0.2958 in the
+README's benchmarks): the metrics would measure the repeat, not the model. Logs rich in real repeats stay far
+below it (measured on the copies in shared/data: Instacart, 64% of rows a repurchase, 1.7% of test targets;
+Ta-Feng 0.4%; MovieLens 0%), while a log with every event written twice, a second apart, gives 100%."""
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 """Datasets shipped inside the package (ml-latest-small, whose licence allows redistribution)."""
 CUSTOM = "custom"
@@ -293,29 +294,32 @@ def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
         "density": interactions / cells if cells else 0.0,
         "sequence_length": {"mean": _number(lengths.mean()), **quantiles, "max": int(_number(lengths.max()))},
         "duplicates_dropped": ds.duplicates_dropped,
-        "test_targets_repeating_previous": repeated_last_share(ds),
+        **{f"{split}_targets_repeating_previous": share for split, share in repeated_target_shares(ds).items()},
         "fingerprint": ds.fingerprint,
     }
 
 
-def repeated_last_share(ds: PreparedDataset) -> float:
-    """Share of users (with 2+ interactions) whose last item is the item just before it: what the
-    leave-one-out test target would be, and what "repeat the last item" would then get right."""
+def repeated_target_shares(ds: PreparedDataset) -> dict[str, float]:
+    """Shares of the leave-one-out test targets (each user's last item) and validation targets (the one before
+    it) that repeat the item just before them, over the users leave-one-out evaluates: what "repeat the last
+    item" would get right at rank 1."""
     items = ds.sequences[schema.ITEMS]
-    pairs = items.filter(items.list.len() >= 2)
-    if pairs.len() == 0:
-        return 0.0
-    return float((pairs.list.get(-1) == pairs.list.get(-2)).mean())
+    evaluated = items.filter(items.list.len() >= MIN_EVALUATED_LENGTH)
+    return {
+        "test": _number((evaluated.list.get(-1) == evaluated.list.get(-2)).mean()),
+        "valid": _number((evaluated.list.get(-2) == evaluated.list.get(-3)).mean()),
+    }
 
 
 def leakage_warning(ds: PreparedDataset) -> str | None:
     """One warning line when the log makes next-item prediction trivially easy, else None."""
-    share = repeated_last_share(ds)
-    if share < REPEAT_TARGET_WARNING_SHARE:
+    shares = repeated_target_shares(ds)
+    if max(shares.values()) < REPEAT_TARGET_WARNING_SHARE:
         return None
-    return (f"warning: {ds.name}: {share:.0%} of the users' last interactions (the test targets) repeat the item "
-            f"just before them: repeating the last item scores that high; check the log for events written twice "
-            f"(exact duplicates of user, item and timestamp are already dropped: {ds.duplicates_dropped:,})")
+    return (f"warning: {ds.name}: {shares['test']:.0%} of the users' last interactions (the test targets) and "
+            f"{shares['valid']:.0%} of the ones before them (the validation targets) repeat the item just before "
+            "them: repeating the last item scores that high; check the log for events written twice (exact "
+            f"duplicates of user, item and timestamp are already dropped: {ds.duplicates_dropped:,})")
 
 
 def _number(value: Any) -> float:

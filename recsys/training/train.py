@@ -607,13 +607,14 @@ def _free_model_dir(run_dir: Path) -> Path:
 
 def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, split: Split,
                    config_file: str | Path | None, run_dir: Path) -> None:
-    from recsys.data.prepare import repeated_last_share
+    from recsys.data.prepare import repeated_target_shares
 
     tracker.log_params(flatten(cfg.to_dict()))
     tracker.log_params({"dataset.fingerprint": dataset.fingerprint, "dataset.n_users": dataset.n_users,
                         "dataset.n_items": dataset.n_items, "dataset.n_interactions": dataset.n_interactions,
                         "dataset.duplicates_dropped": dataset.duplicates_dropped,
-                        "dataset.last_repeats_previous": f"{repeated_last_share(dataset):.4f}",
+                        **{f"dataset.{split}_targets_repeating_previous": f"{share:.4f}"
+                           for split, share in repeated_target_shares(dataset).items()},
                         "split.n_valid": split.valid.height, "split.n_test": split.test.height})
     tags = {"model": cfg.model_name, "dataset": cfg.data.name, "preset": cfg.data.preset,
             "split": split.kind, "loss": getattr(cfg.model, "loss", ""), "run_dir": str(run_dir.resolve()),

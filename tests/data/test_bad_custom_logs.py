@@ -54,6 +54,7 @@ def test_exact_duplicates_are_dropped_and_counted_repeats_at_other_times_kept(tm
     stats = dataset_stats(ds)
     assert stats["duplicates_dropped"] == len(ROWS) and stats["interactions"] == len(ROWS) + 1
     assert stats["test_targets_repeating_previous"] == pytest.approx(1 / 8, abs=1e-12)  # user 1's 50, 50
+    assert stats["valid_targets_repeating_previous"] == 0.0
     # the count survives the cache
     assert prepare_dataset(cfg(log, tmp_path)).duplicates_dropped == len(ROWS)
 
@@ -67,19 +68,26 @@ def test_of_exact_duplicates_the_first_row_is_kept_with_its_rating(tmp_path: Pat
     assert ds.item_map["item_id"].to_list() == [10, 30] and ds.sequences["items"].to_list() == [[1, 2]]
 
 
-def test_a_log_whose_targets_repeat_the_previous_item_warns_in_one_line(tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    # every event written twice, one second apart: not exact duplicates, so kept, and every target is trivial
-    doubled = ROWS + [(u, i, t + 1) for u, i, t in ROWS]
-    log = write_log(tmp_path / "log.csv", doubled)
+@pytest.mark.parametrize(("doubled", "test", "valid"), [
+    (ROWS, "100%", "0%"),  # every event written twice, a second apart: each test target repeats
+    ([(u, i, t) for u, i, t in ROWS if i == 40], "0%", "100%"),  # only the item before the last: validation
+])
+def test_a_log_whose_targets_repeat_the_previous_item_warns_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], doubled: list[tuple[int, int, int]], test: str,
+        valid: str) -> None:
+    # Not exact duplicates (a second later), so kept: the warning is what tells the user.
+    log = write_log(tmp_path / "log.csv", ROWS + [(u, i, t + 1) for u, i, t in doubled])
     assert main(["data", "prepare", "custom", "--from", str(log), "--min-user", "1",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     captured = capsys.readouterr()
-    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
-    assert warnings == ["warning: custom: 100% of the users' last interactions (the test targets) repeat the item "
-                        "just before them: repeating the last item scores that high; check the log for events "
-                        "written twice (exact duplicates of user, item and timestamp are already dropped: 0)"]
-    assert "test_targets_repeating_previous: 1" in captured.out
+    assert captured.err.splitlines() == [
+        f"warning: custom: {test} of the users' last interactions (the test targets) and {valid} of the ones before "
+        "them (the validation targets) repeat the item just before them: repeating the last item scores that high; "
+        "check the log for events written twice (exact duplicates of user, item and timestamp are already "
+        "dropped: 0)"]
+    shown = dict(line.strip().split(": ", 1) for line in captured.out.splitlines())
+    assert shown["test_targets_repeating_previous"] == ("1.00" if test == "100%" else "0.00")
+    assert shown["valid_targets_repeating_previous"] == ("1.00" if valid == "100%" else "0.00")
 
 
 def test_duplicates_reach_the_mlflow_run_and_the_console(tmp_path: Path) -> None:
@@ -90,7 +98,8 @@ def test_duplicates_reach_the_mlflow_run_and_the_console(tmp_path: Path) -> None
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.params["dataset.duplicates_dropped"] == "7"
-    assert run.data.params["dataset.last_repeats_previous"] == "0.0000"
+    assert run.data.params["dataset.test_targets_repeating_previous"] == "0.0000"
+    assert run.data.params["dataset.valid_targets_repeating_previous"] == "0.0000"
 
 
 def test_the_duplicates_policy_is_part_of_the_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
