@@ -27,6 +27,8 @@ from recsys.errors import DataError
 
 MIN_EVALUATED_LENGTH = 3
 """Leave-one-out evaluates users with at least this many items (train >= 1, valid and test targets)."""
+SHOWN_IDS = 5
+"""How many user ids a message names before '...'."""
 
 
 def n_items() -> pl.Expr:
@@ -101,12 +103,12 @@ def _require_targets(ds: PreparedDataset, cfg: DataConfig, split: Split) -> None
         longest = int(ds.sequences[schema.ITEMS].list.len().max() or 0)
         raise DataError(
             f"{ds.name}: leave-one-out needs users with at least {MIN_EVALUATED_LENGTH} interactions (training, "
-            f"validation and test target), but none of the {ds.n_users:,} users has that many (longest: {longest}); "
-            "use a log with longer histories, or data.split=temporal")
+            f"validation and test target), but none of the {ds.n_users:,} users has that many (longest: {longest}; "
+            f"{_short_user_ids(ds)}); use a log with longer histories, or data.split=temporal")
     raise DataError(
-        f"{ds.name}: the temporal split at valid_quantile={cfg.valid_quantile}, test_quantile={cfg.test_quantile} "
-        f"leaves no {' and no '.join(empty)} target (no user has interactions on both sides of the cut); "
-        "move the quantiles")
+        f"{ds.name}: the temporal split at data.valid_quantile={cfg.valid_quantile}, data.test_quantile="
+        f"{cfg.test_quantile} leaves no {' and no '.join(empty)} target (no user has interactions on both sides of "
+        "the cut); move the quantiles")
 
 
 def not_evaluated(ds: PreparedDataset, split: Split) -> str | None:
@@ -116,8 +118,17 @@ def not_evaluated(ds: PreparedDataset, split: Split) -> str | None:
     short = ds.n_users - split.test.height
     if short == 0:
         return None
-    return (f"note: {short:,} of {ds.n_users:,} users have fewer than {MIN_EVALUATED_LENGTH} interactions: they "
-            "only train, leave-one-out cannot evaluate them (data.min_user_interactions=3 drops them)")
+    return (f"note: {short:,} of {ds.n_users:,} users have fewer than {MIN_EVALUATED_LENGTH} interactions "
+            f"({_short_user_ids(ds)}): they only train, leave-one-out cannot evaluate them "
+            f"(data.min_user_interactions={MIN_EVALUATED_LENGTH} drops them)")
+
+
+def _short_user_ids(ds: PreparedDataset) -> str:
+    """'ids 9, 10' or 'ids 1, 2, 3, 4, 5, ...': the original ids of the first users leave-one-out cannot evaluate."""
+    short = ds.sequences.filter(n_items() < MIN_EVALUATED_LENGTH).select(schema.USER_IDX)
+    ids = short.head(SHOWN_IDS).join(ds.user_map, on=schema.USER_IDX, how="left", maintain_order="left")
+    shown = ", ".join(map(str, ids[schema.USER_ID].to_list())) + (", ..." if short.height > SHOWN_IDS else "")
+    return f"id{'s' if short.height > 1 else ''} {shown}"
 
 
 def _cuts(flat: pl.LazyFrame, valid_quantile: float, test_quantile: float) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from recsys.cli import main
 from recsys.config import DataConfig
 from recsys.data.prepare import dataset_stats, prepare_dataset
+from recsys.data.splits import make_split, not_evaluated
 from recsys.errors import ConfigError, DataError
 
 ROWS = [(user, item, 1000 * user + 10 * t) for user in range(1, 9) for t, item in enumerate([10, 20, 30, 40, 50])]
@@ -171,8 +172,8 @@ def test_no_user_long_enough_to_split_is_one_line_before_training(tmp_path: Path
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         "error: custom: leave-one-out needs users with at least 3 interactions (training, validation and test "
-        "target), but none of the 8 users has that many (longest: 2); use a log with longer histories, or "
-        "data.split=temporal")
+        "target), but none of the 8 users has that many (longest: 2; ids 1, 2, 3, 4, 5, ...); use a log with "
+        "longer histories, or data.split=temporal")
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was started, so none is left RUNNING
@@ -182,5 +183,31 @@ def test_users_too_short_to_evaluate_train_only_and_are_counted(tmp_path: Path) 
     short = [(u, i, t) for u, i, t in ROWS if u > 6 or t % 1000 < 20]  # users 1-6: 2 interactions, 7-8: 5
     done = train_cli(tmp_path, write_log(tmp_path / "log.csv", short), "data.min_user_interactions=1")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert ("note: 6 of 8 users have fewer than 3 interactions: they only train, leave-one-out cannot evaluate "
-            "them (data.min_user_interactions=3 drops them)") in done.stderr.splitlines()
+    assert ("note: 6 of 8 users have fewer than 3 interactions (ids 1, 2, 3, 4, 5, ...): they only train, "
+            "leave-one-out cannot evaluate them (data.min_user_interactions=3 drops them)") in done.stderr.splitlines()
+
+
+def test_the_users_too_short_to_evaluate_are_named_by_their_own_ids(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp\n" + "".join(f"zoe,{i},{i}\n" for i in range(1, 6))
+                   + "bob,1,1\nann,1,1\nann,2,2\n")
+    ds = prepare_dataset(cfg(log, tmp_path))
+    split = make_split(ds, DataConfig())
+    assert split.test["user_idx"].to_list() == [3]  # zoe; ann and bob only train
+    assert not_evaluated(ds, split) == (
+        "note: 2 of 3 users have fewer than 3 interactions (ids ann, bob): they only train, leave-one-out cannot "
+        "evaluate them (data.min_user_interactions=3 drops them)")
+    one_short = prepare_dataset(cfg(log, tmp_path, min_user_interactions=2))
+    assert "(id ann)" in not_evaluated(one_short, make_split(one_short, DataConfig()))
+
+
+def test_a_temporal_split_without_validation_targets_is_one_data_error(tmp_path: Path) -> None:
+    # Every user's interactions at the same three seconds: the 0.5 and 0.6 cuts both fall on t=2, and nobody has
+    # an interaction in [2, 2).
+    rows = [(user, item, t) for user in range(1, 5) for item, t in ((10, 1), (20, 2), (30, 3))]
+    ds = prepare_dataset(cfg(write_log(tmp_path / "log.csv", rows), tmp_path))
+    with pytest.raises(DataError) as error:
+        make_split(ds, DataConfig(split="temporal", valid_quantile=0.5, test_quantile=0.6))
+    assert str(error.value) == (
+        "custom: the temporal split at data.valid_quantile=0.5, data.test_quantile=0.6 leaves no validation target "
+        "(no user has interactions on both sides of the cut); move the quantiles")
