@@ -34,6 +34,7 @@ import torch
 from recsys import __version__
 from recsys.data.io import sha256_file
 from recsys.errors import ModelLoadError
+from recsys.models.base import SequenceModel
 
 FORMAT = "recsys-model"
 FORMAT_VERSION = 1
@@ -206,7 +207,7 @@ def load_weights(model: torch.nn.Module, saved: SavedModel, where: str | Path) -
     model.load_state_dict(saved.state_dict)
 
 
-def build_saved_model(saved: SavedModel, where: str | Path, with_prior: bool = True) -> tuple[Any, torch.nn.Module]:
+def build_saved_model(saved: SavedModel, where: str | Path, with_prior: bool = True) -> tuple[Any, SequenceModel]:
     """(run config, model with the saved weights) of a saved model. A model that bundles files (a text
     model's tokenizer) is pointed at the bundled copies, so loading needs nothing outside the directory.
     A model given a catalogue prior (`recsys index set-prior`) comes wrapped in `WithItemPrior`, unless
@@ -218,7 +219,7 @@ def build_saved_model(saved: SavedModel, where: str | Path, with_prior: bool = T
 
     cfg = run_config_from_dict(saved.config, where=f"{where}: config")
     model_cls, _ = get_model_spec(cfg.model_name)
-    if saved.bundle and hasattr(model_cls, "from_bundle"):
+    if saved.bundle:
         cfg = replace(cfg, model=model_cls.from_bundle(cfg.model, saved.bundle))
     model = build_model(cfg.model_name, cfg.model, saved.n_items)
     load_weights(model, saved, where)

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from recsys.evaluation.metrics import DEFAULT_KS, RankingAccumulator
+from recsys.models.base import SequenceModel
 
 
 def evaluate_loader(
-    model: nn.Module,
+    model: SequenceModel,
     batches: Iterable[dict[str, torch.Tensor]],
     n_items: int,
     ks: tuple[int, ...] = DEFAULT_KS,
@@ -22,7 +22,7 @@ def evaluate_loader(
 ) -> dict[str, float]:
     """Full-ranking metrics over batches of `EvaluationRows` (history, target, seen).
 
-    The model must offer `score(items [batch, max_len]) -> [batch, n_items + 1]`; it is run in eval mode
+    The model's `score` ranks the catalogue (with the history's timestamps where the batches carry them); it is run in eval mode
     without gradients, on whatever device its parameters are.
     """
     accumulator = RankingAccumulator(n_items, ks)
@@ -32,7 +32,8 @@ def evaluate_loader(
     try:
         with torch.no_grad():
             for batch in batches:
-                scores = model.score(batch["history"].to(device)).float()
+                times = batch.get("history_times")
+                scores = model.score(batch["history"].to(device), None if times is None else times.to(device)).float()
                 seen = batch["seen"].to(device) if exclude_history else None
                 accumulator.update(scores, batch["target"].to(device), seen, inplace=True)
     finally:

@@ -11,8 +11,8 @@ default): it rides in one extra dimension, 1 on the user side and the bias on th
 `score == user_vector @ item_vectors().T` still holds exactly and retrieval stays a FAISS inner product.
 
 Cloze objective: the data hides items behind the [MASK] token (id n_items + 1, one extra embedding row)
-and the loss is computed at the masked positions (`recsys.data.batches.mask_batch`, picked by the class
-attribute `objective = "mask"`). The paper also trains on windows whose only masked item is the last one,
+and the loss is computed at the masked positions (`recsys.data.batches.mask_batch`, picked by its
+`objective()`). The paper also trains on windows whose only masked item is the last one,
 which is exactly the inference task; `last_item_mask_prob` sets their share. At inference a [MASK] is
 appended after the history (the oldest item is dropped if the window is full) and its state is the user
 vector. The loss is full softmax cross-entropy over the catalogue by default ("ce"), or sampled softmax.
@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from recsys.models.base import Objective, SequenceModel
 from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
 from recsys.models.prior import with_bias_column, with_unit_column
 
@@ -85,23 +86,16 @@ class BERT4RecConfig:
             raise ValueError(f"last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
 
 
-class BERT4Rec(nn.Module):
-    """Bidirectional self-attention encoder with a [MASK] token and a tied item output layer.
-
-    Inputs are LEFT-padded LongTensors [batch, seq_len] of ids in 0..n_items + 1 (0 = padding, n_items + 1 =
-    [MASK]), seq_len <= config.max_len. The contract with training, evaluation and retrieval:
-    `score(items) == user_vector(items) @ item_vectors().T`, where `items` is a plain history (no [MASK]).
+class BERT4Rec(SequenceModel):
+    """Bidirectional self-attention encoder with a [MASK] token and a tied item output layer (contract:
+    recsys.models.base). `encode` also reads ids n_items + 1 (= `mask_token`, [MASK]); the histories that
+    `user_vector` and `score` take are plain (no [MASK]).
     """
 
-    objective = "mask"
-    """Training batches hide items and ask for them back (recsys.data.batches.mask_batch)."""
+    config: BERT4RecConfig
 
     def __init__(self, n_items: int, config: BERT4RecConfig) -> None:
-        super().__init__()
-        if n_items < 1:
-            raise ValueError(f"n_items must be at least 1, got {n_items}")
-        self.n_items = n_items
-        self.config = config
+        super().__init__(n_items, config)
         self.mask_token = n_items + 1
         hidden = config.hidden
         # Rows 0..n_items are padding and the items (what `item_vectors` shows); row n_items + 1 is [MASK].
@@ -135,11 +129,15 @@ class BERT4Rec(nn.Module):
         # One bias per item (not padding: its score stays 0, as the contract with rankers says).
         self.item_bias = nn.Parameter(torch.zeros(n_items)) if config.output_bias else None
 
-    def forward(self, items: Tensor) -> Tensor:
-        """Same as `encode`: [batch, seq_len] ids -> [batch, seq_len, dim] states."""
-        return self.encode(items)
+    def objective(self) -> Objective:
+        """Training batches hide items and ask for them back (recsys.data.batches.mask_batch)."""
+        cfg = self.config
+        return Objective("mask", loss=cfg.loss, n_negatives=cfg.n_negatives,
+                         mask_token=self.mask_token, mask_prob=cfg.mask_prob,
+                         last_item_mask_prob=cfg.last_item_mask_prob)
 
-    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
+    def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None, *,
+               last_only: bool = False) -> Tensor:
         """Output state at every position, each seeing the whole sequence (both directions).
 
         items: [batch, seq_len] LongTensor, left-padded with 0, may contain [MASK] (= self.mask_token).
@@ -148,7 +146,7 @@ class BERT4Rec(nn.Module):
         [batch, 1, dim]: the last position's state alone (the top block and the head run for it only).
         dim is hidden, or hidden + 1 with `output_bias` (a last column of ones).
         """
-        self._check_items(items)
+        self.check_history(items, timestamps)
         padding = items == 0  # [batch, seq_len]
         x = self.item_emb(items) + self.pos_emb(self._positions(padding))  # [batch, seq_len, hidden]
         x = self.emb_dropout(self.emb_norm(x)) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
@@ -160,7 +158,7 @@ class BERT4Rec(nn.Module):
             return states
         return with_unit_column(states)  # [batch, seq_len or 1, hidden + 1]
 
-    def user_vector(self, items: Tensor) -> Tensor:
+    def user_vector(self, items: Tensor, timestamps: Tensor | None = None, at: Tensor | None = None) -> Tensor:
         """The state of a [MASK] appended after the history: [batch, seq_len] -> [batch, dim].
 
         A full window (seq_len == max_len) drops its oldest column to make room; with left padding that
@@ -182,14 +180,6 @@ class BERT4Rec(nn.Module):
         bias = torch.cat([self.item_bias.new_zeros(1), self.item_bias])  # [n_items + 1]: padding's is 0
         return with_bias_column(table, bias)  # [n_items + 1, hidden + 1]
 
-    def score(self, items: Tensor) -> Tensor:
-        """Scores of every catalogue item as the next one: [batch, seq_len] history -> [batch, n_items + 1].
-
-        Column 0 (padding) is a dot product with the zero row, i.e. 0; rankers must drop it
-        (`recsys.evaluation.metrics` does).
-        """
-        return self.user_vector(items) @ self.item_vectors().T  # [batch, n_items + 1]
-
     def _positions(self, padding: Tensor) -> Tensor:
         """1, 2, ... counted from each sequence's first real item, 0 at padding: [batch, seq_len].
 
@@ -198,13 +188,3 @@ class BERT4Rec(nn.Module):
         """
         real = (~padding).long()  # [batch, seq_len]
         return real.cumsum(dim=1) * real
-
-    def _check_items(self, items: Tensor) -> None:
-        if items.dim() != 2:
-            raise ValueError(f"items must be [batch, seq_len], got shape {tuple(items.shape)}")
-        if items.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"items must be an integer tensor of item ids, got {items.dtype}")
-        if items.shape[1] > self.config.max_len:
-            raise ValueError(
-                f"sequence length {items.shape[1]} exceeds max_len {self.config.max_len}; keep the most recent items"
-            )

@@ -35,6 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from recsys.models.base import Objective, SequenceModel
 from recsys.models.layers import Dropout
 
 
@@ -71,23 +72,13 @@ class GRU4RecConfig:
             raise ValueError(f"gbce_t must be in [0, 1], got {self.gbce_t}")
 
 
-class GRU4Rec(nn.Module):
-    """GRU sequence encoder with a tied item output layer.
+class GRU4Rec(SequenceModel):
+    """GRU sequence encoder with a tied item output layer (contract: recsys.models.base)."""
 
-    Inputs are LEFT-padded LongTensors [batch, seq_len] of item ids in 0..n_items (0 = padding), seq_len <=
-    config.max_len. The contract with training, evaluation and retrieval:
-    `score(items) == user_vector(items) @ item_vectors().T`.
-    """
-
-    objective = "shift"
-    """Training batches pair each position with the next item (recsys.data.batches.shift_batch)."""
+    config: GRU4RecConfig
 
     def __init__(self, n_items: int, config: GRU4RecConfig) -> None:
-        super().__init__()
-        if n_items < 1:
-            raise ValueError(f"n_items must be at least 1, got {n_items}")
-        self.n_items = n_items
-        self.config = config
+        super().__init__(n_items, config)
         hidden = config.hidden
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.emb_dropout = Dropout(config.dropout_embed)
@@ -106,17 +97,18 @@ class GRU4Rec(nn.Module):
             nn.init.uniform_(self.item_emb.weight, -bound, bound)
             self.item_emb.weight[0].zero_()
 
-    def forward(self, items: Tensor) -> Tensor:
-        """Same as `encode`: [batch, seq_len] item ids -> [batch, seq_len, hidden] states."""
-        return self.encode(items)
+    def objective(self) -> Objective:
+        """Training batches pair each position with the next item (recsys.data.batches.shift_batch)."""
+        cfg = self.config
+        return Objective("shift", loss=cfg.loss, n_negatives=cfg.n_negatives, gbce_t=cfg.gbce_t)
 
-    def encode(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None) -> Tensor:
         """GRU state after every position; the state at position t depends only on the real items up to t.
 
         items: [batch, seq_len] LongTensor, left-padded with 0. Returns [batch, seq_len, hidden]; states at
         padding positions are finite but meaningless.
         """
-        self._check_items(items)
+        self.check_history(items, timestamps)
         seq_len = items.shape[1]
         lengths = (items != 0).sum(dim=1, keepdim=True)  # [batch, 1]
         steps = torch.arange(seq_len, device=items.device).unsqueeze(0)  # [1, seq_len]
@@ -131,31 +123,13 @@ class GRU4Rec(nn.Module):
         back = ((steps + lengths) % seq_len).unsqueeze(-1).expand_as(states)  # [batch, seq_len, hidden]
         return states.gather(1, back)  # [batch, seq_len, hidden]
 
-    def user_vector(self, items: Tensor) -> Tensor:
+    def user_vector(self, items: Tensor, timestamps: Tensor | None = None, at: Tensor | None = None) -> Tensor:
         """The state after the most recent item (the last column): [batch, seq_len] -> [batch, hidden].
 
         A history of only padding gives a finite vector (a cold-start query).
         """
-        return self.encode(items)[:, -1, :]  # [batch, hidden]
+        return self.encode(items, timestamps)[:, -1, :]  # [batch, hidden]
 
     def item_vectors(self) -> Tensor:
         """The tied item embedding table [n_items + 1, hidden]; row 0 is padding (all zeros)."""
         return self.item_emb.weight
-
-    def score(self, items: Tensor) -> Tensor:
-        """Scores of every catalogue item as the next one: [batch, seq_len] -> [batch, n_items + 1].
-
-        Column 0 (padding) is a plain dot product with the zero row, i.e. 0; rankers must drop it
-        (`recsys.evaluation.metrics` does).
-        """
-        return self.user_vector(items) @ self.item_vectors().T  # [batch, n_items + 1]
-
-    def _check_items(self, items: Tensor) -> None:
-        if items.dim() != 2:
-            raise ValueError(f"items must be [batch, seq_len], got shape {tuple(items.shape)}")
-        if items.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"items must be an integer tensor of item ids, got {items.dtype}")
-        if items.shape[1] > self.config.max_len:
-            raise ValueError(
-                f"sequence length {items.shape[1]} exceeds max_len {self.config.max_len}; keep the most recent items"
-            )

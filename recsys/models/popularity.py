@@ -8,7 +8,7 @@ It follows the same contract as the neural models, so evaluation, retrieval and 
 case: `item_vectors()` is the [n_items + 1, 1] column of training counts and `user_vector` is the constant
 [1] for everyone, so `score = user_vector @ item_vectors().T` ranks items by count, and the evaluator and
 the FAISS index exclude the user's history as usual. It is fitted by counting (`fit_counts`), not by
-gradient steps: the class attribute `objective = "count"` tells training to skip optimisation.
+gradient steps: its `objective()` ("count") tells training to skip optimisation.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from recsys.models.base import Objective, SequenceModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,18 +36,13 @@ class PopularityConfig:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
 
 
-class Popularity(nn.Module):
+class Popularity(SequenceModel):
     """Scores every item by its number of interactions in the training split, the same for every user."""
 
-    objective = "count"
-    """Fitted by `fit_counts` on the training split; training runs no optimiser."""
+    config: PopularityConfig
 
     def __init__(self, n_items: int, config: PopularityConfig) -> None:
-        super().__init__()
-        if n_items < 1:
-            raise ValueError(f"n_items must be at least 1, got {n_items}")
-        self.n_items = n_items
-        self.config = config
+        super().__init__(n_items, config)
         # A frozen Parameter rather than a buffer: it is saved and loaded with the state dict either way,
         # but the shared evaluator finds the model's device from `next(model.parameters())`.
         self.counts = nn.Parameter(torch.zeros(n_items + 1), requires_grad=False)  # [n_items + 1]; [0] = padding
@@ -66,31 +63,19 @@ class Popularity(nn.Module):
         self.counts.copy_(counts)
         return self
 
-    def forward(self, items: Tensor) -> Tensor:
-        """Same as `encode`."""
-        return self.encode(items)
+    def objective(self) -> Objective:
+        """Fitted by `fit_counts` on the training split; training runs no optimiser."""
+        return Objective("count")
 
-    def encode(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None) -> Tensor:
         """The constant state 1 at every position: [batch, seq_len] -> [batch, seq_len, 1]."""
-        self._check_items(items)
+        self.check_history(items, timestamps)
         return torch.ones(*items.shape, 1, dtype=self.counts.dtype, device=self.counts.device)
 
-    def user_vector(self, items: Tensor) -> Tensor:
+    def user_vector(self, items: Tensor, timestamps: Tensor | None = None, at: Tensor | None = None) -> Tensor:
         """The constant [1] for every user, whatever the history: [batch, seq_len] -> [batch, 1]."""
-        return self.encode(items)[:, -1, :]  # [batch, 1]
+        return self.encode(items, timestamps)[:, -1, :]  # [batch, 1]
 
     def item_vectors(self) -> Tensor:
         """Training counts as a column [n_items + 1, 1]; row 0 (padding) is 0."""
         return self.counts.unsqueeze(1)
-
-    def score(self, items: Tensor) -> Tensor:
-        """Every item's training count, for every user: [batch, seq_len] -> [batch, n_items + 1]."""
-        return self.user_vector(items) @ self.item_vectors().T  # [batch, n_items + 1]
-
-    def _check_items(self, items: Tensor) -> None:
-        if items.dim() != 2:
-            raise ValueError(f"items must be [batch, seq_len], got shape {tuple(items.shape)}")
-        if items.shape[1] > self.config.max_len:
-            raise ValueError(
-                f"sequence length {items.shape[1]} exceeds max_len {self.config.max_len}; keep the most recent items"
-            )

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from recsys.models.base import Objective, SequenceModel
+
 
 def with_unit_column(queries: Tensor) -> Tensor:
     """[..., dim] -> [..., dim + 1]: a last column of ones, the query side of a per-item score term carried as
@@ -52,38 +54,44 @@ def log_prior(counts: Sequence[int] | Tensor) -> Tensor:
     return torch.cat([smoothed.new_zeros(1), (smoothed / smoothed.sum()).log()]).float()
 
 
-class WithItemPrior(nn.Module):
+class WithItemPrior(SequenceModel):
     """`model` with `weight * log_prior(counts)` added to every item's score (see the module docstring).
 
     Holds no weights of its own: the prior is rebuilt from the counts a saved model keeps in its manifest,
     so the wrapped model's state dict is the one that is saved.
     """
 
-    def __init__(self, model: nn.Module, counts: Sequence[int] | Tensor, weight: float = 1.0) -> None:
-        super().__init__()
-        n_items = int(getattr(model, "n_items"))
-        if len(counts) != n_items:
-            raise ValueError(f"the prior has {len(counts)} counts but the model's catalogue has {n_items} items")
+    def __init__(self, model: SequenceModel, counts: Sequence[int] | Tensor, weight: float = 1.0) -> None:
+        nn.Module.__init__(self)  # n_items and config are the wrapped model's, not copies of them
+        if len(counts) != model.n_items:
+            raise ValueError(f"the prior has {len(counts)} counts but the model's catalogue has {model.n_items} items")
         self.model = model
         self.weight = float(weight)
         self.register_buffer("item_bias", self.weight * log_prior(counts), persistent=False)  # [n_items + 1]
 
-    @property
+    @property  # type: ignore[override]
     def n_items(self) -> int:
         return int(self.model.n_items)
 
-    @property
+    @property  # type: ignore[override]
     def config(self) -> object:
         return self.model.config
 
-    def user_vector(self, items: Tensor) -> Tensor:
+    @property
+    def uses_timestamps(self) -> bool:  # type: ignore[override]
+        return self.model.uses_timestamps
+
+    def objective(self) -> Objective:
+        return self.model.objective()
+
+    def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None) -> Tensor:
+        """[batch, seq_len] -> [batch, seq_len, dim + 1]: the model's states and a constant 1 each."""
+        return with_unit_column(self.model.encode(items, timestamps, query_times))
+
+    def user_vector(self, items: Tensor, timestamps: Tensor | None = None, at: Tensor | None = None) -> Tensor:
         """[batch, seq_len] -> [batch, dim + 1]: the model's query and a constant 1 that picks up the prior."""
-        return with_unit_column(self.model.user_vector(items))
+        return with_unit_column(self.model.user_vector(items, timestamps, at))
 
     def item_vectors(self) -> Tensor:
         """[n_items + 1, dim + 1]: the model's item vectors and each item's weighted log prior."""
         return with_bias_column(self.model.item_vectors(), self.item_bias)
-
-    def score(self, items: Tensor) -> Tensor:
-        """[batch, seq_len] -> [batch, n_items + 1]: the model's scores plus the prior."""
-        return self.user_vector(items) @ self.item_vectors().T

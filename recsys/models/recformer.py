@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.errors import ConfigError
+from recsys.models.base import ItemTextFit, Objective, SequenceModel
 from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
 
 KEY, VALUE = 1, 2  # token types; 0 is [CLS], [SEP] and padding
@@ -132,30 +133,26 @@ class RecformerConfig:
                              f"({self.max_item_tokens + 2})")
 
 
-class Recformer(nn.Module):
+class Recformer(SequenceModel):
     """Text-only sequential recommender (see the module docstring); `Recformer(n_items, config)`.
 
     Before training or encoding new items it needs its catalogue's texts: `set_item_texts(attributes)`, one
     mapping of key -> value text per item, item_idx 1..n_items in order (training hands them over because of
     `needs_item_texts`). A model loaded from saved weights already holds them, tokenised, in its buffers.
-    Inputs are LEFT-padded LongTensors [batch, seq_len] of item ids in 0..n_items (0 = padding).
-    Contract: `score(items) == user_vector(items) @ item_vectors().T`.
+    Contract: recsys.models.base.
     """
 
     needs_item_texts = True  # training hands the catalogue's texts over (`set_item_texts`)
+    config: RecformerConfig
 
-    @property
-    def objective(self) -> str:
+    def objective(self) -> Objective:
         """Training batches: "shift" (a target at every position) for the causal frozen mode; "last" for
         full mode, whose one state per history serves only the last position's target."""
-        return "last" if self.config.mode == "full" else "shift"
+        cfg = self.config
+        return Objective("last" if cfg.mode == "full" else "shift", loss=cfg.loss, n_negatives=cfg.n_negatives)
 
     def __init__(self, n_items: int, config: RecformerConfig) -> None:
-        super().__init__()
-        if n_items < 1:
-            raise ValueError(f"n_items must be at least 1, got {n_items}")
-        self.n_items = n_items
-        self.config = config
+        super().__init__(n_items, config)
         self.backbone_path = resolve_backbone(config.backbone)
         self.backbone = load_backbone(str(self.backbone_path))
         lm_dim = int(self.backbone.config.hidden_size)
@@ -201,7 +198,7 @@ class Recformer(nn.Module):
 
     # -- the catalogue ------------------------------------------------------------------------------------
 
-    def set_item_texts(self, attributes: Sequence[Mapping[str, str]]) -> None:
+    def set_item_texts(self, attributes: Sequence[Mapping[str, str]]) -> ItemTextFit:
         """Make `attributes` (item_idx 1..n in order) the catalogue: tokenise and encode every item.
         n_items becomes len(attributes), so a trained model can be pointed at another catalogue."""
         tokens, types = self._tokenise(attributes)
@@ -210,6 +207,7 @@ class Recformer(nn.Module):
         self.n_items = len(attributes)
         self.item_cache[1:] = self._encode_items(torch.arange(1, self.n_items + 1, device=tokens.device))
         self._stale = False
+        return ItemTextFit(list(self.text_token_counts), self.config.max_item_tokens)
 
     def add_items(self, attributes: Sequence[Mapping[str, str]]) -> None:
         """Append items (they get item_idx n_items + 1, ...) encoded from their text alone; nothing else
@@ -237,8 +235,8 @@ class Recformer(nn.Module):
         return {f"backbone/{name}": self.backbone_path / name for name in BACKBONE_FILES
                 if (self.backbone_path / name).is_file()}
 
-    @staticmethod
-    def from_bundle(config: RecformerConfig, files: Mapping[str, Path]) -> RecformerConfig:
+    @classmethod
+    def from_bundle(cls, config: RecformerConfig, files: Mapping[str, Path]) -> RecformerConfig:
         """The config with its backbone pointed at a saved model's bundled copy (see `bundle`)."""
         if "backbone/config.json" not in files:
             return config
@@ -246,15 +244,12 @@ class Recformer(nn.Module):
 
     # -- the model contract ---------------------------------------------------------------------------------
 
-    def forward(self, items: Tensor) -> Tensor:
-        """Same as `encode`."""
-        return self.encode(items)
-
-    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
+    def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None, *,
+               last_only: bool = False) -> Tensor:
         """frozen: [batch, seq_len] -> [batch, seq_len, hidden], the state at t depending only on items[:, :t+1].
         full: the whole history is one text, so only its end has a state: [batch, seq_len, dim] is zero but for
         the last position (training uses the "last" objective), or [batch, 1, dim] with `last_only`."""
-        self._check_items(items)
+        self.check_history(items, timestamps)
         if self.config.mode == "full":
             state = self._encode_full(items).unsqueeze(1)  # [batch, 1, dim]
             if last_only:
@@ -276,7 +271,7 @@ class Recformer(nn.Module):
                 x = x + last if weight is None else F.normalize(x, dim=-1) + weight * last
         return F.normalize(x, dim=-1) / self.config.temperature if self.config.similarity == "cosine" else x
 
-    def user_vector(self, items: Tensor) -> Tensor:
+    def user_vector(self, items: Tensor, timestamps: Tensor | None = None, at: Tensor | None = None) -> Tensor:
         """[batch, seq_len] history (oldest first) -> [batch, dim] query vector."""
         return self.encode(items, last_only=True)[:, -1, :]
 
@@ -288,10 +283,6 @@ class Recformer(nn.Module):
         if self.config.similarity == "cosine":
             vectors = F.normalize(vectors, dim=-1)
         return vectors * (torch.arange(vectors.shape[0], device=vectors.device) > 0).unsqueeze(-1).to(vectors.dtype)
-
-    def score(self, items: Tensor) -> Tensor:
-        """[batch, seq_len] -> [batch, n_items + 1] scores of every item as the next one (column 0: padding)."""
-        return self.user_vector(items) @ self.item_vectors().T
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -394,14 +385,6 @@ class Recformer(nn.Module):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(str(self.backbone_path))
         return self._tokenizer
-
-    def _check_items(self, items: Tensor) -> None:
-        if items.dim() != 2:
-            raise ValueError(f"items must be [batch, seq_len], got shape {tuple(items.shape)}")
-        if items.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"items must be an integer tensor of item ids, got {items.dtype}")
-        if items.shape[1] > self.config.max_len:
-            raise ValueError(f"sequence length {items.shape[1]} exceeds max_len {self.config.max_len}")
 
 
 # -- the backbone, loaded lazily ----------------------------------------------------------------------------

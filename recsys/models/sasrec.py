@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from recsys.models.base import Objective, SequenceModel
 from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
 
 
@@ -69,20 +70,13 @@ class SASRecConfig:
             raise ValueError(f"gbce_t must be in [0, 1], got {self.gbce_t}")
 
 
-class SASRec(nn.Module):
-    """Causal self-attention sequence encoder with a tied item output layer.
+class SASRec(SequenceModel):
+    """Causal self-attention sequence encoder with a tied item output layer (contract: recsys.models.base)."""
 
-    Inputs are LEFT-padded LongTensors [batch, seq_len] of item ids in 0..n_items (0 = padding), seq_len <=
-    config.max_len. The contract with training, evaluation and retrieval:
-    `score(items) == user_vector(items) @ item_vectors().T`.
-    """
+    config: SASRecConfig
 
     def __init__(self, n_items: int, config: SASRecConfig) -> None:
-        super().__init__()
-        if n_items < 1:
-            raise ValueError(f"n_items must be at least 1, got {n_items}")
-        self.n_items = n_items
-        self.config = config
+        super().__init__(n_items, config)
         hidden = config.hidden
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         # Position 0 is padding; real items get 1..max_len (see `_positions`).
@@ -104,18 +98,19 @@ class SASRec(nn.Module):
         self.final_norm: nn.Module = nn.LayerNorm(hidden) if config.layer_norm != "post" else nn.Identity()
         self.apply(init_weights)
 
-    def forward(self, items: Tensor) -> Tensor:
-        """Same as `encode`: [batch, seq_len] item ids -> [batch, seq_len, hidden] states."""
-        return self.encode(items)
+    def objective(self) -> Objective:
+        cfg = self.config
+        return Objective("shift", loss=cfg.loss, n_negatives=cfg.n_negatives, gbce_t=cfg.gbce_t)
 
-    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
+    def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None, *,
+               last_only: bool = False) -> Tensor:
         """Hidden state at every position; the state at position t depends only on items[:, :t+1].
 
         items: [batch, seq_len] LongTensor, left-padded with 0. Returns [batch, seq_len, hidden]; states at
         padding positions are finite but meaningless. With `last_only`, [batch, 1, hidden]: the top block
         computes only the last position (a third of its work), which is all inference needs.
         """
-        self._check_items(items)
+        self.check_history(items, timestamps)
         padding = items == 0  # [batch, seq_len]
         x = self._embed(items, padding)
         mask = attention_bias(padding, causal=True, dtype=x.dtype)  # [batch, 1, seq_len, seq_len]
@@ -123,13 +118,13 @@ class SASRec(nn.Module):
             x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
         return self.final_norm(x)  # [batch, seq_len or 1, hidden]
 
-    def user_vector(self, items: Tensor) -> Tensor:
+    def user_vector(self, items: Tensor, timestamps: Tensor | None = None, at: Tensor | None = None) -> Tensor:
         """The state at the last position: [batch, seq_len] history -> [batch, hidden] query vector.
 
         With left padding the last position is the most recent item, so this is the model's prediction of
         what comes next. A history of only padding gives a finite vector (a cold-start query).
         """
-        self._check_items(items)
+        self.check_history(items, timestamps)
         padding = items == 0  # [batch, seq_len]
         seq_len = items.shape[1]
         lengths = (~padding).sum(dim=1, keepdim=True)  # [batch, 1]
@@ -152,14 +147,6 @@ class SASRec(nn.Module):
         """The tied item embedding table [n_items + 1, hidden]; row 0 is padding (all zeros)."""
         return self.item_emb.weight
 
-    def score(self, items: Tensor) -> Tensor:
-        """Scores of every catalogue item as the next one: [batch, seq_len] -> [batch, n_items + 1].
-
-        Column 0 (padding) is a plain dot product with the zero row, i.e. 0; rankers must drop it
-        (`recsys.evaluation.metrics` does).
-        """
-        return self.user_vector(items) @ self.item_vectors().T  # [batch, n_items + 1]
-
     def _embed(self, items: Tensor, padding: Tensor) -> Tensor:
         """Scaled item embeddings plus positions, padding zeroed: [batch, seq_len] -> [batch, seq_len, hidden]."""
         x = self.item_emb(items) * math.sqrt(self.config.hidden)  # [batch, seq_len, hidden]
@@ -175,13 +162,3 @@ class SASRec(nn.Module):
         """
         real = (~padding).long()  # [batch, seq_len]
         return real.cumsum(dim=1) * real
-
-    def _check_items(self, items: Tensor) -> None:
-        if items.dim() != 2:
-            raise ValueError(f"items must be [batch, seq_len], got shape {tuple(items.shape)}")
-        if items.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"items must be an integer tensor of item ids, got {items.dtype}")
-        if items.shape[1] > self.config.max_len:
-            raise ValueError(
-                f"sequence length {items.shape[1]} exceeds max_len {self.config.max_len}; keep the most recent items"
-            )

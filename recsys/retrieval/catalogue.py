@@ -36,6 +36,7 @@ import polars as pl
 
 from recsys.data import schema
 from recsys.config import DataConfig, to_dict
+from recsys.models.base import SequenceModel
 from recsys.data.item_text import catalogue_attributes, item_attributes, read_item_ids, read_new_items, text_columns_of
 from recsys.errors import ConfigError, DataError
 from recsys.models.prior import interaction_counts
@@ -66,7 +67,7 @@ def add_items(model_dir: str | Path, items_file: str | Path, out: str | Path | N
     text_columns = list(saved.extra.get("text_columns") or text_columns_of(saved.items))
     known = set(saved.item_map[schema.ITEM_ID].to_list())
     new = read_new_items(items_file, saved.items, known, text_columns, item_column)
-    model.add_items(item_attributes(new, text_columns))  # type: ignore[operator]
+    model.add_items(item_attributes(new, text_columns))
     first = saved.n_items + 1
     new = new.with_columns(pl.int_range(first, first + new.height, dtype=pl.Int32).alias(schema.ITEM_IDX))
     item_map = pl.concat([saved.item_map, new.select(saved.item_map.columns)], how="vertical_relaxed")
@@ -158,7 +159,7 @@ def set_catalogue(model_dir: str | Path, data: DataConfig, out: str | Path | Non
     if not text_columns:
         raise ConfigError(f"dataset {data.name}: its item table has no text columns to encode the items from "
                           "(custom logs: --items-file and --text-columns)")
-    model.set_item_texts(catalogue_attributes(dataset.items, text_columns, dataset.n_items))  # type: ignore[operator]
+    model.set_item_texts(catalogue_attributes(dataset.items, text_columns, dataset.n_items))
     extra = {k: v for k, v in _inherited(saved.extra, model_dir).items()
              if k not in ("item_prior", "added_items", "mlflow_run_id")}
     extra.update(dataset=dataset.name, preset=dataset.preset, fingerprint=dataset.fingerprint,
@@ -192,12 +193,12 @@ def _check_weight(weight: float) -> None:
         raise ConfigError(f"weight must be a non-negative number, got {weight}")
 
 
-def _text_model(model_dir: Path, cannot: str) -> tuple[SavedModel, Any]:
+def _text_model(model_dir: Path, cannot: str) -> tuple[SavedModel, SequenceModel]:
     """The saved model and its plain module (no prior), if it reads items as text; else a ConfigError saying
     that an id-based model cannot do what was asked."""
     saved = load_model_files(model_dir)
     _, model = build_saved_model(saved, model_dir, with_prior=False)
-    if not getattr(model, "needs_item_texts", False):
+    if not model.needs_item_texts:
         raise ConfigError(f"{model_dir}: a {saved.model_name} model knows items only by the ids it was trained on, "
                           f"so it cannot {cannot}; use a text model (model.name: recformer)")
     return saved, model

@@ -1,9 +1,9 @@
 """The one LightningModule every model trains with.
 
-The model is a plain `nn.Module` exposing `encode(items) -> [batch, seq_len, hidden]`,
-`item_vectors() -> [n_items + 1, hidden]` and `score(items) -> [batch, n_items + 1]`; the objective is
-decided by the batches (shift or mask), so this module only knows "hidden states at positions that have
-a target". Validation ranks the full catalogue for every validation user with the shared evaluator.
+The model is a `recsys.models.base.SequenceModel`: this module calls `encode` for the states, scores them
+against `item_vectors()` at the positions that have a target (the batches decide which: shift, mask or last),
+and hands the timestamps a batch carries (`input_times`, `query_times`) to the model as they are.
+Validation ranks the full catalogue for every validation user with the shared evaluator.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
-
 from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator
+from recsys.models.base import SequenceModel
 from recsys.models.losses import compute_loss
 from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
 
@@ -33,7 +32,7 @@ def log_popularity(sequences: list[list[int]], n_items: int) -> torch.Tensor:
 class RecommenderModule(L.LightningModule):
     def __init__(
         self,
-        model: nn.Module,
+        model: SequenceModel,
         n_items: int,
         loss: str,
         n_negatives: int,
@@ -56,9 +55,9 @@ class RecommenderModule(L.LightningModule):
         # [n_items + 1] added to the training logits (popularity_correction); None: plain logits.
         self.register_buffer("log_popularity", log_popularity, persistent=False)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """Full-catalogue next-item scores `[batch, n_items + 1]` for left-padded histories."""
-        return self.model.score(items)
+        return self.model.score(items, timestamps)
 
     # -- training -------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -66,17 +65,12 @@ class RecommenderModule(L.LightningModule):
         # function of (seed, epoch) alone, so a run resumed from a checkpoint continues exactly as the
         # uninterrupted run would have (checkpoints do not carry RNG states).
         torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch + 1_000_000 * self.global_rank)
-        self._refresh_item_cache()
-
-    def _refresh_item_cache(self) -> None:
         # Models whose item vectors are a cache of an encoder being trained (Recformer's full mode) re-encode
         # them between epochs, as Recformer's two-stage fine-tuning does; within an epoch they stay fixed.
-        refresh = getattr(self.model, "refresh_item_cache", None)
-        if refresh is not None:
-            refresh()
+        self.model.refresh_item_cache()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        hidden = self.model.encode(batch["input"])  # [batch, seq_len, hidden]
+        hidden = self.model.encode(batch["input"], batch.get("input_times"), batch.get("query_times"))
         has_target = batch["target"] > 0  # [batch, seq_len]
         # Only positions with a target reach the output layer: padded positions would cost a full
         # [positions, n_items] logit row each for nothing.
@@ -100,10 +94,10 @@ class RecommenderModule(L.LightningModule):
     # -- validation -----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val = None
-        self._refresh_item_cache()
+        self.model.refresh_item_cache()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        scores = self.model.score(batch["history"]).float()
+        scores = self.model.score(batch["history"], batch.get("history_times")).float()
         self._accumulator().update(scores, batch["target"], batch["seen"], inplace=True)
 
     def on_validation_epoch_end(self) -> None:

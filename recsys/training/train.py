@@ -26,7 +26,7 @@ from recsys.cpus import available_cpus
 from recsys.data import schema
 from recsys.data.dataset import PreparedDataset, Split
 from recsys.errors import ConfigError
-from recsys.models import build_model
+from recsys.models import Objective, SequenceModel, build_model
 from recsys.saved_model import SavedModel, save_model
 from recsys.run_config import RunConfig, load_run_config, run_config_from_dict
 from recsys.training.tracking import Tracker, git_commit, resolve_tracking_uri
@@ -97,7 +97,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
         tracker = Tracker(tracking_uri, _experiment(cfg), _run_name(cfg, run_dir),
                           run_id=info.get("run_id"), enabled=cfg.tracking.enabled)
         if tracker.active and resume is None:
-            _log_run_start(tracker, cfg, dataset, split, config_file, run_dir)
+            _log_run_start(tracker, cfg, dataset, split, config_file, run_dir, model.objective())
         _write_run_info(run_dir, {"run_id": tracker.run_id, "tracking_uri": tracking_uri})
         holder["tracker"] = tracker
         tracking_setup_s[0] += time.perf_counter() - started
@@ -170,31 +170,29 @@ def failure_reason(exc: BaseException) -> str:
 # Fitting
 
 
-def _fit(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split: Split, run_dir: Path,
+def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: Split, run_dir: Path,
          start_tracker: Any, ckpt_path: Path | None,
          extra_callbacks: list[Any]) -> tuple[Any, Any, Any, list[dict[str, float]]]:
     from recsys.training.callbacks import ConfiguredEarlyStopping, EpochHistory, EpochProgressBar
     from recsys.training.datamodule import SequenceDataModule
     from recsys.training.module import VAL_MONITOR, RecommenderModule, log_popularity
 
-    model_cfg = cfg.model
-    objective = getattr(model, "objective", "shift")  # per instance: Recformer's depends on its mode
+    objective = model.objective()
     datamodule = SequenceDataModule(
-        split, max_len=model_cfg.max_len, objective=objective, batch_size=cfg.trainer.batch_size,
+        split, max_len=model.max_len, objective=objective.batches, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, windows=cfg.trainer.train_windows,
         bucket_by_length=cfg.trainer.bucket_by_length,
-        mask_token=getattr(model, "mask_token", 0), mask_prob=getattr(model_cfg, "mask_prob", 0.0),
-        last_item_mask_prob=getattr(model_cfg, "last_item_mask_prob", 0.0),
+        mask_token=objective.mask_token, mask_prob=objective.mask_prob,
+        last_item_mask_prob=objective.last_item_mask_prob,
         num_workers=cfg.trainer.num_workers, seed=cfg.trainer.seed,
     )
     module = RecommenderModule(
-        model, dataset.n_items, loss=getattr(model_cfg, "loss", "ce"),
-        n_negatives=getattr(model_cfg, "n_negatives", 0), gbce_t=getattr(model_cfg, "gbce_t", 0.0),
+        model, dataset.n_items, loss=objective.loss, n_negatives=objective.n_negatives, gbce_t=objective.gbce_t,
         trainer_config=cfg.trainer,
         log_popularity=log_popularity(split.train[schema.ITEMS].to_list(), dataset.n_items)
         if cfg.trainer.popularity_correction else None,
     )
-    if objective == "count":
+    if objective.batches == "count":
         return _fit_counts(model, split, datamodule, module, start_tracker)
     history = EpochHistory(start_tracker, say=None if cfg.trainer.progress_bar else say)
     checkpoint, last = _checkpoint_callbacks(run_dir)
@@ -373,7 +371,7 @@ def _out_of_time(trainer: Any) -> bool:
     return bool(timers) and (timers[0].time_remaining("train") or 0.0) <= 0.0
 
 
-def _fit_counts(model: torch.nn.Module, split: Split, datamodule: Any, module: Any,
+def _fit_counts(model: SequenceModel, split: Split, datamodule: Any, module: Any,
                 start_tracker: Any) -> tuple[Any, Any, Any, list[dict[str, float]]]:
     """Objective "count" (the popularity baseline): the model is fitted by counting the training split, so
     there are no optimiser steps, epochs or checkpoints. Validation and test metrics then come from the same
@@ -382,23 +380,23 @@ def _fit_counts(model: torch.nn.Module, split: Split, datamodule: Any, module: A
     import lightning as L
 
     start_tracker()
-    model.fit_counts(split.train[schema.ITEMS].to_list())  # type: ignore[operator]
+    model.fit_counts(split.train[schema.ITEMS].to_list())
     datamodule.setup("validate")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     return trainer, module, datamodule, []
 
 
-def _hand_over_item_texts(model: torch.nn.Module, dataset: PreparedDataset) -> None:
+def _hand_over_item_texts(model: SequenceModel, dataset: PreparedDataset) -> None:
     """A text model (Recformer) reads items as text, not ids: give it the item table's text columns."""
-    if getattr(model, "needs_item_texts", False):
+    if model.needs_item_texts:
         from recsys.data.item_text import catalogue_attributes
 
         say(f"encoding the text of {dataset.n_items:,} items ({', '.join(_text_columns(dataset))})")
         started = time.perf_counter()
-        model.set_item_texts(catalogue_attributes(dataset.items, _text_columns(dataset), dataset.n_items))  # type: ignore[operator]
+        fit = model.set_item_texts(catalogue_attributes(dataset.items, _text_columns(dataset), dataset.n_items))
         say(f"encoded {dataset.n_items:,} item texts in {time.perf_counter() - started:.1f} s")
-        say(truncation_line(getattr(model, "text_token_counts", []), model.config.max_item_tokens))  # type: ignore[union-attr]
+        say(truncation_line(fit.token_counts, fit.budget))
 
 
 def truncation_line(token_counts: list[int], max_item_tokens: int) -> str:
@@ -575,7 +573,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
 # Saving and tracking
 
 
-def _save(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, split: Split,
+def _save(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: Split,
           metrics: dict[str, float], run_dir: Path, tracker: Tracker | None) -> Path:
     histories = dataset.sequences.select(schema.USER_IDX, schema.ITEMS)
     saved = SavedModel(
@@ -591,7 +589,7 @@ def _save(cfg: RunConfig, model: torch.nn.Module, dataset: PreparedDataset, spli
         extra={"dataset": dataset.name, "preset": dataset.preset, "fingerprint": dataset.fingerprint,
                "split": split.kind, "mlflow_run_id": tracker.run_id if tracker else None,
                "text_columns": list(_text_columns(dataset))},
-        bundle=model.bundle() if hasattr(model, "bundle") else {},  # e.g. a text model's tokenizer
+        bundle=model.bundle(),  # e.g. a text model's tokenizer
     )
     return save_model(saved, _free_model_dir(run_dir))
 
@@ -606,9 +604,10 @@ def _free_model_dir(run_dir: Path) -> Path:
 
 
 def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, split: Split,
-                   config_file: str | Path | None, run_dir: Path) -> None:
+                   config_file: str | Path | None, run_dir: Path, objective: Objective) -> None:
     from recsys.data.prepare import repeated_target_shares
 
+    loss = objective.loss if objective.batches != "count" else ""  # a counting model has none
     tracker.log_params(flatten(cfg.to_dict()))
     tracker.log_params({"dataset.fingerprint": dataset.fingerprint, "dataset.n_users": dataset.n_users,
                         "dataset.n_items": dataset.n_items, "dataset.n_interactions": dataset.n_interactions,
@@ -617,8 +616,8 @@ def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, s
                            for split, share in repeated_target_shares(dataset).items()},
                         "split.n_valid": split.valid.height, "split.n_test": split.test.height})
     tags = {"model": cfg.model_name, "dataset": cfg.data.name, "preset": cfg.data.preset,
-            "split": split.kind, "loss": getattr(cfg.model, "loss", ""), "run_dir": str(run_dir.resolve()),
-            "mlflow.note.content": _description(cfg, dataset, split)}
+            "split": split.kind, "loss": loss, "run_dir": str(run_dir.resolve()),
+            "mlflow.note.content": _description(cfg, dataset, split, loss)}
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
@@ -628,10 +627,10 @@ def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, s
         tracker.log_artifact(config_file, "source_config")
 
 
-def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split) -> str:
+def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split, loss: str) -> str:
     return (f"{cfg.model_name} on {dataset.name} (preset {dataset.preset}: {dataset.n_users:,} users, "
             f"{dataset.n_items:,} items, {dataset.n_interactions:,} interactions), {split.kind} split, "
-            f"full ranking over all items, seen items excluded; loss {getattr(cfg.model, 'loss', '?')}.")
+            f"full ranking over all items, seen items excluded; " + (f"loss {loss}." if loss else "no loss (counted)."))
 
 
 def _finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, float],

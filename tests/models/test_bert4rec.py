@@ -35,7 +35,7 @@ def test_shapes_and_mask_token() -> None:
     assert model.score(items).shape == (4, N_ITEMS + 1)
     assert model.mask_token == N_ITEMS + 1
     assert model.item_emb.weight.shape == (N_ITEMS + 2, 16)
-    assert BERT4Rec.objective == "mask"
+    assert model.objective().batches == "mask" and model.objective().mask_token == model.mask_token
 
 
 def test_score_is_user_vector_times_item_vectors() -> None:

@@ -33,7 +33,7 @@ def test_shapes() -> None:
     assert model.user_vector(items).shape == (4, 16)
     assert model.item_vectors().shape == (N_ITEMS + 1, 16)
     assert model.score(items).shape == (4, N_ITEMS + 1)
-    assert GRU4Rec.objective == "shift"
+    assert model.objective().batches == "shift"
 
 
 def test_score_is_user_vector_times_item_vectors() -> None:

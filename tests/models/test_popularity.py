@@ -30,7 +30,7 @@ def fitted() -> Popularity:
 def test_counts_and_ranking_by_popularity() -> None:
     model = fitted()
     assert model.item_vectors().squeeze(1).tolist() == COUNTS
-    assert Popularity.objective == "count"
+    assert model.objective().batches == "count"
     history = torch.tensor([[1], [0]])
     scores = model.score(history)  # [2, n_items + 1]
     assert scores.shape == (2, N_ITEMS + 1)

@@ -256,7 +256,7 @@ def test_full_mode_trains_and_saves_item_vectors_that_match_its_weights(run: tup
     result = train(cfg)
     rec = Recommender.load(result.model_dir)
     model = rec._model
-    assert model.objective == "last"
+    assert model.objective().batches == "last"
     cached = model.item_cache.clone()
     model._stale = True
     model.refresh_item_cache()
