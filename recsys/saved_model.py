@@ -7,7 +7,9 @@ Layout (format version 1):
     item_map.parquet     item_idx <-> original item_id
     user_map.parquet     user_idx <-> original user_id
     items.parquet        the item table (titles, genres, ...)
-    histories.parquet    user_idx, items: each known user's whole sequence, so `recommend(user=...)` works
+    histories.parquet    user_idx, items, timestamps: each known user's whole sequence, so `recommend(user=...)`
+                         works (for models that read time, with its times); directories saved before
+                         timestamps were kept lack the column and still load: their users go without times
     metrics.json         validation and test metrics of the run
     backbone/...         only for models that need more than weights (a text model's tokenizer and encoder
                          config): the model's `bundle()`, checksummed like the rest

@@ -3,7 +3,10 @@
 The objective lives in the data (as in RecTools): the "shift" objective (SASRec, GRU4Rec) predicts item t+1
 from items up to t; the "mask" objective (BERT4Rec) hides items and predicts them. Everything is
 pre-built once as one left-padded int tensor, so a training step slices a tensor instead of collating
-Python lists (per-sample collate was a visible share of a CPU epoch).
+Python lists (per-sample collate was a visible share of a CPU epoch). For models that read time, the
+items' timestamps are cut, padded (0) and trimmed exactly like the items, and batches carry them as
+`input_times` (each input item's), `query_times` (each target's: when the prediction is asked) and, for
+evaluation, `history_times` and `target_time`.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ def left_pad(sequences: list[np.ndarray] | pl.Series, length: int) -> torch.Tens
     return torch.from_numpy(out)
 
 
-def training_windows(train: pl.DataFrame, max_len: int, windows: Windows = "last") -> torch.Tensor:
+def training_windows(train: pl.DataFrame, max_len: int, windows: Windows = "last",
+                     column: str = schema.ITEMS) -> torch.Tensor:
     """Cut training sequences into windows of `max_len + 1` items, left-padded: `[n_windows, max_len + 1]`.
+    With `column=schema.TIMESTAMPS`, the same windows of the items' timestamps (row for row).
 
     "last": one window per user, the most recent `max_len + 1` items (the SASRec/BERT4Rec papers').
     "all": also the older history, in non-overlapping windows taken back from the end, so that long
@@ -41,7 +46,7 @@ def training_windows(train: pl.DataFrame, max_len: int, windows: Windows = "last
     """
     span = max_len + 1
     rows: list[np.ndarray] = []
-    for seq in train[schema.ITEMS].to_list():
+    for seq in train[column].to_list():
         seq = np.asarray(seq, dtype=np.int64)
         if len(seq) < 2:
             continue
@@ -82,30 +87,39 @@ def pass_through(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def trim_padding(windows: torch.Tensor, keep: int = 1) -> torch.Tensor:
+def trim_padding(windows: torch.Tensor, keep: int = 1, times: torch.Tensor | None = None) -> torch.Tensor:
     """Drop leading columns that are padding in every row (left padding), keeping at least `keep` columns:
-    a batch of short histories then costs its own length, not max_len."""
+    a batch of short histories then costs its own length, not max_len. With `times`, those columns of
+    `times` (aligned with `windows`) are returned instead."""
     real_columns = (windows != schema.PADDING_IDX).any(dim=0).nonzero()
     start = int(real_columns[0]) if len(real_columns) else windows.shape[1] - keep
-    return windows[:, min(start, windows.shape[1] - keep):]
+    return (windows if times is None else times)[:, min(start, windows.shape[1] - keep):]
 
 
-def shift_batch(windows: torch.Tensor) -> dict[str, torch.Tensor]:
+def shift_batch(windows: torch.Tensor, times: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Next-item objective: input = items[:-1], target = items[1:] (0 where there is nothing to predict).
-    All-padding leading columns are trimmed."""
-    windows = trim_padding(windows, keep=2)
-    inputs = windows[:, :-1]
-    targets = windows[:, 1:].clone()
+    All-padding leading columns are trimmed. With the windows' timestamps, also input_times = times[:-1]
+    and query_times = times[1:] (0 where there is no target)."""
+    trimmed = trim_padding(windows, keep=2)
+    inputs = trimmed[:, :-1]
+    targets = trimmed[:, 1:].clone()
     targets[inputs == schema.PADDING_IDX] = schema.PADDING_IDX
-    return {"input": inputs, "target": targets}
+    batch = {"input": inputs, "target": targets}
+    if times is not None:
+        times = trim_padding(windows, keep=2, times=times)
+        batch["input_times"] = times[:, :-1]
+        batch["query_times"] = torch.where(targets > 0, times[:, 1:], torch.zeros_like(times[:, 1:]))
+    return batch
 
 
-def last_target_batch(windows: torch.Tensor) -> dict[str, torch.Tensor]:
+def last_target_batch(windows: torch.Tensor, times: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Next-item objective at the last position only: `shift_batch` with every other target cleared. For
     models that encode a history as a whole (Recformer's full mode), where a state per prefix would cost one
     encoding per prefix."""
-    batch = shift_batch(windows)
+    batch = shift_batch(windows, times)
     batch["target"][:, :-1] = schema.PADDING_IDX
+    if times is not None:
+        batch["query_times"][:, :-1] = 0
     return batch
 
 
@@ -115,6 +129,7 @@ def mask_batch(
     mask_prob: float,
     generator: torch.Generator | None = None,
     last_item_mask_prob: float = 0.0,
+    times: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Cloze objective (BERT4Rec): hide each real item with probability `mask_prob` and predict it.
 
@@ -122,7 +137,8 @@ def mask_batch(
     Every window gets at least one masked item, so no row is wasted. A share `last_item_mask_prob` of the
     windows instead has only its last item masked: the BERT4Rec paper's extra samples (Sec. 3.5), which
     match the task at inference, where a [MASK] follows the history. At 0 nothing more is drawn, so masks
-    are the same as before the option existed.
+    are the same as before the option existed. With the windows' timestamps, `input_times` are the items'
+    own, hidden ones included (when a hidden item happened is part of the question, as its position is).
     """
     items = trim_padding(windows[:, 1:]).clone()
     real = items != schema.PADDING_IDX
@@ -136,18 +152,26 @@ def mask_batch(
     masked[empty, -1] = True
     targets = torch.where(masked, items, torch.zeros_like(items))
     items[masked] = mask_token
-    return {"input": items, "target": targets}
+    batch = {"input": items, "target": targets}
+    if times is not None:
+        batch["input_times"] = trim_padding(windows[:, 1:], times=times[:, 1:])
+    return batch
 
 
 class EvaluationRows(Dataset):
     """Valid/test rows as batches: `history` `[b, max_len]` (left-padded model input), `target` `[b]`,
     `user_idx` `[b]`, and `seen` `[b, longest]`: the user's whole history (not cut to max_len, 0-padded),
     which the evaluator excludes from the ranking. Histories are kept flat (CSR) so that a few users with
-    thousands of items do not blow up memory for everyone."""
+    thousands of items do not blow up memory for everyone. With `with_timestamps`, also `history_times`
+    `[b, max_len]` and `target_time` `[b]`."""
 
-    def __init__(self, frame: pl.DataFrame, max_len: int) -> None:
+    def __init__(self, frame: pl.DataFrame, max_len: int, with_timestamps: bool = False) -> None:
         histories = frame[schema.HISTORY]
         self.history = left_pad(histories, max_len)
+        self.times: dict[str, torch.Tensor] = {}
+        if with_timestamps:
+            self.times = {"history_times": left_pad(frame[schema.HISTORY_TIMESTAMPS], max_len),
+                          "target_time": torch.from_numpy(frame[schema.TARGET_TIMESTAMP].to_numpy().astype(np.int64))}
         self.target = torch.from_numpy(frame[schema.TARGET].to_numpy().astype(np.int64))
         self.user_idx = torch.from_numpy(frame[schema.USER_IDX].to_numpy().astype(np.int64))
         lengths = histories.list.len().to_numpy().astype(np.int64)
@@ -170,4 +194,4 @@ class EvaluationRows(Dataset):
         for row, (start, end) in enumerate(zip(starts, ends)):
             seen[row, : end - start] = self.seen_flat[start:end]
         return {"history": self.history[idx], "target": self.target[idx], "user_idx": self.user_idx[idx],
-                "seen": seen}
+                "seen": seen, **{name: values[idx] for name, values in self.times.items()}}

@@ -15,7 +15,9 @@ ITEM_IDX = "item_idx"
 ITEMS = "items"  # List[Int32] of item_idx, oldest first
 TIMESTAMPS = "timestamps"  # List[Int64], aligned with ITEMS
 HISTORY = "history"  # List[Int32]: what a model sees before predicting TARGET
+HISTORY_TIMESTAMPS = "history_timestamps"  # List[Int64], aligned with HISTORY
 TARGET = "target"  # Int32 item_idx to predict
+TARGET_TIMESTAMP = "target_timestamp"  # Int64: when TARGET happened (what a request would not know)
 
 # Item table (text side information)
 TITLE = "title"

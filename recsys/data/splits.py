@@ -14,6 +14,10 @@ timestamps (the 'lower' quantile, so each cut is a timestamp that occurs):
   * test: users with an interaction at or after test_cut; history = their items before test_cut, target =
     their first item at or after test_cut.
 Users whose history would be empty (they arrive after the cut) are skipped in valid and test.
+
+Every frame keeps the timestamps beside the items (train: `timestamps`; valid/test: `history_timestamps`
+and `target_timestamp`), for models that read time; the target's timestamp is what a real request would not
+know, so evaluation uses it only where asked to and says so.
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ def n_items() -> pl.Expr:
     return pl.col(schema.ITEMS).list.len()
 
 
-def head_without_last(k: int) -> pl.Expr:
-    """The items except the last `k` (empty when there are no more than `k`)."""
-    return pl.col(schema.ITEMS).list.head((n_items() - k).clip(0))
+def head_without_last(k: int, column: str = schema.ITEMS) -> pl.Expr:
+    """The items (or their timestamps) except the last `k` (empty when there are no more than `k`)."""
+    return pl.col(column).list.head((n_items() - k).clip(0))
 
 
 def leave_one_out(sequences: pl.DataFrame) -> Split:
@@ -45,22 +49,21 @@ def leave_one_out(sequences: pl.DataFrame) -> Split:
     evaluated = sequences.lazy().filter(n_items() >= MIN_EVALUATED_LENGTH)
     train = sequences.lazy().select(
         schema.USER_IDX,
-        pl.when(n_items() >= MIN_EVALUATED_LENGTH)
-        .then(head_without_last(2))
-        .otherwise(pl.col(schema.ITEMS))
-        .alias(schema.ITEMS),
+        *[pl.when(n_items() >= MIN_EVALUATED_LENGTH).then(head_without_last(2, column))
+          .otherwise(pl.col(column)).alias(column) for column in (schema.ITEMS, schema.TIMESTAMPS)],
     )
-    valid = evaluated.select(
-        schema.USER_IDX,
-        head_without_last(2).alias(schema.HISTORY),
-        pl.col(schema.ITEMS).list.get(-2).alias(schema.TARGET),
-    )
-    test = evaluated.select(
-        schema.USER_IDX,
-        head_without_last(1).alias(schema.HISTORY),
-        pl.col(schema.ITEMS).list.get(-1).alias(schema.TARGET),
-    )
+    valid = evaluated.select(schema.USER_IDX, *_history_and_target(2))
+    test = evaluated.select(schema.USER_IDX, *_history_and_target(1))
     return Split("leave_one_out", _train_frame(train), _eval_frame(valid), _eval_frame(test))
+
+
+def _history_and_target(k: int) -> list[pl.Expr]:
+    """Leave-one-out's evaluation columns: the items before the k-th last, their timestamps, the k-th last
+    item and its timestamp."""
+    return [head_without_last(k).alias(schema.HISTORY),
+            head_without_last(k, schema.TIMESTAMPS).alias(schema.HISTORY_TIMESTAMPS),
+            pl.col(schema.ITEMS).list.get(-k).alias(schema.TARGET),
+            pl.col(schema.TIMESTAMPS).list.get(-k).alias(schema.TARGET_TIMESTAMP)]
 
 
 def temporal_split(sequences: pl.DataFrame, valid_quantile: float, test_quantile: float) -> Split:
@@ -75,7 +78,7 @@ def temporal_split(sequences: pl.DataFrame, valid_quantile: float, test_quantile
         .explode([schema.ITEMS, schema.TIMESTAMPS])
     )
     valid_cut, test_cut = _cuts(flat, valid_quantile, test_quantile)
-    train = _before(flat, valid_cut, schema.ITEMS)
+    train = _before(flat, valid_cut, schema.ITEMS, schema.TIMESTAMPS)
     valid = _history_and_next(flat, valid_cut, test_cut)
     test = _history_and_next(flat, test_cut, None)
     return Split("temporal", _train_frame(train), _eval_frame(valid), _eval_frame(test))
@@ -142,12 +145,13 @@ def _cuts(flat: pl.LazyFrame, valid_quantile: float, test_quantile: float) -> tu
     return int(row["valid"][0]), int(row["test"][0])
 
 
-def _before(flat: pl.LazyFrame, cut: int, name: str) -> pl.LazyFrame:
-    """Each user's items strictly before `cut`, in order (group_by keeps the row order within a group)."""
+def _before(flat: pl.LazyFrame, cut: int, items: str, timestamps: str) -> pl.LazyFrame:
+    """Each user's items and their timestamps strictly before `cut`, in order (group_by keeps the row order
+    within a group), as columns `items` and `timestamps`."""
     return (
         flat.filter(pl.col(schema.TIMESTAMPS) < cut)
         .group_by(schema.USER_IDX, maintain_order=True)
-        .agg(pl.col(schema.ITEMS).alias(name))
+        .agg(pl.col(schema.ITEMS).alias(items), pl.col(schema.TIMESTAMPS).alias(timestamps))
     )
 
 
@@ -156,18 +160,20 @@ def _history_and_next(flat: pl.LazyFrame, cut: int, until: int | None) -> pl.Laz
     targets = (
         flat.filter(pl.col(schema.TIMESTAMPS) >= cut)
         .group_by(schema.USER_IDX, maintain_order=True)
-        .agg(pl.col(schema.ITEMS).first().alias(schema.TARGET), pl.col(schema.TIMESTAMPS).first().alias("at"))
+        .agg(pl.col(schema.ITEMS).first().alias(schema.TARGET),
+             pl.col(schema.TIMESTAMPS).first().alias(schema.TARGET_TIMESTAMP))
     )
     if until is not None:
-        targets = targets.filter(pl.col("at") < until)
-    history = _before(flat, cut, schema.HISTORY)
-    return history.join(targets, on=schema.USER_IDX, how="inner").select(schema.USER_IDX, schema.HISTORY, schema.TARGET)
+        targets = targets.filter(pl.col(schema.TARGET_TIMESTAMP) < until)
+    history = _before(flat, cut, schema.HISTORY, schema.HISTORY_TIMESTAMPS)
+    return history.join(targets, on=schema.USER_IDX, how="inner")
 
 
 def _train_frame(frame: pl.LazyFrame) -> pl.DataFrame:
     return (
         frame.filter(pl.col(schema.ITEMS).list.len() > 0)
-        .select(pl.col(schema.USER_IDX).cast(pl.Int32), pl.col(schema.ITEMS).cast(pl.List(pl.Int32)))
+        .select(pl.col(schema.USER_IDX).cast(pl.Int32), pl.col(schema.ITEMS).cast(pl.List(pl.Int32)),
+                pl.col(schema.TIMESTAMPS).cast(pl.List(pl.Int64)))
         .sort(schema.USER_IDX)
         .collect()
     )
@@ -178,7 +184,9 @@ def _eval_frame(frame: pl.LazyFrame) -> pl.DataFrame:
         frame.select(
             pl.col(schema.USER_IDX).cast(pl.Int32),
             pl.col(schema.HISTORY).cast(pl.List(pl.Int32)),
+            pl.col(schema.HISTORY_TIMESTAMPS).cast(pl.List(pl.Int64)),
             pl.col(schema.TARGET).cast(pl.Int32),
+            pl.col(schema.TARGET_TIMESTAMP).cast(pl.Int64),
         )
         .sort(schema.USER_IDX)
         .collect()

@@ -1,8 +1,9 @@
 """The saved model as an MLflow pyfunc, so `mlflow models serve` and `mlflow.pyfunc.load_model` can use it.
 
 Input: a pandas DataFrame, one query per row, with a `user_id` column (known users) and/or an `items` column
-(lists of original item ids, oldest first; used where user_id is missing), plus an optional `k` column
-(default: the `k` param, else 10). Output: a DataFrame with one row per recommendation: `query` (the input
+(lists of original item ids, oldest first; used where user_id is missing), plus optional columns `k` (default:
+the `k` param, else 10), `timestamps` (one list per `items` row: seconds, one per item) and `at` (seconds: when
+the recommendation is asked for), which models that read time use and others ignore. Output: a DataFrame with one row per recommendation: `query` (the input
 row's position), `rank` (1 = best), `item_id`, `title`, `score`. Seen items are excluded, unknown history items
 skipped (as `Recommender.recommend` does by default).
 
@@ -51,23 +52,29 @@ def predict_frame(recommender: Any, frame: pd.DataFrame, default_k: int = DEFAUL
     """Recommendations for every row of `frame` (see the module docstring), batched per (kind, k)."""
     if "user_id" not in frame.columns and "items" not in frame.columns:
         raise InvalidRequestError(f"input needs a 'user_id' or an 'items' column, got {list(frame.columns)}")
-    groups: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+    # rows asked the same way (user or items, k, with or without timestamps and at) go in one batch
+    groups: dict[tuple[str, int, bool, bool], list[tuple[int, Any, Any, Any]]] = {}
     for position, row in enumerate(frame.to_dict("records")):
         k = row.get("k", default_k)
         k = default_k if _missing(k) else int(k)
-        user = row.get("user_id")
+        user, at, times = row.get("user_id"), row.get("at"), row.get("timestamps")
+        times = None if times is None or isinstance(times, float) else list(times)
+        at = None if _missing(at) else at
         if not _missing(user):
-            groups.setdefault(("user", k), []).append((position, user))
+            groups.setdefault(("user", k, False, at is not None), []).append((position, user, None, at))
         elif row.get("items") is not None and not isinstance(row.get("items"), float):
-            groups.setdefault(("items", k), []).append((position, list(row["items"])))
+            key = ("items", k, times is not None, at is not None)
+            groups.setdefault(key, []).append((position, list(row["items"]), times, at))
         else:
             raise InvalidRequestError(f"row {position}: neither a user_id nor a list of items")
     out: list[dict[str, Any]] = []
-    for (kind, k), rows in groups.items():
-        values = [value for _, value in rows]
-        results = (recommender.recommend_batch(users=values, k=k) if kind == "user"
-                   else recommender.recommend_batch(histories=values, k=k))
-        for (position, _), recs in zip(rows, results):
+    for (kind, k, timed, asked_at), rows in groups.items():
+        values = [value for _, value, _, _ in rows]
+        at = [row_at for _, _, _, row_at in rows] if asked_at else None
+        results = (recommender.recommend_batch(users=values, k=k, at=at) if kind == "user"
+                   else recommender.recommend_batch(histories=values, k=k, at=at,
+                                                    timestamps=[t for _, _, t, _ in rows] if timed else None))
+        for (position, _, _, _), recs in zip(rows, results):
             out.extend({"query": position, "rank": rank, "item_id": rec.item_id, "title": rec.title,
                         "score": rec.score} for rank, rec in enumerate(recs, start=1))
     columns = ["query", "rank", "item_id", "title", "score"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -161,35 +162,50 @@ class Recommender:
             int(idx): np.asarray(items, dtype=np.int64)
             for idx, items in saved.histories.select(schema.USER_IDX, schema.ITEMS).iter_rows()
         }
+        # Saved models from before timestamps were kept have none: a known user is then encoded without them.
+        self._history_times: dict[int, np.ndarray] = {}
+        if schema.TIMESTAMPS in saved.histories.columns:
+            self._history_times = {
+                int(idx): np.asarray(times, dtype=np.float64)
+                for idx, times in saved.histories.select(schema.USER_IDX, schema.TIMESTAMPS).iter_rows()
+            }
 
     # -- recommending --------------------------------------------------------------------------------------
 
     def recommend(self, user: Any = None, history: Sequence[Any] | None = None, k: int = 10,
                   exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
-                  on_unknown: OnUnknown = "skip") -> list[Recommendation]:
+                  on_unknown: OnUnknown = "skip", timestamps: Sequence[float] | None = None,
+                  at: float | None = None) -> list[Recommendation]:
         """Top k items for a known `user` (original id) or for a `history` of original item ids, oldest first.
 
-        Exactly one of user/history. Best first. Errors: NotFittedError before load; UnknownIdError for an
-        unknown user (or an unknown item with on_unknown="error"); InvalidRequestError for k < 1, an empty
-        history, or k larger than the number of items left after filtering.
+        Exactly one of user/history. Best first. For models that read time (`uses_timestamps`): `timestamps`
+        (seconds, one per history item; a known user's come from the saved model) and `at`, when the
+        recommendation is asked for (None: no time context, as at the last interaction); other models accept
+        and ignore both. Errors: NotFittedError before load; UnknownIdError for an unknown user (or an unknown
+        item with on_unknown="error"); InvalidRequestError for k < 1, an empty history, timestamps that do not
+        match the history, or k larger than the number of items left after filtering.
         """
         if (user is None) == (history is None):
             raise InvalidRequestError("pass exactly one of user=... or history=[...]")
         if user is not None:
-            return self._batch([user], None, k, exclude_seen, allow, deny, on_unknown)[0]
-        return self._batch(None, [history], k, exclude_seen, allow, deny, on_unknown)[0]
+            return self._batch([user], None, k, exclude_seen, allow, deny, on_unknown, None, at)[0]
+        return self._batch(None, [history], k, exclude_seen, allow, deny, on_unknown,
+                           None if timestamps is None else [timestamps], at)[0]
 
     def recommend_batch(self, users: Sequence[Any] | None = None, histories: Sequence[Sequence[Any]] | None = None,
                         k: int = 10, exclude_seen: bool = True, allow: Iterable[Any] | None = None,
-                        deny: Iterable[Any] | None = None,
-                        on_unknown: OnUnknown = "skip") -> list[list[Recommendation]]:
+                        deny: Iterable[Any] | None = None, on_unknown: OnUnknown = "skip",
+                        timestamps: Sequence[Sequence[float]] | None = None,
+                        at: float | Sequence[float] | None = None) -> list[list[Recommendation]]:
         """`recommend` for many users or many histories at once: one result list per input, in input order,
-        equal to calling `recommend` for each (but encoded and searched in batches)."""
-        return self._batch(users, histories, k, exclude_seen, allow, deny, on_unknown)
+        equal to calling `recommend` for each (but encoded and searched in batches). `timestamps`: one list
+        per history; `at`: one time for all, or one per input."""
+        return self._batch(users, histories, k, exclude_seen, allow, deny, on_unknown, timestamps, at)
 
     def _batch(self, users: Sequence[Any] | None, histories: Sequence[Sequence[Any]] | None, k: int,
                exclude_seen: bool, allow: Iterable[Any] | None, deny: Iterable[Any] | None,
-               on_unknown: OnUnknown) -> list[list[Recommendation]]:
+               on_unknown: OnUnknown, timestamps: Sequence[Sequence[float]] | None,
+               at: float | Sequence[float] | None) -> list[list[Recommendation]]:
         """Both public methods, which call it directly: the warning's stacklevel 3 names their caller."""
         self._check_loaded()
         if (users is None) == (histories is None):
@@ -197,23 +213,34 @@ class Recommender:
         _check_k(k)
         if on_unknown not in ("skip", "error"):
             raise InvalidRequestError(f"on_unknown must be 'skip' or 'error', got {on_unknown!r}")
+        n = len(users) if users is not None else len(histories or [])
+        ats = _query_times(at, n)
         queries = None
+        times: list[np.ndarray | None]
         if users is not None:
+            if timestamps is not None:
+                raise InvalidRequestError("timestamps go with histories; a known user's come from the saved model")
             names = [f"user {user!r}" for user in users]
+            indices = [self._user_index(user) for user in users]
             sequences = [self._history_of(user) for user in users]
-            if self._user_vectors is not None and len(users):
-                queries = self._user_vectors[[self._user_index(user) for user in users]]
+            times = [self._history_times.get(idx) for idx in indices]
+            if self._user_vectors is not None and len(users) and (ats is None or not self._model.uses_timestamps):
+                queries = self._user_vectors[indices]
         else:
             rows = list(histories or [])
+            if timestamps is not None and len(timestamps) != len(rows):
+                raise InvalidRequestError(f"{len(timestamps)} timestamp lists for {len(rows)} histories; give one per history")
             names = [f"history {row}" if len(rows) > 1 else "the history" for row in range(len(rows))]
-            sequences = []
-            for items, name in zip(rows, names):
-                known, unknown = self._map_history(items, on_unknown, name)
+            sequences, times = [], []
+            for row, (items, name) in enumerate(zip(rows, names)):
+                row_times = None if timestamps is None else _timestamps(timestamps[row], items, name)
+                known, unknown, kept = self._map_history(items, on_unknown, name)
                 if unknown:
                     warnings.warn(f"{name}: skipped {len(unknown)} unknown item ids: {_preview(unknown)}",
                                   UnknownItemsWarning, stacklevel=3)
                 sequences.append(known)
-        return self._rank(sequences, names, k, exclude_seen, allow, deny, queries)
+                times.append(None if row_times is None else row_times[kept])
+        return self._rank(sequences, names, k, exclude_seen, allow, deny, queries, times, ats)
 
     def precompute_user_vectors(self) -> None:
         """Encode every known user's saved history once and keep the vectors [n_users, hidden] in memory
@@ -233,6 +260,11 @@ class Recommender:
         for item in item_ids:
             (known if self._lookup_item(item) is not None else unknown).append(item)
         return known, unknown
+
+    def known_positions(self, item_ids: Sequence[Any]) -> list[int]:
+        """Positions of the known ids in `item_ids`: what on_unknown="skip" keeps (to keep timestamps aligned)."""
+        self._check_loaded()
+        return [position for position, item in enumerate(item_ids) if self._lookup_item(item) is not None]
 
     def history(self, user: Any) -> list[Any]:
         """The saved history of a known user as original item ids, oldest first; UnknownIdError otherwise."""
@@ -258,8 +290,9 @@ class Recommender:
     # -- internals ------------------------------------------------------------------------------------------
 
     def _rank(self, sequences: list[np.ndarray], names: list[str], k: int, exclude_seen: bool,
-              allow: Iterable[Any] | None, deny: Iterable[Any] | None,
-              queries: np.ndarray | None = None) -> list[list[Recommendation]]:
+              allow: Iterable[Any] | None, deny: Iterable[Any] | None, queries: np.ndarray | None = None,
+              times: list[np.ndarray | None] | None = None,
+              ats: np.ndarray | None = None) -> list[list[Recommendation]]:
         if not sequences:
             return []
         deny_idx = self._known_idx(deny) if deny is not None else np.empty(0, dtype=np.int64)
@@ -272,7 +305,7 @@ class Recommender:
         else:
             filtered = sequences
         if queries is None:
-            queries = self._encode(sequences)  # [batch, hidden]
+            queries = self._encode(sequences, times, ats)  # [batch, hidden]
         if allow is not None:
             scores, labels = self._rank_allowed(queries, filtered, names, k, self._known_idx(allow))
         else:
@@ -296,12 +329,15 @@ class Recommender:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, top, axis=1), allowed[top]
 
-    def _encode(self, sequences: list[np.ndarray]) -> np.ndarray:
+    def _encode(self, sequences: list[np.ndarray], times: list[np.ndarray | None] | None = None,
+                ats: np.ndarray | None = None) -> np.ndarray:
         """User vectors [batch, hidden]. Users are encoded in batches of similar length, each padded only to
         its longest history: SASRec's states do not depend on the amount of left padding, and short
-        batches cost far less attention."""
+        batches cost far less attention. A model that reads time gets the histories' timestamps (a batch
+        where any is missing goes without) and the query times."""
         from recsys.data.batches import left_pad
 
+        timed = self._model.uses_timestamps
         out = np.empty((len(sequences), self._vectors.shape[1]), dtype=np.float32)
         order = np.argsort([len(seq) for seq in sequences], kind="stable")
         with torch.inference_mode():
@@ -309,11 +345,25 @@ class Recommender:
                 rows = order[start:start + ENCODE_BATCH]
                 length = min(self._max_len, max(len(sequences[row]) for row in rows))
                 items = left_pad([sequences[row] for row in rows], length).to(self._device)
+                if timed:
+                    out[rows] = self._encode_timed(items, rows, length, times, ats)
+                    continue
                 encoder = self._model.user_vector
                 if self._compiled_user_vector is not None and len(rows) >= COMPILED_MIN_BATCH:
                     encoder = self._compiled_user_vector
                 out[rows] = encoder(items).float().cpu().numpy()
         return out
+
+    def _encode_timed(self, items: torch.Tensor, rows: np.ndarray, length: int,
+                      times: list[np.ndarray | None] | None, ats: np.ndarray | None) -> np.ndarray:
+        """One batch of `_encode` for a model that reads time (eager: the compiled encoder takes items only)."""
+        from recsys.data.batches import left_pad
+
+        history_times = None
+        if times is not None and all(times[row] is not None for row in rows):
+            history_times = left_pad([np.asarray(times[row]) for row in rows], length).to(self._device)
+        at = None if ats is None else torch.as_tensor(ats[rows], device=self._device)
+        return self._model.user_vector(items, history_times, at).float().cpu().numpy()
 
     def _user_index(self, user: Any) -> int:
         try:
@@ -330,8 +380,10 @@ class Recommender:
             raise InvalidRequestError(f"history is empty: user_id {user!r} has no saved history")
         return history
 
-    def _map_history(self, items: Sequence[Any], on_unknown: OnUnknown, name: str) -> tuple[np.ndarray, list[Any]]:
-        """(item_idx of the known items, unknown original ids); raises as on_unknown and emptiness say."""
+    def _map_history(self, items: Sequence[Any], on_unknown: OnUnknown,
+                     name: str) -> tuple[np.ndarray, list[Any], np.ndarray]:
+        """(item_idx of the known items, unknown original ids, the known items' positions in `items`); raises
+        as on_unknown and emptiness say."""
         if isinstance(items, (str, bytes)):
             raise InvalidRequestError(f"{name}: expected a list of item ids, got the string {items!r}")
         mapped = [self._lookup_item(item) for item in items]
@@ -342,7 +394,7 @@ class Recommender:
         if len(known) == 0:
             skipped = f" after skipping {len(unknown)} unknown item ids {_preview(unknown)}" if unknown else ""
             raise InvalidRequestError(f"history is empty{skipped}: {name} needs at least one known item id")
-        return known, unknown
+        return known, unknown, np.asarray([pos for pos, idx in enumerate(mapped) if idx is not None], dtype=np.int64)
 
     def _lookup_item(self, item: Any) -> int | None:
         if isinstance(item, bool):  # True == 1 in a dict lookup; a flag is never an item id
@@ -367,6 +419,34 @@ class Recommender:
             return "Recommender(not loaded)"
         return (f"Recommender({self.model_name}, {self.n_items} items, {self.n_users} users, "
                 f"index={self.index.config.kind}, directory={self.directory})")
+
+
+def _timestamps(values: Any, items: Sequence[Any], name: str) -> np.ndarray:
+    """One history's timestamps as float seconds, one per item; InvalidRequestError naming the history."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InvalidRequestError(f"{name}: timestamps must be a list of numbers (seconds), got {values!r:.60}")
+    values = list(values)
+    if len(values) != len(items):
+        raise InvalidRequestError(f"{name}: {len(values)} timestamps for {len(items)} item ids; give one per item")
+    if not all(_is_time(v) for v in values):
+        bad = next(v for v in values if not _is_time(v))
+        raise InvalidRequestError(f"{name}: timestamps must be finite numbers (seconds), got {bad!r}")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _query_times(at: Any, n: int) -> np.ndarray | None:
+    """`at` as one query time per input ([n] float seconds), or None for no time context."""
+    if at is None:
+        return None
+    values = [at] * n if _is_time(at) else list(at) if isinstance(at, Sequence) and not isinstance(at, str) else None
+    if values is None or len(values) != n or not all(_is_time(v) for v in values):
+        raise InvalidRequestError(f"at must be a finite number of seconds (or one per input), got {at!r:.60}")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _is_time(value: Any) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
 
 
 def _check_k(k: Any) -> None:

@@ -1,11 +1,15 @@
 """HTTP over `Recommender`: FastAPI app + uvicorn. `recsys serve --model DIR|URI` runs it.
 
 Endpoints (JSON; OpenAPI description at /openapi.json, interactive docs at /docs):
-    POST /recommend        {"user_id": 42} or {"items": [1, 2, 3]}, "k": 10, optional "exclude_seen",
-                           "allow", "deny", "on_unknown": "skip"|"error"
+    POST /recommend        {"user_id": 42} or {"items": [1, 2, 3]} (optional "timestamps": one per item), "k": 10,
+                           optional "at", "exclude_seen", "allow", "deny", "on_unknown": "skip"|"error"
                            -> {"items": [{"item_id", "title", "score"}, ...], "model": ..., "skipped_items": [...]}
-    POST /recommend/batch  {"user_ids": [...]} or {"histories": [[...], ...]} plus the same options
+    POST /recommend/batch  {"user_ids": [...]} or {"histories": [[...], ...]} (optional "timestamps": one list
+                           per history) plus the same options
                            -> {"results": [{"items": [...], "skipped_items": [...]}, ...], "model": ...}
+
+Timestamps (seconds) and `at` (when the recommendation is asked for; absent: no time context) matter to models
+that read time; other models accept and ignore them.
     GET  /health           status, model name, n_items, n_users, format version, index kind
     GET  /items/{item_id}  the item table's row for an item
 
@@ -40,6 +44,8 @@ MAX_BODY_BYTES = 1 << 20
 
 ItemId = StrictInt | Annotated[StrictStr, Field(max_length=200)]
 ItemList = Annotated[list[ItemId], Field(max_length=MAX_ITEMS)]
+Seconds = Annotated[float, Field(allow_inf_nan=False)]
+TimeList = Annotated[list[Seconds], Field(max_length=MAX_ITEMS)]
 
 
 class Options(BaseModel):
@@ -51,27 +57,36 @@ class Options(BaseModel):
     allow: ItemList | None = Field(None, description="only recommend among these item ids")
     deny: ItemList | None = Field(None, description="never recommend these item ids")
     on_unknown: Literal["skip", "error"] = Field("skip", description="unknown history items: skip or 404")
+    at: Seconds | None = Field(None, description="when the recommendation is asked for, in seconds (models that "
+                               "read time; absent: no time context)")
 
 
 class RecommendRequest(Options):
     user_id: ItemId | None = Field(None, description="a known user's original id")
     items: ItemList | None = Field(None, description="original item ids, oldest first")
+    timestamps: TimeList | None = Field(None, description="when each of `items` happened, in seconds")
 
     @model_validator(mode="after")
     def _one_query(self) -> "RecommendRequest":
         if (self.user_id is None) == (self.items is None):
             raise ValueError("give exactly one of user_id or items")
+        if self.timestamps is not None and (self.items is None or len(self.timestamps) != len(self.items)):
+            raise ValueError("timestamps need items, one per item")
         return self
 
 
 class BatchRequest(Options):
     user_ids: Annotated[list[ItemId], Field(max_length=MAX_BATCH)] | None = None
     histories: Annotated[list[ItemList], Field(max_length=MAX_BATCH)] | None = None
+    timestamps: Annotated[list[TimeList], Field(max_length=MAX_BATCH)] | None = None
 
     @model_validator(mode="after")
     def _one_query(self) -> "BatchRequest":
         if (self.user_ids is None) == (self.histories is None):
             raise ValueError("give exactly one of user_ids or histories")
+        if self.timestamps is not None and (self.histories is None or [len(t) for t in self.timestamps]
+                                            != [len(h) for h in self.histories]):
+            raise ValueError("timestamps need histories, one list per history and one time per item")
         return self
 
 
@@ -126,8 +141,8 @@ def create_app(recommender: Recommender) -> FastAPI:
         if request.user_id is not None:
             recs = recommender.recommend(user=request.user_id, **_options(request))
             return RecommendResponse(items=_items(recs), model=name, skipped_items=[])
-        known, skipped = _history(recommender, request.items or [], request.on_unknown)
-        recs = recommender.recommend(history=known, **_options(request))
+        known, times, skipped = _history(recommender, request.items or [], request.timestamps, request.on_unknown)
+        recs = recommender.recommend(history=known, timestamps=times, **_options(request))
         return RecommendResponse(items=_items(recs), model=name, skipped_items=skipped)
 
     @app.post("/recommend/batch", responses={404: {"description": "unknown user or item"}})
@@ -135,10 +150,14 @@ def create_app(recommender: Recommender) -> FastAPI:
         if request.user_ids is not None:
             results = recommender.recommend_batch(users=request.user_ids, **_options(request))
             return BatchResponse(results=[BatchResult(items=_items(r), skipped_items=[]) for r in results], model=name)
-        split = [_history(recommender, items, request.on_unknown) for items in request.histories or []]
-        results = recommender.recommend_batch(histories=[known for known, _ in split], **_options(request))
+        histories = request.histories or []
+        stamps = request.timestamps or [None] * len(histories)
+        split = [_history(recommender, items, times, request.on_unknown) for items, times in zip(histories, stamps)]
+        times = None if request.timestamps is None else [row_times for _, row_times, _ in split]
+        results = recommender.recommend_batch(histories=[known for known, _, _ in split], timestamps=times,
+                                              **_options(request))
         return BatchResponse(results=[BatchResult(items=_items(r), skipped_items=skipped)
-                                      for r, (_, skipped) in zip(results, split)], model=name)
+                                      for r, (_, _, skipped) in zip(results, split)], model=name)
 
     @app.get("/items/{item_id}", responses={404: {"description": "unknown item"}})
     def item(item_id: str) -> dict[str, Any]:
@@ -165,18 +184,24 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "f
 
 
 def _options(request: Options) -> dict[str, Any]:
-    return {"k": request.k, "exclude_seen": request.exclude_seen, "allow": request.allow, "deny": request.deny}
+    return {"k": request.k, "exclude_seen": request.exclude_seen, "allow": request.allow, "deny": request.deny,
+            "at": request.at}
 
 
-def _history(recommender: Recommender, items: list[Any], on_unknown: str) -> tuple[list[Any], list[Any]]:
-    """(known items, skipped items); with on_unknown='error' any unknown item is a 404 naming it."""
+def _history(recommender: Recommender, items: list[Any], timestamps: list[float] | None,
+             on_unknown: str) -> tuple[list[Any], list[float] | None, list[Any]]:
+    """(known items, their timestamps, skipped items); with on_unknown='error' any unknown item is a 404
+    naming it."""
     known, unknown = recommender.split_known(items)
     if unknown and on_unknown == "error":
         shown = ", ".join(repr(item) for item in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
         raise UnknownIdError(f"unknown item ids [{shown}] ({recommender.n_items} items known)")
     if not known:
-        return items, unknown  # the Recommender then says why the history is empty
-    return known, unknown
+        return items, timestamps, unknown  # the Recommender then says why the history is empty
+    if timestamps is not None and unknown:
+        kept = recommender.known_positions(items)
+        timestamps = [timestamps[position] for position in kept]
+    return known, timestamps, unknown
 
 
 def _items(recs: list[Recommendation]) -> list[ItemOut]:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from recsys.data import schema
 from recsys.data.batches import (
     EvaluationRows,
     TensorRows,
@@ -85,6 +86,7 @@ class SequenceDataModule(L.LightningDataModule):
         last_item_mask_prob: float = 0.0,
         num_workers: int = 0,
         seed: int = 0,
+        with_timestamps: bool = False,
     ) -> None:
         super().__init__()
         self.split = split
@@ -99,6 +101,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.last_item_mask_prob = last_item_mask_prob
         self.num_workers = num_workers
         self.seed = seed
+        self.with_timestamps = with_timestamps  # the model reads time: batches carry the timestamps too
         self._train: TensorRows | None = None
         self._valid: EvaluationRows | None = None
         self._test: EvaluationRows | None = None
@@ -106,9 +109,11 @@ class SequenceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
             windows = training_windows(self.split.train, self.max_len, self.windows)
-            self._train = TensorRows(windows=windows)
-            self._valid = EvaluationRows(self.split.valid, self.max_len)
-            self._test = EvaluationRows(self.split.test, self.max_len)
+            times = ({"times": training_windows(self.split.train, self.max_len, self.windows, schema.TIMESTAMPS)}
+                     if self.with_timestamps else {})
+            self._train = TensorRows(windows=windows, **times)
+            self._valid = EvaluationRows(self.split.valid, self.max_len, self.with_timestamps)
+            self._test = EvaluationRows(self.split.test, self.max_len, self.with_timestamps)
 
     @property
     def n_train_windows(self) -> int:
@@ -148,11 +153,11 @@ class SequenceDataModule(L.LightningDataModule):
                           num_workers=0, generator=torch.Generator().manual_seed(self.seed))
 
     def _training_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        windows = batch["windows"]
+        windows, times = batch["windows"], batch.get("times")
         if self.objective == "shift":
-            return shift_batch(windows)
+            return shift_batch(windows, times)
         if self.objective == "last":
-            return last_target_batch(windows)
+            return last_target_batch(windows, times)
         # The global RNG is seeded by seed_everything, so masks repeat run to run.
         return mask_batch(windows, self.mask_token, self.mask_prob,
-                          last_item_mask_prob=self.last_item_mask_prob)
+                          last_item_mask_prob=self.last_item_mask_prob, times=times)

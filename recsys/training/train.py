@@ -184,7 +184,7 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
         bucket_by_length=cfg.trainer.bucket_by_length,
         mask_token=objective.mask_token, mask_prob=objective.mask_prob,
         last_item_mask_prob=objective.last_item_mask_prob,
-        num_workers=cfg.trainer.num_workers, seed=cfg.trainer.seed,
+        num_workers=cfg.trainer.num_workers, seed=cfg.trainer.seed, with_timestamps=model.uses_timestamps,
     )
     module = RecommenderModule(
         model, dataset.n_items, loss=objective.loss, n_negatives=objective.n_negatives, gbce_t=objective.gbce_t,
@@ -575,7 +575,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
 
 def _save(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: Split,
           metrics: dict[str, float], run_dir: Path, tracker: Tracker | None) -> Path:
-    histories = dataset.sequences.select(schema.USER_IDX, schema.ITEMS)
+    histories = dataset.sequences.select(schema.USER_IDX, schema.ITEMS, schema.TIMESTAMPS)
     saved = SavedModel(
         model_name=cfg.model_name,
         config=cfg.to_dict(),

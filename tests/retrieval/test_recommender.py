@@ -208,3 +208,60 @@ def assert_same_recommendations(got: list, want: list) -> None:
     assert [[(r.item_id, r.title) for r in rows] for rows in got] == [[(r.item_id, r.title) for r in rows] for rows in want]
     for rows, expected in zip(got, want):
         assert [r.score for r in rows] == pytest.approx([r.score for r in expected], rel=1e-5, abs=1e-7)
+
+
+def test_timestamps_are_checked_and_ignored_by_a_model_that_does_not_read_time(tiny_rec: Recommender) -> None:
+    history = [100, 110, 120]
+    plain = tiny_rec.recommend(history=history, k=5)
+    assert not tiny_rec._model.uses_timestamps
+    assert tiny_rec.recommend(history=history, k=5, timestamps=[1.0, 2.0, 3.0], at=4.0) == plain
+    assert tiny_rec.recommend(user=11, k=5, at=4.0) == tiny_rec.recommend(user=11, k=5)
+    with pytest.raises(InvalidRequestError, match="the history: 2 timestamps for 3 item ids; give one per item"):
+        tiny_rec.recommend(history=history, timestamps=[1.0, 2.0])
+    with pytest.raises(InvalidRequestError, match="timestamps must be finite numbers"):
+        tiny_rec.recommend(history=history, timestamps=[1.0, float("nan"), 3.0])
+    with pytest.raises(InvalidRequestError, match="at must be a finite number"):
+        tiny_rec.recommend(history=history, at="tomorrow")
+    with pytest.raises(InvalidRequestError, match="timestamps go with histories"):
+        tiny_rec.recommend_batch(users=[11], timestamps=[[1.0]])
+    with pytest.raises(InvalidRequestError, match="1 timestamp lists for 2 histories"):
+        tiny_rec.recommend_batch(histories=[history, history], timestamps=[[1.0, 2.0, 3.0]])
+
+
+def test_unknown_items_drop_their_timestamps_too(tiny_rec: Recommender) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownItemsWarning)
+        # 999 is unknown: its timestamp goes with it, so the rest still match one to one (no error)
+        recs = tiny_rec.recommend(history=[100, 999, 120], timestamps=[1.0, 2.0, 3.0], k=3)
+    assert recs == tiny_rec.recommend(history=[100, 120], k=3)
+    assert tiny_rec.known_positions([100, 999, 120]) == [0, 2]
+
+
+def test_saved_histories_keep_their_timestamps(tiny_saved) -> None:
+    import polars as pl
+
+    from recsys.data import schema
+
+    times = [[10 * i for i in range(len(items))] for items in tiny_saved.histories[schema.ITEMS].to_list()]
+    saved = tiny_saved.__class__(**{**tiny_saved.__dict__, "histories": tiny_saved.histories.with_columns(
+        pl.Series(schema.TIMESTAMPS, times, dtype=pl.List(pl.Int64)))})
+    rec = Recommender.from_saved(saved)
+    assert rec._history_times[1].tolist() == times[0]
+    assert Recommender.from_saved(tiny_saved)._history_times == {}  # an older saved model: none, and it still works
+
+
+def test_pyfunc_frames_carry_timestamps_and_at_per_row(tiny_rec: Recommender) -> None:
+    import pandas as pd
+
+    from recsys.retrieval.pyfunc import predict_frame
+
+    frame = pd.DataFrame([{"items": [100, 110], "timestamps": [1.0, 2.0], "at": 3.0},
+                          {"items": [120], "timestamps": None, "at": None},
+                          {"user_id": 11, "at": 5.0}])
+    out = predict_frame(tiny_rec, frame, default_k=2)
+    assert out["query"].tolist() == [0, 0, 1, 1, 2, 2]
+    expected = [r.item_id for r in tiny_rec.recommend(history=[100, 110], k=2)]
+    assert out[out["query"] == 0]["item_id"].tolist() == expected
+    bad = pd.DataFrame([{"items": [100, 110], "timestamps": [1.0]}])
+    with pytest.raises(InvalidRequestError, match="1 timestamps for 2 item ids"):
+        predict_frame(tiny_rec, bad)

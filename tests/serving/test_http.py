@@ -125,6 +125,10 @@ def test_item_lookup(client: httpx.Client) -> None:
     ({"user_id": 11, "colour": "red"}, 422, "Extra inputs are not permitted"),
     ({"user_id": 11, "on_unknown": "ignore"}, 422, ""),
     ({"items": list(range(MAX_ITEMS + 1))}, 422, f"at most {MAX_ITEMS} items"),
+    ({"items": [100, 110], "timestamps": [1.0]}, 422, "timestamps need items, one per item"),
+    ({"user_id": 11, "timestamps": [1.0]}, 422, "timestamps need items, one per item"),
+    ({"items": [100], "timestamps": ["noon"]}, 422, "valid number"),
+    ({"user_id": 11, "at": "now"}, 422, "valid number"),
 ])
 def test_bad_requests_get_4xx_with_a_message(client: httpx.Client, body: object, status: int, message: str) -> None:
     response = client.post("/recommend", json=body)
@@ -163,3 +167,15 @@ def test_unknown_routes_and_methods(client: httpx.Client) -> None:
 def test_openapi_description_lists_the_endpoints(client: httpx.Client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/recommend/batch", "/health", "/items/{item_id}"} <= set(paths)
+
+
+def test_timestamps_and_at_are_accepted_and_a_model_without_time_ignores_them(client: httpx.Client) -> None:
+    plain = client.post("/recommend", json={"items": [100, 999, 120], "k": 3})
+    timed = client.post("/recommend", json={"items": [100, 999, 120], "timestamps": [1, 2, 3], "at": 4, "k": 3})
+    assert plain.status_code == timed.status_code == 200, timed.text
+    assert timed.json() == plain.json() and timed.json()["skipped_items"] == [999]
+    batch = client.post("/recommend/batch", json={"histories": [[100, 110], [120]], "timestamps": [[1, 2], [3]],
+                                                  "at": 9, "k": 2})
+    assert batch.status_code == 200, batch.text
+    mismatched = client.post("/recommend/batch", json={"histories": [[100, 110]], "timestamps": [[1]]})
+    assert mismatched.status_code == 422 and "one time per item" in mismatched.text
