@@ -77,7 +77,7 @@ def evaluate_saved_model(
         )
     frame = getattr(make_split(dataset, data_cfg), split)
     _, model = build_saved_model(saved, model_dir)
-    rows = EvaluationRows(frame, cfg.model.max_len)
+    rows = EvaluationRows(frame, model.max_len, with_timestamps=model.uses_timestamps)
     loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=pass_through)
     metrics = evaluate_loader(model, loader, saved.n_items, exclude_history=exclude_history)
     return {"model_dir": str(model_dir), "split": split, "exclude_history": exclude_history, **metrics}
