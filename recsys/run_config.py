@@ -1,7 +1,9 @@
 """The whole configuration of a run: data, model, trainer, tracking.
 
 A run config is one YAML file (see configs/) plus `section.key=value` overrides. The model section names
-a model of the registry (`model.name: sasrec`) and its other keys are that model's config fields.
+a model of the registry (`model.name: sasrec`) and its other keys are that model's config fields. Sections of
+an older layout (`name: recformer` with `mode: full`) are read as today's model first
+(`recsys.models.resolve_legacy_model`), here, so YAML files, overrides and saved model directories alike.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from recsys.config import (
     to_dict,
 )
 from recsys.errors import ConfigError
-from recsys.models import MODELS
+from recsys.models import MODELS, resolve_legacy_model
 
 SECTIONS = ("data", "model", "trainer", "tracking")
 
@@ -60,6 +62,7 @@ def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConf
                               f"{data[section]!r:.60}")
     model_data = dict(data.get("model") or {})
     model_name = model_data.pop("name", "sasrec")
+    model_name, model_data = resolve_legacy_model(model_name, model_data, f"{where}: model")
     if model_name not in MODELS:
         raise ConfigError(f"{where}: model.name: unknown model {model_name!r} (known: {', '.join(sorted(MODELS))})")
     _, model_config_cls = MODELS[model_name]

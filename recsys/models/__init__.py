@@ -3,9 +3,14 @@
 Adding a model = one file defining the model (a `recsys.models.base.SequenceModel`, the contract the rest
 of the toolkit talks to) and its config, plus one line in `MODELS`; tests/models/test_contract.py then
 checks it like every other registered model.
+
+`resolve_legacy_model` is the one place where a model section written for an older layout of the models is
+read as today's model (configs and saved model directories keep loading as they did).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from recsys.errors import ConfigError
 from recsys.models.base import Objective, SequenceModel
@@ -13,6 +18,7 @@ from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
 from recsys.models.popularity import Popularity, PopularityConfig
 from recsys.models.recformer import Recformer, RecformerConfig
+from recsys.models.recformer_full import RecformerFull, RecformerFullConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 MODELS: dict[str, tuple[type[SequenceModel], type]] = {
@@ -20,9 +26,37 @@ MODELS: dict[str, tuple[type[SequenceModel], type]] = {
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "popularity": (Popularity, PopularityConfig),
-    "recformer": (Recformer, RecformerConfig),  # needs the text extra, imported only when built
+    # The text models need the text extra, imported only when one is built.
+    "recformer": (Recformer, RecformerConfig),
+    "recformer_full": (RecformerFull, RecformerFullConfig),
 }
 """Model name (as written in configs) -> (model class, its config dataclass)."""
+
+# Recformer was one class with `mode: frozen | full` until the two modes became two models. Every config it
+# wrote (saved model directories, MLflow runs) has `mode` and ALL its keys, whichever mode read them; these
+# are the keys that the mode did not read, and that the model it became does not have.
+_RECFORMER_MODES = {
+    "frozen": ("recformer", ("max_tokens",)),
+    "full": ("recformer_full", ("hidden", "n_layers", "n_heads", "dropout", "ffn_mult", "adapter", "similarity",
+                                "item_tower", "last_item_residual", "residual_weight")),
+}
+
+
+def resolve_legacy_model(name: str, section: dict[str, Any], where: str = "model") -> tuple[str, dict[str, Any]]:
+    """(model name, its config keys) of a model section as today's registry reads it.
+
+    `name: recformer` with a `mode` key is the one-class Recformer's: `mode: full` is `recformer_full`,
+    `mode: frozen` is `recformer`, each without the keys its mode ignored (they never changed what it
+    computed, so dropping them keeps the model as it was). Any other section is returned as it is, so a key
+    unknown to a model is still an error. `where` prefixes errors ("configs/x.yaml: model")."""
+    if name != "recformer" or "mode" not in section:
+        return name, section
+    rest = {k: v for k, v in section.items() if k != "mode"}
+    if section["mode"] not in _RECFORMER_MODES:
+        raise ConfigError(f"{where}.mode: expected 'frozen' or 'full' (or model.name: recformer_full), got "
+                          f"{section['mode']!r}")
+    new_name, ignored = _RECFORMER_MODES[section["mode"]]
+    return new_name, {k: v for k, v in rest.items() if k not in ignored}
 
 
 def get_model_spec(name: str) -> tuple[type[SequenceModel], type]:
@@ -50,9 +84,12 @@ __all__ = [
     "PopularityConfig",
     "Recformer",
     "RecformerConfig",
+    "RecformerFull",
+    "RecformerFullConfig",
     "SASRec",
     "SASRecConfig",
     "SequenceModel",
     "build_model",
     "get_model_spec",
+    "resolve_legacy_model",
 ]

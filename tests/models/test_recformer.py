@@ -1,5 +1,6 @@
-"""The Recformer-style text model honours the model contract with the real pretrained backbone, on real item
-texts (the first movies of the embedded ml-latest-small): shapes, score = user . items, causality and the
+"""The two Recformer-style text models (`recformer`: frozen text vectors + causal blocks; `recformer_full`: the
+fine-tuned language model) honour the model contract with the real pretrained backbone, on real item texts
+(the first movies of the embedded ml-latest-small): shapes, score = user . items, causality and the
 most-recent-first token order, and no id embeddings (an item's vector is a function of its text alone)."""
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ from recsys.config import DataConfig  # noqa: E402
 from recsys.data.item_text import catalogue_attributes  # noqa: E402
 from recsys.data.prepare import prepare_dataset  # noqa: E402
 from recsys.errors import ConfigError  # noqa: E402
-from recsys.models import Recformer, RecformerConfig  # noqa: E402
+from recsys.models import Recformer, RecformerConfig, RecformerFull, RecformerFullConfig  # noqa: E402
+from recsys.models.text_encoding import TextItemModel  # noqa: E402
 
 N_ITEMS = 24
-TINY = {"max_len": 6, "hidden": 16, "max_tokens": 64, "max_item_tokens": 24, "dropout": 0.0}
+SHARED = {"max_len": 6, "max_item_tokens": 24}
+MODELS = {  # "frozen": recformer, "full": recformer_full, each with its own tiny sizes
+    "frozen": (Recformer, RecformerConfig, {**SHARED, "hidden": 16, "dropout": 0.0}),
+    "full": (RecformerFull, RecformerFullConfig, {**SHARED, "max_tokens": 64}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +36,10 @@ def texts() -> list[dict[str, str]]:
     return catalogue_attributes(dataset.items, dataset.text_columns, dataset.n_items)[:N_ITEMS]
 
 
-def build(texts: list[dict[str, str]], mode: str, seed: int = 0, **overrides: object) -> Recformer:
+def build(texts: list[dict[str, str]], kind: str, seed: int = 0, **overrides: object) -> TextItemModel:
+    model_cls, config_cls, sizes = MODELS[kind]
     torch.manual_seed(seed)
-    model = Recformer(len(texts), RecformerConfig(mode=mode, **{**TINY, **overrides}))  # type: ignore[arg-type]
+    model = model_cls(len(texts), config_cls(**{**sizes, **overrides}))  # type: ignore[arg-type]
     model.set_item_texts(texts)
     return model.eval()
 
@@ -40,15 +47,15 @@ def build(texts: list[dict[str, str]], mode: str, seed: int = 0, **overrides: ob
 HISTORIES = torch.tensor([[0, 0, 3, 7, 1, 12], [5, 9, 2, 2, 20, 24], [0, 0, 0, 0, 0, 4]])
 
 
-@pytest.mark.parametrize("mode", ["frozen", "full"])
-def test_shapes_and_score_is_user_vector_dot_item_vectors(texts: list[dict[str, str]], mode: str) -> None:
-    model = build(texts, mode)
+@pytest.mark.parametrize("kind", ["frozen", "full"])
+def test_shapes_and_score_is_user_vector_dot_item_vectors(texts: list[dict[str, str]], kind: str) -> None:
+    model = build(texts, kind)
     with torch.no_grad():
         states = model.encode(HISTORIES)
         users = model.user_vector(HISTORIES)
         items = model.item_vectors()
         scores = model.score(HISTORIES)
-    dim = 16 if mode == "frozen" else 384
+    dim = 16 if kind == "frozen" else 384
     assert states.shape == (3, 6, dim)
     assert users.shape == (3, dim) and items.shape == (N_ITEMS + 1, dim)
     assert torch.allclose(scores, users @ items.T, atol=1e-5)
@@ -56,7 +63,7 @@ def test_shapes_and_score_is_user_vector_dot_item_vectors(texts: list[dict[str, 
     assert torch.allclose(users, states[:, -1], atol=1e-5)
 
 
-def test_frozen_mode_is_causal(texts: list[dict[str, str]]) -> None:
+def test_frozen_model_is_causal(texts: list[dict[str, str]]) -> None:
     model = build(texts, "frozen")
     changed = HISTORIES.clone()
     changed[:, 4:] = torch.tensor([8, 9])
@@ -66,9 +73,9 @@ def test_frozen_mode_is_causal(texts: list[dict[str, str]]) -> None:
     assert not torch.allclose(before[:, 5], after[:, 5], atol=1e-4)
 
 
-def test_full_mode_reads_the_most_recent_item_first_within_the_token_budget(texts: list[dict[str, str]]) -> None:
+def test_full_model_reads_the_most_recent_item_first_within_the_token_budget(texts: list[dict[str, str]]) -> None:
     model = build(texts, "full")
-    ids, types, positions = model._flatten(HISTORIES[:1].flip(1))
+    ids, types, positions = model._flatten(HISTORIES[:1].flip(1), model.config.max_tokens - 2)
     most_recent = model.item_tokens[12][model.item_tokens[12] != 0].long()
     assert torch.equal(ids[0, 1:1 + len(most_recent)], most_recent)  # right after [CLS]
     assert set(positions[0, 1:1 + len(most_recent)].tolist()) == {1}
@@ -86,9 +93,9 @@ def test_full_mode_reads_the_most_recent_item_first_within_the_token_budget(text
         assert not torch.allclose(model.user_vector(HISTORIES[:1]), model.user_vector(newest_changed), atol=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["frozen", "full"])
-def test_an_items_vector_depends_only_on_its_text(texts: list[dict[str, str]], mode: str) -> None:
-    model = build(texts, mode)
+@pytest.mark.parametrize("kind", ["frozen", "full"])
+def test_an_items_vector_depends_only_on_its_text(texts: list[dict[str, str]], kind: str) -> None:
+    model = build(texts, kind)
     with torch.no_grad():
         vectors = model.item_vectors().clone()
         # The same texts in another order, i.e. other ids: each text keeps its vector.
@@ -100,7 +107,7 @@ def test_an_items_vector_depends_only_on_its_text(texts: list[dict[str, str]], m
     assert model.n_items == N_ITEMS + 2
     assert torch.allclose(model.item_vectors()[N_ITEMS + 1], vectors[order[0] + 1], atol=1e-5)
     # No learnt table grows with the catalogue: parameter shapes are those of a model over 2 items.
-    other = Recformer(2, model.config)
+    other = type(model)(2, model.config)
     assert {k: v.shape for k, v in model.named_parameters()} == {k: v.shape for k, v in other.named_parameters()}
 
 
@@ -168,9 +175,12 @@ def test_refresh_re_encodes_items_only_after_the_encoder_changed(texts: list[dic
 
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="max_tokens"):
-        RecformerConfig(max_tokens=10, max_item_tokens=32)
-    with pytest.raises(ConfigError, match="model.backbone"):
-        Recformer(3, RecformerConfig(backbone="/nonexistent/folder"))
+        RecformerFullConfig(max_tokens=10, max_item_tokens=32)
+    with pytest.raises(ValueError, match="max_tokens .* exceeds the backbone's 512 positions"):
+        RecformerFull(3, RecformerFullConfig(max_tokens=600))
+    for model_cls, config_cls in ((Recformer, RecformerConfig), (RecformerFull, RecformerFullConfig)):
+        with pytest.raises(ConfigError, match="model.backbone"):
+            model_cls(3, config_cls(backbone="/nonexistent/folder"))
 
 
 def test_importing_the_models_does_not_import_transformers() -> None:

@@ -1,8 +1,8 @@
 """The text model end to end on a real data slice, one training run shared by the tests of this file.
 
 Data: the embedded ml-latest-small cut to the movies with at least 20 ratings; 10% of those are held out of
-training ENTIRELY (every interaction with them removed: `recsys.retrieval.cold_items`). A frozen-mode
-Recformer trains on the rest through the shared loop, is saved, loads offline with `Recommender.load`, and
+training ENTIRELY (every interaction with them removed: `recsys.retrieval.cold_items`). The frozen
+text model (recformer) trains on the rest through the shared loop, is saved, loads offline with `Recommender.load`, and
 takes the held-out movies back through `recsys index add-items` by their text alone, after which it must rank
 them far above chance for the users who went on to watch them."""
 
@@ -29,7 +29,7 @@ from recsys.config import DataConfig  # noqa: E402
 from recsys.data import schema  # noqa: E402
 from recsys.data.item_text import catalogue_attributes  # noqa: E402
 from recsys.data.prepare import prepare_dataset, read_raw  # noqa: E402
-from recsys.models import Recformer, SASRec, SASRecConfig  # noqa: E402
+from recsys.models import RecformerFull, SASRec, SASRecConfig  # noqa: E402
 from recsys.retrieval.cold_items import ColdItemSplit, cold_item_hit_rate, hold_out_items, write_training_files  # noqa: E402
 from recsys.retrieval.recommender import Recommender  # noqa: E402
 from recsys.run_config import load_run_config  # noqa: E402
@@ -71,7 +71,7 @@ def test_trains_through_the_shared_loop_and_the_loss_falls(run: tuple) -> None:
 def test_saved_model_loads_offline_from_its_own_directory_and_recommends(run: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run[0]
     # The backbone package's folder must not be needed any more: only the model directory's bundle.
-    monkeypatch.setattr("recsys.models.recformer.resolve_backbone", _no_package)
+    monkeypatch.setattr("recsys.models.text_encoding.resolve_backbone", _no_package)
     rec = Recommender.load(result.model_dir)
     assert Path(rec._model.backbone_path).parent == Path(result.model_dir)
     history = rec.history(1)
@@ -234,10 +234,10 @@ def test_id_based_models_refuse_add_items_and_set_catalogue(run: tuple, tmp_path
     assert "cannot score another catalogue's items" in err and "recformer" in err
 
 
-def test_full_mode_trains_and_saves_item_vectors_that_match_its_weights(run: tuple, tmp_path: Path) -> None:
-    """Recformer's own mode, a few steps: the language model is fine-tuned, item vectors are re-encoded
-    between epochs, and the saved cache is exactly what the saved weights give (a stale cache would rank
-    with vectors of an older encoder)."""
+def test_full_model_trains_and_saves_item_vectors_that_match_its_weights(run: tuple, tmp_path: Path) -> None:
+    """Recformer's own model (recformer_full), a few steps: the language model is fine-tuned, item vectors are
+    re-encoded between epochs, and the saved cache is exactly what the saved weights give (a stale cache would
+    rank with vectors of an older encoder). Asked for as the shipped config's header says, `model.mode=full`."""
     import torch
 
     # A smaller slice still (the 150 most rated movies, 100 users): every epoch re-encodes the catalogue and
@@ -253,15 +253,17 @@ def test_full_mode_trains_and_saves_item_vectors_that_match_its_weights(run: tup
                                    "trainer.patience=0", "trainer.lr=0.0001", "trainer.progress_bar=false",
                                    "trainer.threads=1", "trainer.eval_batch_size=128", "tracking.enabled=false",
                                    f"tracking.output_dir={tmp_path / 'runs'}"])
+    assert cfg.model_name == "recformer_full"
     result = train(cfg)
     rec = Recommender.load(result.model_dir)
     model = rec._model
+    assert isinstance(model, RecformerFull) and rec.model_name == "recformer_full"
     assert model.objective().batches == "last"
     cached = model.item_cache.clone()
     model._stale = True
     model.refresh_item_cache()
     assert torch.allclose(model.item_cache, cached, atol=1e-4)
-    pretrained = Recformer(model.n_items, model.config)
+    pretrained = RecformerFull(model.n_items, model.config)
     assert not torch.allclose(pretrained.backbone.embeddings.word_embeddings.weight,
                               model.backbone.embeddings.word_embeddings.weight)  # fine-tuned
     assert len(rec.recommend(user=1, k=5)) == 5
