@@ -71,7 +71,7 @@ def main() -> None:
         "benchmark": "recformer_cold_items",
         "dataset": f"{args.dataset}, {args.share:.0%} of items with >= {args.min_interactions} interactions held out",
         "preset": cfg.data.preset,
-        "model": f"recformer ({cfg.model.mode})",
+        "model": cfg.model_name,
         "headline": ["hr@10", "random_hr@10", "hr@50", "random_hr@50", "n_users", "held_out_items",
                      "known_test_ndcg@10", "add_items_s"],
         "metrics": metrics,

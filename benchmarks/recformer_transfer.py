@@ -73,7 +73,7 @@ def main() -> None:
                "wall_s": time.perf_counter() - started}
         quality = summarize(cfg.to_dict(), [run], time.perf_counter() - started)
         quality["published"] = {}
-        quality["notes"] = (f"mode {cfg.model.mode}; compare benchmarks/results/sasrec_ml-1m-papers.json (same split). "
+        quality["notes"] = (f"model {cfg.model_name}; compare benchmarks/results/sasrec_ml-1m-papers.json (same split). "
                             f"Trained once by benchmarks/recformer_transfer.py, whose transfer uses these weights.")
         write_result(f"recformer_{cfg.data.name}-{cfg.data.preset}", quality, args.results_dir)
         source_metrics = {f"source_test_{k}": v for k, v in run.items() if k in ("ndcg@10", "hr@10")}
@@ -93,7 +93,7 @@ def main() -> None:
         "benchmark": "recformer_transfer",
         "epochs_counted_from": 1,  # best_epoch: 1 is the first epoch (results without this field count from 0)
         "dataset": {"source": f"{cfg.data.name} ({cfg.data.preset})", "target": f"{args.target} (raw, leave-one-out test)"},
-        "model": f"recformer ({cfg.model.mode}), trained on {cfg.data.name} only",
+        "model": f"{cfg.model_name}, trained on {cfg.data.name} only",
         "headline": ["ndcg@10", "hr@10", "popularity_ndcg@10", "popularity_hr@10", "last_item_text_ndcg@10",
                      "target_prior_ndcg@10", "target_prior_hr@10", "last_item_text_prior_ndcg@10",
                      "source_test_ndcg@10", "source_test_prior_ndcg@10", "target_items"],

@@ -467,7 +467,7 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     add = actions.add_parser(
         "add-items",
         help="add new items, from their text, to a text model's catalogue and index (no retraining)",
-        description="Encode the text of new items with a text model (recformer) and write a NEW model directory "
+        description="Encode the text of new items with a text model (recformer, recformer_full) and write a NEW model directory "
         "whose catalogue and FAISS index hold them too; the original directory is never changed. ITEMS is a "
         "CSV or Parquet file with the item id column and the model's text columns (MovieLens: title, year, "
         "genres, with genres written Genre|Genre). Id-based models refuse: they cannot score unseen ids.",
@@ -501,7 +501,7 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         "set-catalogue",
         help="point a text model at another dataset's catalogue and users (cross-catalogue, no retraining)",
         description="Prepare the dataset NAME (as `recsys data prepare` does, same options), encode every one of "
-        "its items from its text with the text model (recformer) in --model, and write a NEW model directory whose "
+        "its items from its text with the text model (recformer, recformer_full) in --model, and write a NEW model directory whose "
         "catalogue, FAISS index, users and histories are the dataset's, so `recsys recommend --user` works for its "
         "users; nothing is trained and the original directory is never changed. --prior also adds the dataset's "
         "own popularity as a catalogue prior (see `recsys index set-prior`), which a model trained with "

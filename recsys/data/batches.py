@@ -114,7 +114,7 @@ def shift_batch(windows: torch.Tensor, times: torch.Tensor | None = None) -> dic
 
 def last_target_batch(windows: torch.Tensor, times: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Next-item objective at the last position only: `shift_batch` with every other target cleared. For
-    models that encode a history as a whole (Recformer's full mode), where a state per prefix would cost one
+    models that encode a history as a whole (recformer_full), where a state per prefix would cost one
     encoding per prefix."""
     batch = shift_batch(windows, times)
     batch["target"][:, :-1] = schema.PADDING_IDX

@@ -4,7 +4,7 @@
     recsys index set-prior --model runs/<run>/model --interactions ratings.csv [--weight 1] [--out DIR]
     recsys index set-catalogue --model runs/<run>/model ml-latest-small [--prior] [--out DIR]
 
-New items and another catalogue need a model that reads items as text (Recformer): its item vectors are a
+New items and another catalogue need a model that reads items as text (recformer, recformer_full): its item vectors are a
 function of the text alone, so a new item's vector is what it would have been had the item existed at training
 time. An id-based model (SASRec, BERT4Rec, GRU4Rec, most popular) has nothing to say about an id it never saw,
 and refuses. A prior works with any model.
@@ -200,7 +200,7 @@ def _text_model(model_dir: Path, cannot: str) -> tuple[SavedModel, SequenceModel
     _, model = build_saved_model(saved, model_dir, with_prior=False)
     if not model.needs_item_texts:
         raise ConfigError(f"{model_dir}: a {saved.model_name} model knows items only by the ids it was trained on, "
-                          f"so it cannot {cannot}; use a text model (model.name: recformer)")
+                          f"so it cannot {cannot}; use a text model (model.name: recformer or recformer_full)")
     return saved, model
 
 
