@@ -4,9 +4,9 @@
     recsys index set-prior --model runs/<run>/model --interactions ratings.csv [--weight 1] [--out DIR]
     recsys index set-catalogue --model runs/<run>/model ml-latest-small [--prior] [--out DIR]
 
-New items and another catalogue need a model that reads items as text (recformer, recformer_full): its item vectors are a
-function of the text alone, so a new item's vector is what it would have been had the item existed at training
-time. An id-based model (SASRec, BERT4Rec, GRU4Rec, most popular) has nothing to say about an id it never saw,
+New items and another catalogue need a model that reads items as text (recformer, recformer_full): its item
+vectors are a function of the text alone, so a new item's vector is what it would have been had the item existed
+at training time. An id-based model (SASRec, BERT4Rec, GRU4Rec, most popular) has nothing to say about an id it never saw,
 and refuses. A prior works with any model.
 
 `set-prior` counts each catalogue item's interactions in a log and stores the counts with the model, whose

@@ -149,7 +149,8 @@ def test_the_documented_full_mode_override_of_the_shipped_config_is_recformer_fu
     assert cfg.model == RecformerFullConfig(max_len=50, max_item_tokens=32, max_tokens=512)
     assert load_run_config(CONFIGS / "recformer_ml-1m-papers.yaml").model_name == "recformer"
     # Written back (a new run's saved config), it is the new model's own section: no mode, no frozen keys.
-    assert cfg.to_dict()["model"] == {"name": "recformer_full", **to_dict(RecformerFullConfig(max_len=50, max_tokens=512))}
+    own = to_dict(RecformerFullConfig(max_len=50, max_tokens=512))
+    assert cfg.to_dict()["model"] == {"name": "recformer_full", **own}
 
 
 def test_only_the_one_class_sections_are_rewritten_and_unknown_keys_stay_errors() -> None:
