@@ -16,6 +16,7 @@ from recsys.errors import ConfigError
 from recsys.models.base import Objective, SequenceModel
 from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
+from recsys.models.hstu import HSTU, HSTUConfig
 from recsys.models.popularity import Popularity, PopularityConfig
 from recsys.models.recformer import Recformer, RecformerConfig
 from recsys.models.recformer_full import RecformerFull, RecformerFullConfig
@@ -25,6 +26,7 @@ MODELS: dict[str, tuple[type[SequenceModel], type]] = {
     "sasrec": (SASRec, SASRecConfig),
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
+    "hstu": (HSTU, HSTUConfig),
     "popularity": (Popularity, PopularityConfig),
     # The text models need the text extra, imported only when one is built.
     "recformer": (Recformer, RecformerConfig),
@@ -78,6 +80,8 @@ __all__ = [
     "BERT4RecConfig",
     "GRU4Rec",
     "GRU4RecConfig",
+    "HSTU",
+    "HSTUConfig",
     "MODELS",
     "Objective",
     "Popularity",
