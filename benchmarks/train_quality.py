@@ -85,7 +85,7 @@ def main() -> None:
         parser.error(f"--seeds: {exc}")
 
     from recsys.run_config import load_run_config
-    from recsys.training.train import resume_config
+    from recsys.training.resume import resume_config
 
     started = time.perf_counter()
     if args.resume:

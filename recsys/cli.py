@@ -238,7 +238,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:  # type: ig
 
 def run_train(args: argparse.Namespace) -> int:
     from recsys.run_config import load_run_config
-    from recsys.training.train import latest_run_dir, resume_config, train
+    from recsys.training.resume import latest_run_dir, resume_config
+    from recsys.training.train import train
 
     overrides = list(args.overrides)
     if args.tracking_uri:

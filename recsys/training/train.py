@@ -3,38 +3,39 @@
 Steps: prepare data (cached) -> split -> model -> Lightning fit with early stopping on validation NDCG@10
 -> reload the best epoch -> full-ranking validation and test metrics -> saved model directory -> MLflow.
 Each run writes into a fresh folder under `tracking.output_dir`, so runs never clobber each other.
+
+This file is the run itself and its fit. Around it: `run_folder.py` (the run folder and its run.json),
+`resume.py` (what `--resume` continues, and refusing a finished run), `cooldown.py` (the cool-down's
+starting checkpoint) and `publish.py` (the saved model directory, MLflow logging and registration, plots).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import polars as pl
 import torch
 
-from recsys.config import flatten
 from recsys.cpus import available_cpus
 from recsys.data import schema
 from recsys.data.dataset import PreparedDataset, Split
 from recsys.errors import ConfigError
-from recsys.models import Objective, SequenceModel, build_model
-from recsys.saved_model import SavedModel, save_model
-from recsys.run_config import RunConfig, load_run_config, run_config_from_dict
-from recsys.training.tracking import Tracker, git_commit, resolve_tracking_uri
-
-AfterLogging = Callable[[str, str, Path], object]
-RUN_INFO = "run.json"
-RUN_DIR_ENV = "RECSYS_RUN_DIR"  # hands the run folder to the worker processes of a multi-process run
-MODEL_ARTIFACT = "model"
+from recsys.models import SequenceModel, build_model
+from recsys.run_config import RunConfig
+from recsys.training.cooldown import cooldown_state, start_cooldown
+from recsys.training.publish import (AfterLogging, experiment_name, finish_tracking, log_run_start, run_name,
+                                     save_run_model, text_columns)
+from recsys.training.resume import refuse_finished_run
+from recsys.training.run_folder import (claim_run_dir, read_run_info, replace_run_info, write_config,
+                                        write_run_info)
+from recsys.training.tracking import Tracker, resolve_tracking_uri
 
 
 @dataclass
@@ -62,7 +63,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     from recsys.data.splits import make_split, not_evaluated
 
     if resume is not None:
-        _refuse_finished_run(cfg, Path(resume))
+        refuse_finished_run(cfg, Path(resume))
     _configure_threads(cfg)
     _quiet_libraries()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -80,13 +81,13 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     model = build_model(cfg.model_name, cfg.model, dataset.n_items)
     _hand_over_item_texts(model, dataset)
 
-    run_dir = Path(resume) if resume is not None else _claim_run_dir(cfg)
-    info = _read_run_info(run_dir) if resume is not None else {}
+    run_dir = Path(resume) if resume is not None else claim_run_dir(cfg)
+    info = read_run_info(run_dir) if resume is not None else {}
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume is not None and not last_ckpt.is_file():
         raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
     if info.pop("failed", None) is not None:  # resumed after a failure: what failed is in its MLflow run's tags
-        _write_json_atomic(run_dir / RUN_INFO, info)
+        replace_run_info(run_dir, info)
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     holder: dict[str, Tracker | None] = {"tracker": None}
@@ -94,18 +95,18 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
 
     def start_tracker() -> Tracker | None:
         started = time.perf_counter()
-        tracker = Tracker(tracking_uri, _experiment(cfg), _run_name(cfg, run_dir),
+        tracker = Tracker(tracking_uri, experiment_name(cfg), run_name(cfg, run_dir),
                           run_id=info.get("run_id"), enabled=cfg.tracking.enabled)
         if tracker.active and resume is None:
-            _log_run_start(tracker, cfg, dataset, split, config_file, run_dir, model.objective())
-        _write_run_info(run_dir, {"run_id": tracker.run_id, "tracking_uri": tracking_uri})
+            log_run_start(tracker, cfg, dataset, split, config_file, run_dir, model.objective())
+        write_run_info(run_dir, {"run_id": tracker.run_id, "tracking_uri": tracking_uri})
         holder["tracker"] = tracker
         tracking_setup_s[0] += time.perf_counter() - started
         return tracker
 
     try:
         if resume is None:
-            _write_config(run_dir, cfg)
+            write_config(run_dir, cfg)
         fit_started = time.perf_counter()
         trainer, module, datamodule, history = _fit(cfg, model, dataset, split, run_dir, start_tracker,
                                                     last_ckpt if resume is not None else None, callbacks or [])
@@ -131,8 +132,8 @@ def _finish(cfg: RunConfig, trainer: Any, module: Any, datamodule: Any, history:
     # this process's fit (after a resume: since it), without starting the MLflow run
     metrics["fit_s"] = time.perf_counter() - fit_started - tracking_setup_s
     metrics.update(_epoch_times(history))
-    model_dir = _save(cfg, module.model, dataset, split, metrics, run_dir, tracker)
-    version = _finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir, after_logging)
+    model_dir = save_run_model(cfg, module.model, dataset, split, metrics, run_dir, tracker)
+    version = finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir, after_logging)
     return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version,
                        history)
 
@@ -151,7 +152,7 @@ def _mark_failed(run_dir: Path, tracker: Tracker | None, exc: BaseException, kee
     if int(os.environ.get("LOCAL_RANK", "0")) > 0:
         return  # a worker process: the launcher decides about the folder
     if keep:
-        _write_run_info(run_dir, {"failed": reason})
+        write_run_info(run_dir, {"failed": reason})
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -199,7 +200,7 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
     callbacks: list[Any] = [history, *extra_callbacks, checkpoint, last]
     if cfg.trainer.progress_bar:
         callbacks.append(EpochProgressBar())
-    cooldown = _cooldown_state(cfg, run_dir, ckpt_path)
+    cooldown = cooldown_state(cfg, run_dir, ckpt_path)
     if cooldown is None:
         # Lightning's own choice of when to check: at the end of each training epoch when every epoch validates,
         # after each validation when val_every > 1 (then patience counts validations, never a stale metric).
@@ -209,7 +210,7 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
         _run_fit(trainer, module, datamodule, ckpt_path)
         if not cfg.trainer.cooldown_epochs or trainer.interrupted or _out_of_time(trainer):
             return trainer, module, datamodule, history.history
-        cooldown = _start_cooldown(run_dir, trainer.current_epoch)
+        cooldown = start_cooldown(run_dir, trainer.current_epoch)
         if cooldown is None:
             return trainer, module, datamodule, history.history
     first_epoch, ckpt_path = cooldown
@@ -275,95 +276,6 @@ def _run_fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: Path | None)
                     weights_only=True)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Cool-down (trainer.cooldown_epochs): a second fit that starts from the best epoch's weights and optimiser
-# state, with the epoch count, history and timer of the last epoch, and anneals the learning rate to zero.
-
-COOLDOWN_CKPT = "cooldown_start.ckpt"
-
-
-def _cooldown_state(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None) -> tuple[int, Path] | None:
-    """(first cool-down epoch, checkpoint to fit from) when this fit is the cool-down: a resumed run that
-    had begun it, or one whose main training had already ended (early stopped, or at max_epochs) and now
-    asks for a cool-down. None: main training first."""
-    if not cfg.trainer.cooldown_epochs or ckpt_path is None:
-        return None
-    from recsys.training.checkpoints import load_checkpoint_file
-
-    state = load_checkpoint_file(ckpt_path)
-    next_epoch = int(state["epoch"]) + 1
-    started = _read_run_info(run_dir).get("cooldown_first_epoch")
-    if started is not None:  # killed before the cool-down's first epoch was saved: start it again
-        return int(started), ckpt_path if next_epoch > int(started) else run_dir / "checkpoints" / COOLDOWN_CKPT
-    if _main_training_ended(cfg, state):
-        return _start_cooldown(run_dir, next_epoch)
-    return None
-
-
-def _start_cooldown(run_dir: Path, first_epoch: int) -> tuple[int, Path] | None:
-    """Write the cool-down's starting checkpoint: the best epoch's weights and optimiser moments, and the last
-    epoch's loops, history, best-so-far and timer, so epochs go on counting and the whole run stays one
-    history. No scheduler state (the cool-down's starts at its first step) and no early stopping (the
-    cool-down runs to its end). None when no epoch was validated, so there is no best one to go back to."""
-    from recsys.training.checkpoints import AtomicCheckpointIO, load_checkpoint_file
-
-    folder = run_dir / "checkpoints"
-    if not (folder / "best.ckpt").is_file():
-        warnings.warn("no validated epoch to cool down from (trainer.val_every > epochs run?): no cool-down",
-                      RuntimeWarning, stacklevel=2)
-        return None
-    best, last = load_checkpoint_file(folder / "best.ckpt"), load_checkpoint_file(folder / "last.ckpt")
-    start = {**last, "state_dict": best["state_dict"], "optimizer_states": best["optimizer_states"],
-             "lr_schedulers": [],
-             "callbacks": {k: v for k, v in last["callbacks"].items() if not k.startswith("EarlyStopping")}}
-    # Every process of a multi-process run writes the same file from the same two (an atomic replace each).
-    AtomicCheckpointIO().save_checkpoint(start, folder / COOLDOWN_CKPT)
-    _write_run_info(run_dir, {"cooldown_first_epoch": first_epoch, "cooldown_from_epoch": int(best["epoch"])})
-    return first_epoch, folder / COOLDOWN_CKPT
-
-
-def _main_training_ended(cfg: RunConfig, state: dict[str, Any]) -> bool:
-    if int(state["epoch"]) + 1 >= cfg.trainer.max_epochs:
-        return True
-    stopping = [v for k, v in state.get("callbacks", {}).items() if k.startswith("EarlyStopping")]
-    return bool(cfg.trainer.patience and stopping and stopping[0].get("wait_count", 0) >= cfg.trainer.patience)
-
-
-def _refuse_finished_run(cfg: RunConfig, run_dir: Path) -> None:
-    """A resumed run that would train no epoch (and so only save its model again, as model-2) stops here,
-    before anything is written, with a line that says why and what would go on."""
-    reason = _why_finished(cfg, run_dir)
-    if reason:
-        raise ConfigError(f"{run_dir}: the run is finished ({reason}); nothing trained or written. To go on, "
-                          "resume it with a larger trainer.max_epochs, trainer.patience or trainer.max_minutes, "
-                          "or with trainer.cooldown_epochs=N")
-
-
-def _why_finished(cfg: RunConfig, run_dir: Path) -> str | None:
-    """Why this run, resumed with `cfg`, has no epoch left to train; None when it has one, or when it never
-    saved its model (a run killed after its last epoch: resuming it evaluates and saves)."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not (run_dir / "model").is_dir() or not last.is_file():
-        return None
-    from recsys.training.checkpoints import load_checkpoint_file
-
-    state = load_checkpoint_file(last)
-    epochs_run = int(state["epoch"]) + 1
-    elapsed = state.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
-    if cfg.trainer.max_minutes and elapsed >= cfg.trainer.max_minutes * 60:
-        return f"its time budget trainer.max_minutes={cfg.trainer.max_minutes:g} is spent"
-    started = _read_run_info(run_dir).get("cooldown_first_epoch")
-    if started is not None:
-        if epochs_run < int(started) + cfg.trainer.cooldown_epochs:
-            return None
-        return f"{epochs_run} epochs, its cool-down of trainer.cooldown_epochs={cfg.trainer.cooldown_epochs} included"
-    if cfg.trainer.cooldown_epochs or not _main_training_ended(cfg, state):
-        return None  # a cool-down asked for now, or epochs left before max_epochs
-    if epochs_run >= cfg.trainer.max_epochs:
-        return f"{epochs_run} of trainer.max_epochs={cfg.trainer.max_epochs} epochs run"
-    return f"early stopped after {epochs_run} epochs, trainer.patience={cfg.trainer.patience}"
-
-
 def _out_of_time(trainer: Any) -> bool:
     from lightning.pytorch.callbacks import Timer
 
@@ -392,9 +304,9 @@ def _hand_over_item_texts(model: SequenceModel, dataset: PreparedDataset) -> Non
     if model.needs_item_texts:
         from recsys.data.item_text import catalogue_attributes
 
-        say(f"encoding the text of {dataset.n_items:,} items ({', '.join(_text_columns(dataset))})")
+        say(f"encoding the text of {dataset.n_items:,} items ({', '.join(text_columns(dataset))})")
         started = time.perf_counter()
-        fit = model.set_item_texts(catalogue_attributes(dataset.items, _text_columns(dataset), dataset.n_items))
+        fit = model.set_item_texts(catalogue_attributes(dataset.items, text_columns(dataset), dataset.n_items))
         say(f"encoded {dataset.n_items:,} item texts in {time.perf_counter() - started:.1f} s")
         say(truncation_line(fit.token_counts, fit.budget))
 
@@ -417,12 +329,6 @@ def say(line: str) -> None:
     results the CLI prints); from the first process only in a multi-process run."""
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(line, file=sys.stderr, flush=True)
-
-
-def _text_columns(dataset: PreparedDataset) -> tuple[str, ...]:
-    from recsys.data.item_text import text_columns_of
-
-    return dataset.text_columns or text_columns_of(dataset.items)
 
 
 def _precision(value: str) -> str:
@@ -496,184 +402,4 @@ def _best_epoch(history: list[dict[str, float]]) -> int:
     return int(max(scored, key=lambda row: row["val_ndcg@10"])["epoch"]) + 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Run folders
-
-
-def _claim_run_dir(cfg: RunConfig) -> Path:
-    """A new, empty run folder. mkdir without exist_ok is atomic, so two runs started in the same second
-    in the same folder still get different folders. Worker processes of a multi-process run reuse the
-    folder their launcher claimed."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        return Path(inherited)
-    root = Path(cfg.tracking.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    stem = f"{cfg.model_name}-{cfg.data.name}-{cfg.data.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for attempt in range(1000):
-        candidate = root / (stem if attempt == 0 else f"{stem}-{attempt + 1}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        os.environ[RUN_DIR_ENV] = str(candidate)
-        _write_json_atomic(candidate / RUN_INFO, {"started": time.time()})
-        return candidate
-    raise ConfigError(f"{root}: could not claim a new run folder for {stem}")
-
-
-def _write_config(run_dir: Path, cfg: RunConfig) -> None:
-    import yaml
-
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-
-def _read_run_info(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_INFO
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a recsys run folder (no {RUN_INFO})")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _write_run_info(run_dir: Path, values: dict[str, Any]) -> None:
-    path = run_dir / RUN_INFO
-    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    _write_json_atomic(path, {**current, **values})
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def latest_run_dir(cfg: RunConfig) -> Path:
-    """The most recently started run folder under tracking.output_dir."""
-    root = Path(cfg.tracking.output_dir)
-    runs = [p for p in root.glob("*/") if (p / RUN_INFO).is_file()] if root.is_dir() else []
-    if not runs:
-        raise ConfigError(f"{root}: no run to resume")
-    return max(runs, key=lambda p: _read_run_info(p).get("started", 0.0))
-
-
-def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
-    """The config a run folder was started with, plus overrides (e.g. a larger trainer.max_epochs)."""
-    import yaml
-
-    from recsys.config import apply_overrides
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a recsys run folder (no config.yaml)")
-    data = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")), overrides)
-    return run_config_from_dict(data, where=str(path))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Saving and tracking
-
-
-def _save(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: Split,
-          metrics: dict[str, float], run_dir: Path, tracker: Tracker | None) -> Path:
-    histories = dataset.sequences.select(schema.USER_IDX, schema.ITEMS, schema.TIMESTAMPS)
-    saved = SavedModel(
-        model_name=cfg.model_name,
-        config=cfg.to_dict(),
-        state_dict=model.state_dict(),
-        n_items=dataset.n_items,
-        item_map=dataset.item_map,
-        user_map=dataset.user_map,
-        items=dataset.items,
-        histories=histories,
-        metrics=metrics,
-        extra={"dataset": dataset.name, "preset": dataset.preset, "fingerprint": dataset.fingerprint,
-               "split": split.kind, "mlflow_run_id": tracker.run_id if tracker else None,
-               "text_columns": list(_text_columns(dataset))},
-        bundle=model.bundle(),  # e.g. a text model's tokenizer
-    )
-    return save_model(saved, _free_model_dir(run_dir))
-
-
-def _free_model_dir(run_dir: Path) -> Path:
-    """run_dir/model, or model-2, model-3, ... when a resumed run already saved one (never overwritten)."""
-    candidate, n = run_dir / "model", 1
-    while candidate.exists():
-        n += 1
-        candidate = run_dir / f"model-{n}"
-    return candidate
-
-
-def _log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, split: Split,
-                   config_file: str | Path | None, run_dir: Path, objective: Objective) -> None:
-    from recsys.data.prepare import repeated_target_shares
-
-    loss = objective.loss if objective.batches != "count" else ""  # a counting model has none
-    tracker.log_params(flatten(cfg.to_dict()))
-    tracker.log_params({"dataset.fingerprint": dataset.fingerprint, "dataset.n_users": dataset.n_users,
-                        "dataset.n_items": dataset.n_items, "dataset.n_interactions": dataset.n_interactions,
-                        "dataset.duplicates_dropped": dataset.duplicates_dropped,
-                        **{f"dataset.{split}_targets_repeating_previous": f"{share:.4f}"
-                           for split, share in repeated_target_shares(dataset).items()},
-                        "split.n_valid": split.valid.height, "split.n_test": split.test.height})
-    tags = {"model": cfg.model_name, "dataset": cfg.data.name, "preset": cfg.data.preset,
-            "split": split.kind, "loss": loss, "run_dir": str(run_dir.resolve()),
-            "mlflow.note.content": _description(cfg, dataset, split, loss)}
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    tracker.set_tags(tags)
-    tracker.log_artifact(run_dir / "config.yaml")
-    if config_file is not None and Path(config_file).is_file():
-        tracker.log_artifact(config_file, "source_config")
-
-
-def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split, loss: str) -> str:
-    return (f"{cfg.model_name} on {dataset.name} (preset {dataset.preset}: {dataset.n_users:,} users, "
-            f"{dataset.n_items:,} items, {dataset.n_interactions:,} interactions), {split.kind} split, "
-            f"full ranking over all items, seen items excluded; " + (f"loss {loss}." if loss else "no loss (counted)."))
-
-
-def _finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, float],
-                     history: list[dict[str, float]], run_dir: Path, model_dir: Path,
-                     after_logging: AfterLogging | None) -> str | None:
-    from recsys.training.plots import plot_learning_curves, plot_metrics_at_k
-
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    title = f"{cfg.model_name} on {cfg.data.name} ({cfg.data.preset})"
-    if history:
-        plot_learning_curves(history, plots / "learning_curves.png", title)
-    plot_metrics_at_k({k: v for k, v in metrics.items() if k.startswith("test_")}, plots / "test_metrics_at_k.png",
-                      f"test metrics at K: {title}")
-    if tracker is None or not tracker.active:
-        return None
-    final_step = int(metrics.get("epochs_run", 0))
-    tracker.log_metrics(metrics, step=final_step)
-    tracker.log_artifact(plots, "plots")
-    tracker.log_artifact(model_dir, MODEL_ARTIFACT)
-    if after_logging is not None:
-        try:  # an extra flavour (the CLI's MLflow pyfunc) is a bonus: its failure must not fail the run
-            after_logging(tracker.uri, tracker.run_id, model_dir)
-        except Exception as exc:  # noqa: BLE001 - like Tracker._call: warn, keep the run and the saved model
-            warnings.warn(f"could not log an extra model flavour ({str(exc).strip()[:200]}); the model "
-                          "directory is still logged as an artifact", RuntimeWarning, stacklevel=2)
-    version = None
-    if cfg.tracking.register_as:
-        tags = {k.replace("@", "_at_"): f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and "@10" in k}
-        description = (f"{cfg.model_name} on {cfg.data.name} (preset {cfg.data.preset}), {cfg.data.split} split, "
-                       f"full ranking: test NDCG@10 {metrics.get('test_ndcg@10', float('nan')):.4f}, "
-                       f"HR@10 {metrics.get('test_hr@10', float('nan')):.4f}; run folder {run_dir.resolve()}")
-        version = tracker.register_model(cfg.tracking.register_as, MODEL_ARTIFACT, tags, description)
-    tracker.finish()
-    return version
-
-
-def _experiment(cfg: RunConfig) -> str:
-    return cfg.tracking.experiment or f"recsys-{cfg.data.name}"
-
-
-def _run_name(cfg: RunConfig, run_dir: Path) -> str:
-    return cfg.tracking.run_name or run_dir.name
-
-
-__all__ = ["TrainResult", "load_run_config", "resume_config", "train"]
+__all__ = ["TrainResult", "train"]

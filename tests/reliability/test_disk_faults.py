@@ -19,7 +19,8 @@ from recsys.errors import ModelLoadError
 from recsys.retrieval import Recommender
 from recsys.saved_model import MANIFEST, load_model_files, save_model
 from recsys.training.checkpoints import load_checkpoint_file
-from recsys.training.train import resume_config, train
+from recsys.training.resume import resume_config
+from recsys.training.train import train
 from tests.processes import running, wait_for_exit, wait_until
 from tests.reliability.conftest import cli_env, quick
 from tests.retrieval.conftest import tiny_saved_model

@@ -11,7 +11,8 @@ import torch
 
 from recsys.errors import ConfigError
 from recsys.training.checkpoints import load_checkpoint_file
-from recsys.training.train import resume_config, train
+from recsys.training.resume import resume_config
+from recsys.training.train import train
 from tests.training.test_train import quick_config
 
 # Two optimiser steps an epoch; max_epochs 3 with patience 0 ends the main training at epoch 2 every time.

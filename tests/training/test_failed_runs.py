@@ -10,7 +10,8 @@ import lightning as L
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys.training.train import resume_config, train
+from recsys.training.resume import resume_config
+from recsys.training.train import train
 
 from .test_train import quick_config
 

@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from recsys.data.prepare import prepare_dataset
 from recsys.saved_model import load_model_files
 from recsys.run_config import load_run_config
-from recsys.training.train import resume_config, train
+from recsys.training.resume import resume_config
+from recsys.training.train import train
 
 # Small enough for seconds per epoch on 2 cores, real enough to learn something: the last 30 items of
 # every ml-latest-small user, a 2-layer SASRec of width 32.
