@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -62,10 +61,10 @@ def peak_rss_mb() -> float:
 
 
 def write_result(name: str, result: dict[str, Any], directory: Path = RESULTS) -> Path:
-    """<directory>/<name>.json (default benchmarks/results), written to a temporary file and renamed into place."""
+    """<directory>/<name>.json (default benchmarks/results), written durably (`recsys.durable`)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from recsys.durable import write_json  # here, not at the top: importing recsys sets OMP_WAIT_POLICY
+
+    write_json(path, result)
     return path

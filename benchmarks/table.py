@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
+
+from recsys.durable import write_text
 
 ROOT = Path(__file__).parents[1]
 START, END = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
@@ -123,9 +124,7 @@ def main() -> None:
     readme = ROOT / "README.md"
     content = replace_between(readme.read_text(encoding="utf-8"), START, END, text)
     content = replace_between(content, QUALITY_START, QUALITY_END, quality)
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, readme)
+    write_text(readme, content)
 
 
 if __name__ == "__main__":

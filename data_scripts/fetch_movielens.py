@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import shutil
 import sys
 import urllib.request
-import uuid
 from pathlib import Path
 
 from recsys.config import DataConfig
-from recsys.data.io import Member, fsync_path, md5_file, open_source
+from recsys.data.io import Member, md5_file, open_source
 from recsys.data.movielens import READERS
 from recsys.data.prepare import dataset_stats, prepare_dataset, prepared_dir, raw_dir
+from recsys.durable import folder_beside, publish_folder
 from recsys.errors import DataError
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -122,21 +121,10 @@ def verify_content(name: str, members: list[Member]) -> None:
 
 def install(members: list[Member], target: Path) -> None:
     """Copy `members` (keeping .gz compression as found) into `target`, replacing it only when complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with folder_beside(target) as tmp:
         for member in members:
-            out = tmp / Path(member.name).name
-            out.write_bytes(_raw_bytes(member))
-            fsync_path(out)
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / Path(member.name).name).write_bytes(_raw_bytes(member))
+        publish_folder(tmp, target, replace=True)  # fsynced; an earlier install is removed once this one is in
 
 
 def _raw_bytes(member: Member) -> bytes:

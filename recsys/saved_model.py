@@ -23,9 +23,7 @@ the manifest's checksums are verified, and the weights' shapes are checked again
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import torch
 
 from recsys import __version__
 from recsys.data.io import sha256_file
+from recsys.durable import TMP_SUFFIX, folder_beside, publish_folder, remove_abandoned_folders
 from recsys.errors import ModelLoadError
 from recsys.models.base import SequenceModel
 
@@ -49,7 +48,6 @@ ITEMS = "items.parquet"
 HISTORIES = "histories.parquet"
 METRICS = "metrics.json"
 REQUIRED = (WEIGHTS, CONFIG, ITEM_MAP, USER_MAP, ITEMS, HISTORIES, METRICS)
-TMP_SUFFIX = ".tmp"  # a folder being written: .<name>.<pid>.<random>.tmp
 
 
 @dataclass
@@ -77,10 +75,8 @@ def save_model(saved: SavedModel, directory: str | Path) -> Path:
     directory = Path(directory)
     if directory.exists():
         raise ModelLoadError(f"{directory}: already exists; a saved model is never overwritten")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_temps(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=directory.parent))
-    try:
+    remove_abandoned_folders(directory)
+    with folder_beside(directory) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in saved.state_dict.items()}
         save_file(state, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(yaml.safe_dump(saved.config, sort_keys=False), encoding="utf-8")
@@ -103,12 +99,7 @@ def save_model(saved: SavedModel, directory: str | Path) -> Path:
             **saved.extra,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        _fsync_tree(tmp)
-        os.rename(tmp, directory)  # atomic on one filesystem; fails rather than replace an existing dir
-        _fsync_dir(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish_folder(tmp, directory)  # fsynced, then renamed in one step; never over an existing folder
     return directory
 
 
@@ -274,43 +265,3 @@ def _check_bundle(directory: Path, manifest: dict[str, Any], verify: bool) -> di
             raise ModelLoadError(f"{path}: checksum does not match the manifest (file changed or corrupt)")
         bundle[str(name)] = path
     return bundle
-
-
-def _remove_abandoned_temps(directory: Path) -> None:
-    """Delete temporary folders of earlier saves to `directory` whose process is gone (killed mid-save): they
-    can never be renamed into place. A folder whose writer still runs is left alone."""
-    for tmp in directory.parent.glob(f".{directory.name}.*{TMP_SUFFIX}"):
-        parts = tmp.name[len(directory.name) + 2:].split(".")  # [pid, random, "tmp"]; [random, "tmp"] before pids
-        abandoned = len(parts) == 2 or (len(parts) == 3 and parts[0].isdigit() and not _process_alive(int(parts[0])))
-        if tmp.is_dir() and abandoned:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        if path.is_dir():  # a bundle's subfolder
-            _fsync_tree(path)
-            continue
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,27 +2,23 @@
 
 A *source* is a folder, or a release's original zip (e.g. `ml-1m.zip` holding `ml-1m/ratings.dat`). Inside
 it a *member* is found by its file name, plain or gzipped (`ratings.dat` or `ratings.dat.gz`), at the top or
-one folder down (the zip's and the unpacked release's `ml-1m/` level). Writes go to a temporary file in the
-target folder, are fsynced, then `os.replace`d, so a reader never sees half a file.
+one folder down (the zip's and the unpacked release's `ml-1m/` level). Writes go through `recsys.durable`, so a
+reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import json
-import os
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from recsys.durable import replacing
 from recsys.errors import DataError
 
 _CHUNK = 1 << 20
@@ -173,43 +169,10 @@ def _hash_file(path: str | Path, digest: Any) -> str:
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> None:
-    """Write `frame` to `path` so that `path` is either the old file or the complete new one."""
-    path = Path(path)
-    with _atomic_target(path) as tmp:
+    """Write `frame` to `path` so that `path` is either the old file or the complete new one (durably)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
         frame.write_parquet(tmp)
-
-
-def write_json_atomic(data: Any, path: str | Path) -> None:
-    """Write `data` as indented JSON to `path`, atomically."""
-    path = Path(path)
-    with _atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to `path`; when the block succeeds, fsync it and rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there when the block failed
-    fsync_path(path.parent)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's (or a folder's entries') data to disk, so a rename after it is durable."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------

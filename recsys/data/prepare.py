@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +25,13 @@ from recsys.data import schema
 from recsys.data.dataset import PreparedDataset
 from recsys.data.generic import custom_members, read_custom
 from recsys.data.ids import build_item_map, build_user_map, dense_index
-from recsys.data.io import Member, Source, fsync_path, open_source
+from recsys.data.io import Member, Source, open_source
 from recsys.data.movielens import READERS
 from recsys.data.presets import Preprocessing, resolve_preprocessing
 from recsys.data.raw import RawData
 from recsys.data.sequences import build_sequences, drop_exact_duplicates, filter_counts, filter_min_rating, keep_last
 from recsys.data.splits import MIN_EVALUATED_LENGTH
+from recsys.durable import folder_beside, publish_folder, remove_abandoned_folders
 from recsys.errors import DataError
 
 FORMAT_VERSION = 1
@@ -215,14 +214,12 @@ def attach_items(item_map: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
 
 
 def save_prepared(ds: PreparedDataset, folder: Path, preprocessing: Preprocessing) -> None:
-    """Write `ds` to `folder` atomically: build a sibling temp folder, then rename it into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    """Write `ds` to `folder` atomically: built in a temporary sibling, then renamed into place (`recsys.durable`).
+    Temporary folders of earlier writers that were killed are removed first."""
+    remove_abandoned_folders(folder)
+    with folder_beside(folder) as tmp:
         for name, frame in zip(FILES, (ds.sequences, ds.user_map, ds.item_map, ds.items), strict=True):
             frame.write_parquet(tmp / f"{name}.parquet")
-            fsync_path(tmp / f"{name}.parquet")
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": ds.fingerprint,
@@ -233,22 +230,9 @@ def save_prepared(ds: PreparedDataset, folder: Path, preprocessing: Preprocessin
             "stats": dataset_stats(ds),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        fsync_path(tmp / "meta.json")
-        fsync_path(tmp)
-        _move_into_place(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, folder: Path) -> None:
-    if load_prepared(folder, None) is not None:
-        return  # another process finished the same dataset first; theirs is as good as ours
-    old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
-    if folder.exists():
-        folder.rename(old)  # an incomplete or corrupt folder from an older crash
-    os.rename(tmp, folder)
-    fsync_path(folder.parent)
-    shutil.rmtree(old, ignore_errors=True)
+        if load_prepared(folder, None) is not None:
+            return  # another process finished the same dataset first; theirs is as good as ours
+        publish_folder(tmp, folder, replace=True)  # replaces an incomplete or corrupt folder from an older crash
 
 
 def load_prepared(folder: Path, expected_fingerprint: str | None) -> PreparedDataset | None:

@@ -24,8 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from recsys.data.io import sha256_file
+from recsys.durable import replacing, write_json
 from recsys.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -225,13 +224,9 @@ class ItemIndex:
 
         directory = Path(directory)
         index_path, meta_path = index_paths(directory, self.config.kind)
-        tmp = _temp_path(directory, index_path.name)
-        try:
+        with replacing(index_path) as tmp:
             faiss.write_index(self.index, str(tmp))
             digest = sha256_file(tmp)
-            os.replace(tmp, index_path)
-        finally:
-            tmp.unlink(missing_ok=True)
         meta = {
             "format_version": INDEX_FORMAT_VERSION,
             "kind": self.config.kind,
@@ -242,12 +237,7 @@ class ItemIndex:
             "index_sha256": digest,
             "faiss_version": faiss.__version__,
         }
-        tmp = _temp_path(directory, meta_path.name)
-        try:
-            tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            os.replace(tmp, meta_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_json(meta_path, meta)
         return meta_path
 
     @classmethod
@@ -384,8 +374,4 @@ def index_paths(directory: Path, kind: str) -> tuple[Path, Path]:
     return directory / f"index-{kind}.faiss", directory / f"index-{kind}.json"
 
 
-def _temp_path(directory: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return Path(path)
 

@@ -26,10 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +36,7 @@ import numpy as np
 import torch
 
 from recsys.data import schema
+from recsys.durable import folder_beside, publish_folder
 from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, UnknownIdError
 from recsys.retrieval.index import IndexConfig, ItemIndex, as_index_config, load_or_build, top_k_filtered
 from recsys.saved_model import FORMAT_VERSION, SavedModel, build_saved_model, load_model_files, read_manifest
@@ -496,18 +494,13 @@ def resolve_model_dir(path_or_uri: str | Path, tracking_uri: str | None = None,
     target = root / hashlib.sha256(f"{uri}|{text}".encode()).hexdigest()[:20]
     if _IMMUTABLE_URI.match(text) and (target / "manifest.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
-    try:
+    with folder_beside(target) as tmp:
         found = _download(text, uri, tmp)
-        shutil.rmtree(target, ignore_errors=True)  # a moved alias (models:/name@alias) replaces its old copy
-        try:
-            os.rename(found, target)
+        try:  # a moved alias (models:/name@alias) replaces its old copy
+            publish_folder(found, target, replace=True)
         except OSError:
             if not (target / "manifest.json").is_file():  # another process may have just put it there
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -3,7 +3,8 @@
 Lightning writes a checkpoint to a temporary file in the system's temp folder and then moves it into place.
 Across filesystems (a tmpfs /tmp, a run folder on another disk) that move is a copy, so a kill or a full disk
 in the middle of it leaves a truncated `last.ckpt` where a good one was. `AtomicCheckpointIO` writes beside
-the target, fsyncs and renames over it, so the previous checkpoint stays whole until the new one is complete.
+the target, fsyncs and renames over it (`recsys.durable.replacing`), so the previous checkpoint stays whole
+until the new one is complete.
 
 Reading is always `weights_only=True` (tensors and plain data, never arbitrary pickled objects), and a file
 that cannot be read is a one-line ModelLoadError naming it, not a torch traceback.
@@ -11,7 +12,6 @@ that cannot be read is a one-line ModelLoadError naming it, not a torch tracebac
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from recsys.data.io import fsync_path
+from recsys.durable import replacing
 from recsys.errors import ModelLoadError
 
 
@@ -30,19 +30,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_path(path.parent)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # Lightning leaves checkpoints/ to us
+        with replacing(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path: Any, map_location: Callable[..., Any] | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:

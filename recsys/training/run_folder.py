@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recsys.durable import write_json, write_text
 from recsys.errors import ConfigError
 from recsys.run_config import RunConfig
 
@@ -38,7 +39,7 @@ def claim_run_dir(cfg: RunConfig) -> Path:
         except FileExistsError:
             continue
         os.environ[RUN_DIR_ENV] = str(candidate)
-        _write_json_atomic(candidate / RUN_INFO, {"started": time.time()})
+        write_json(candidate / RUN_INFO, {"started": time.time()})
         return candidate
     raise ConfigError(f"{root}: could not claim a new run folder for {stem}")
 
@@ -46,7 +47,7 @@ def claim_run_dir(cfg: RunConfig) -> Path:
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
     import yaml
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
@@ -60,15 +61,9 @@ def write_run_info(run_dir: Path, values: dict[str, Any]) -> None:
     """Add `values` to run.json (keys already there keep theirs unless `values` names them)."""
     path = run_dir / RUN_INFO
     current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    _write_json_atomic(path, {**current, **values})
+    write_json(path, {**current, **values})
 
 
 def replace_run_info(run_dir: Path, values: dict[str, Any]) -> None:
     """Write run.json as `values` alone (keys not in `values` are dropped)."""
-    _write_json_atomic(run_dir / RUN_INFO, values)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(run_dir / RUN_INFO, values)
