@@ -183,25 +183,27 @@ class Tracker:
 
 @contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
-    """Runs that start at once on one SQLite store take turns (an flock on `<db>.lock` beside it): MLflow
+    """Runs that start at once on one SQLite store take turns (a file lock on `<db>.lock` beside it): MLflow
     creates or migrates the schema and the experiment on first use, and two processes doing that together
     break each other ("table _alembic_tmp_... already exists"), which would leave a run untracked."""
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
+    from filelock import FileLock
 
-    try:
-        handle = open(f"{uri[len('sqlite:///'):]}.lock", "a")  # noqa: SIM115 - held for the whole block
-    except OSError:
-        yield  # no lock where the folder is missing or read-only: the store's own error will say why
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    path = Path(f"{uri[len('sqlite:///'):]}.lock")
+    lock: FileLock | None = None
+    if path.parent.is_dir():  # filelock would create a missing folder, which would hide the store's own error
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            lock = FileLock(path)
+            lock.acquire()
+        except OSError:
+            lock = None  # a read-only folder: no lock, and the store's own error will say why
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _reason(exc: BaseException) -> str:
