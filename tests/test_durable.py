@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from recsys.durable import (
@@ -69,6 +70,16 @@ def test_a_writer_that_raises_after_writing_half_leaves_the_old_file_and_no_temp
     assert written == b"half of the new"  # the failure really came part-way through a write
     assert target.read_bytes() == b"old"
     assert names(tmp_path) == ["weights.bin"]
+
+
+def test_a_parquet_writer_that_fails_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "frame.parquet"
+    with replacing(target) as tmp:
+        pl.DataFrame({"a": [1]}).write_parquet(tmp)
+    with pytest.raises(pl.exceptions.PolarsError), replacing(target) as tmp:  # Python objects have no Parquet type
+        pl.DataFrame({"a": [object()]}, schema={"a": pl.Object}).write_parquet(tmp)
+    assert pl.read_parquet(target)["a"].to_list() == [1]
+    assert names(tmp_path) == ["frame.parquet"]
 
 
 def test_a_missing_folder_is_an_error_and_is_not_created(tmp_path: Path) -> None:

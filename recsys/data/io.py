@@ -1,9 +1,8 @@
-"""Reading raw files from wherever a release lives, and writing prepared files safely.
+"""Reading raw files from wherever a release lives.
 
 A *source* is a folder, or a release's original zip (e.g. `ml-1m.zip` holding `ml-1m/ratings.dat`). Inside
 it a *member* is found by its file name, plain or gzipped (`ratings.dat` or `ratings.dat.gz`), at the top or
-one folder down (the zip's and the unpacked release's `ml-1m/` level). Writes go through `recsys.durable`, so a
-reader never sees half a file.
+one folder down (the zip's and the unpacked release's `ml-1m/` level). Writing is `recsys.durable`'s job.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any
 
 import polars as pl
 
-from recsys.durable import replacing
 from recsys.errors import DataError
 
 _CHUNK = 1 << 20
@@ -162,17 +160,6 @@ def _hash_file(path: str | Path, digest: Any) -> str:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return str(digest.hexdigest())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> None:
-    """Write `frame` to `path` so that `path` is either the old file or the complete new one (durably)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        frame.write_parquet(tmp)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,10 +3,9 @@
 from recsys.evaluation.metrics import (
     DEFAULT_KS,
     RankingAccumulator,
-    evaluate_scores,
     mask_scores,
     rank_metrics,
     target_ranks,
 )
 
-__all__ = ["DEFAULT_KS", "RankingAccumulator", "evaluate_scores", "mask_scores", "rank_metrics", "target_ranks"]
+__all__ = ["DEFAULT_KS", "RankingAccumulator", "mask_scores", "rank_metrics", "target_ranks"]

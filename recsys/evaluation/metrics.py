@@ -21,16 +21,14 @@ push it down (compute the final `user_vector @ item_vectors().T` outside autocas
 Memory: a batch of scores is [batch, n_items + 1] float32, 4 * batch * (n_items + 1) bytes, and ranking
 needs about two more matrices of that size (the masked copy and a comparison). Recommended eval batch size:
 512-1024 users up to ~100k items; 64-128 for a million items (256 MB per matrix at 64). The accumulator
-itself keeps only O(n_items) state. Everything here is pure torch and takes tensors or arrays, so it
+itself keeps only O(n_items) state. Everything here is pure torch and takes tensors, so it
 depends on no model or data module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -144,57 +142,6 @@ class RankingAccumulator:
         return max(self.ks)  # a position no top-K list with K in ks reaches
 
 
-def evaluate_scores(
-    score_fn: Callable[[Tensor], Tensor],
-    histories: Sequence[Any],
-    targets: Sequence[int] | np.ndarray | Tensor,
-    n_items: int,
-    batch_size: int = 256,
-    ks: Sequence[int] = DEFAULT_KS,
-    exclude_history: bool = True,
-    *,
-    max_len: int,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Full-ranking metrics of `score_fn` over users, `batch_size` users at a time.
-
-    histories: per user, a 1-D sequence of item ids, oldest first (numpy arrays, lists, tensors, or the
-    elements of a polars list column); targets: one item id per user. Each batch of histories is cut to
-    the most recent `max_len` items, left-padded with 0 to [batch, max_len] and passed to
-    score_fn(LongTensor on `device`) -> [batch, n_items + 1] scores, which must be a fresh tensor (it is
-    masked in place). With `exclude_history`, each user's FULL history (not only the last max_len items)
-    is excluded from the ranking, the target excepted. Runs under `torch.no_grad()`; put the model in eval
-    mode first. Returns `RankingAccumulator.compute()`'s dict.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if max_len < 1:
-        raise ValueError(f"max_len must be at least 1, got {max_len}")
-    target_array = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets, dtype=np.int64)
-    if target_array.ndim != 1 or len(target_array) != len(histories):
-        raise ValueError(
-            f"expected one target per history: {len(histories)} histories, targets of shape {target_array.shape}"
-        )
-    accumulator = RankingAccumulator(n_items, ks)
-    with torch.no_grad():
-        for start in range(0, len(histories), batch_size):
-            stop = min(start + batch_size, len(histories))
-            batch = [_as_ids(histories[i], i) for i in range(start, stop)]
-            inputs = torch.from_numpy(_left_pad(batch, max_len)).to(device)  # [batch, max_len]
-            scores = score_fn(inputs)  # [batch, n_items + 1]
-            if scores.shape != (stop - start, n_items + 1):
-                raise ValueError(
-                    f"score_fn returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items + 1})"
-                )
-            batch_targets = torch.from_numpy(target_array[start:stop]).to(scores.device)
-            exclude = None
-            if exclude_history:
-                longest = max((len(h) for h in batch), default=0)
-                exclude = torch.from_numpy(_left_pad(batch, max(longest, 1))).to(scores.device)
-            accumulator.update(scores, batch_targets, exclude, inplace=True)
-    return accumulator.compute()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 
@@ -258,25 +205,6 @@ def _pad_exclude(exclude: Tensor | Sequence[Tensor], batch: int, n_items: int, d
     return padded
 
 
-def _as_ids(history: Any, index: int) -> np.ndarray:
-    if isinstance(history, Tensor):
-        history = history.cpu().numpy()
-    ids = np.asarray(history)
-    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        raise ValueError(f"history {index}: expected a 1-D sequence of integer item ids, got {ids.dtype} {ids.shape}")
-    return ids.astype(np.int64, copy=False)
-
-
-def _left_pad(rows: list[np.ndarray], width: int) -> np.ndarray:
-    """Each row's last `width` ids, right-aligned in a [len(rows), width] int64 array of zeros."""
-    out = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        tail = row[-width:] if len(row) else row
-        if len(tail):
-            out[i, width - len(tail) :] = tail
-    return out
-
-
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
@@ -287,7 +215,6 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 __all__ = [
     "DEFAULT_KS",
     "RankingAccumulator",
-    "evaluate_scores",
     "mask_scores",
     "rank_metrics",
     "target_ranks",

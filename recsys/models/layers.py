@@ -1,15 +1,16 @@
 """Transformer blocks shared by the sequence models (SASRec's causal stack, BERT4Rec's bidirectional one).
 
-Read bottom-up: `attention_mask` -> `Dropout` -> `SelfAttention` -> `FeedForward` -> `TransformerBlock`. The
+Read bottom-up: `attention_bias` -> `Dropout` -> `SelfAttention` -> `FeedForward` -> `TransformerBlock`. The
 blocks take explicit arguments rather than a model config, because several models with different configs share
 them.
 
 Padding convention: sequences are LEFT-padded with item id 0, and the blocks receive `padding_mask`
 ([batch, seq_len] bool, True where the position is padding). A real position never attends to padding.
 A padding query would then have nothing to attend to (softmax over an empty set is NaN), and with left
-padding the first query rows of a short sequence see only padding; so every position may always attend to
-itself. For real positions that changes nothing (they may attend to themselves anyway); padding positions
-get a finite, meaningless state that callers ignore.
+padding the first query rows of a short sequence see only padding; so padding keys get a large finite
+negative bias rather than -inf (`attention_bias`). For real positions that changes nothing (the bias's
+exponential is 0 next to any real key, and a real query always has itself); padding positions get a
+finite, meaningless state that callers ignore.
 """
 
 from __future__ import annotations
@@ -25,40 +26,13 @@ Activation = Literal["gelu", "relu"]
 LayerNormPlacement = Literal["pre", "post", "sasrec"]
 
 
-def attention_mask(padding_mask: Tensor, causal: bool) -> Tensor:
-    """The boolean mask `scaled_dot_product_attention` takes: True where query i may attend to key j.
-
-    padding_mask: [batch, seq_len] bool, True at padding. Returns [batch, 1, seq_len, seq_len] (broadcast
-    over heads). Key j is allowed for query i when j is not padding (and j <= i if `causal`), or when
-    j == i: the diagonal is always allowed so that no row is fully masked (see the module docstring).
-    """
-    if padding_mask.dim() != 2 or padding_mask.dtype != torch.bool:
-        raise ValueError(
-            f"padding_mask must be a [batch, seq_len] bool tensor, got {tuple(padding_mask.shape)} {padding_mask.dtype}"
-        )
-    seq_len = padding_mask.shape[1]
-    device = padding_mask.device
-    allowed = (~padding_mask)[:, None, None, :]  # [batch, 1, 1, seq_len]: keys that are real items
-    if causal:
-        lower = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()  # [seq_len, seq_len]
-        allowed = allowed & lower
-    eye = torch.eye(seq_len, dtype=torch.bool, device=device)  # [seq_len, seq_len]
-    return allowed | eye  # [batch, 1, seq_len, seq_len]
-
-
-def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """The boolean mask as 0 / -inf to add to attention logits. torch's CPU attention kernel runs about
-    1.6x faster with an additive float mask than with a boolean one; convert once per forward pass."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-
-
 def attention_bias(padding_mask: Tensor, causal: bool, dtype: torch.dtype) -> Tensor:
     """The additive mask for `scaled_dot_product_attention`, built without any [batch, seq_len, seq_len]
     boolean: a large finite negative at padding keys ([batch, 1, 1, seq_len]) plus, if `causal`, a shared
-    -inf upper triangle ([seq_len, seq_len]). Real queries attend exactly the keys `attention_mask` allows
-    (the exponential of the large negative is 0). A padding query whose keys are all padding gets a finite,
-    meaningless mix of them instead of NaN (the job of `attention_mask`'s diagonal). Building the boolean
-    mask and converting it cost about as much as the attention itself when encoding every user on a CPU.
+    -inf upper triangle ([seq_len, seq_len]). Real queries attend exactly the real keys (at or before them
+    if `causal`): the exponential of the large negative is 0. A padding query whose keys are all padding
+    gets a finite, meaningless mix of them instead of NaN. A boolean [batch, seq_len, seq_len] mask,
+    converted to an additive one, cost about as much as the attention itself when encoding every user on a CPU.
     Returns [batch, 1, 1, seq_len] (not causal) or [batch, 1, seq_len, seq_len] (causal).
     """
     if padding_mask.dim() != 2 or padding_mask.dtype != torch.bool:
@@ -135,7 +109,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, mask: Tensor | None, last_only: bool = False, query: Tensor | None = None) -> Tensor:
-        """x: [batch, seq_len, hidden]; mask: from `attention_bias` (or `attention_mask`), or None for plain
+        """x: [batch, seq_len, hidden]; mask: from `attention_bias` (or any mask SDPA takes), or None for plain
         causal attention (query i sees keys <= i; exact only where no real query has a padding key before
         it, i.e. right padding). Returns [batch, seq_len, hidden], or
         [batch, 1, hidden] with `last_only`: only the last position queries (all positions are still keys),

@@ -38,7 +38,7 @@ import torch
 from recsys.data import schema
 from recsys.durable import folder_beside, publish_folder
 from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, UnknownIdError
-from recsys.retrieval.index import IndexConfig, ItemIndex, as_index_config, load_or_build, top_k_filtered
+from recsys.retrieval.index import IndexConfig, as_index_config, load_or_build, top_k_filtered
 from recsys.saved_model import FORMAT_VERSION, SavedModel, build_saved_model, load_model_files, read_manifest
 
 OnUnknown = Literal["skip", "error"]

@@ -1,4 +1,4 @@
-"""Sources (folder, zip, gz), members, checksums and atomic writes."""
+"""Sources (folder, zip, gz), members, checksums and typed delimited reads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from recsys.data.io import (
     open_source,
     read_delimited,
     sha256_file,
-    write_parquet_atomic,
 )
 from recsys.errors import DataError
 
@@ -81,22 +80,10 @@ def test_truncated_gzip_is_a_data_error(tmp_path: Path) -> None:
         _read(tmp_path)
 
 
-def test_atomic_writes_replace_whole_files(tmp_path: Path) -> None:
-    target = tmp_path / "out" / "frame.parquet"
-    write_parquet_atomic(pl.DataFrame({"a": [1, 2]}), target)
-    write_parquet_atomic(pl.DataFrame({"a": [3]}), target)
-    assert pl.read_parquet(target)["a"].to_list() == [3]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["frame.parquet"]  # no temp left
-    assert sha256_file(target) == hashlib.sha256(target.read_bytes()).hexdigest()
-
-
-def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
-    target = tmp_path / "frame.parquet"
-    write_parquet_atomic(pl.DataFrame({"a": [1]}), target)
-    with pytest.raises(pl.exceptions.PolarsError):  # a column of Python objects cannot be written as Parquet
-        write_parquet_atomic(pl.DataFrame({"a": [object()]}, schema={"a": pl.Object}), target)
-    assert pl.read_parquet(target)["a"].to_list() == [1]
-    assert [p.name for p in tmp_path.iterdir()] == ["frame.parquet"]
+def test_sha256_of_a_file_is_that_of_its_bytes(tmp_path: Path) -> None:
+    target = tmp_path / "blob"
+    target.write_bytes(RATINGS * 1000)
+    assert sha256_file(target) == hashlib.sha256(RATINGS * 1000).hexdigest()
 
 
 def test_wrong_separator_and_non_numeric_values_name_the_line(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.evaluation import RankingAccumulator, evaluate_scores, mask_scores, rank_metrics, target_ranks
+from recsys.evaluation import RankingAccumulator, mask_scores, rank_metrics, target_ranks
 
 INF = float("inf")
 
@@ -178,51 +178,3 @@ def test_agrees_with_numpy_reference(seed: int) -> None:
             [torch.from_numpy(h) for h in histories[start:stop]],
         )
     assert acc.compute() == pytest.approx(expected)
-
-    # The batching helper on the same data: users come in order, so score_fn serves the next rows.
-    table = torch.from_numpy(scores)
-    served = 0
-    inputs_seen: list[torch.Tensor] = []
-
-    def score_fn(inputs: torch.Tensor) -> torch.Tensor:
-        nonlocal served
-        inputs_seen.append(inputs)
-        served += inputs.shape[0]
-        return table[served - inputs.shape[0] : served].clone()
-
-    got = evaluate_scores(score_fn, histories, targets, n_items, batch_size=8, ks=ks, max_len=9)
-    assert got == pytest.approx(expected)
-    assert served == n_users
-    assert all(x.shape[1] == 9 and x.dtype == torch.int64 for x in inputs_seen)
-
-
-def test_evaluate_scores_pads_left_truncates_and_excludes_the_full_history() -> None:
-    seen: list[torch.Tensor] = []
-    n_items = 6
-    fixed = torch.tensor([0.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
-
-    def score_fn(inputs: torch.Tensor) -> torch.Tensor:
-        seen.append(inputs)
-        return fixed.expand(inputs.shape[0], -1).clone()
-
-    histories = [np.array([1, 2, 3, 4]), np.array([5]), np.array([], dtype=np.int64)]
-    targets = np.array([5, 6, 6])
-    result = evaluate_scores(score_fn, histories, targets, n_items, batch_size=2, ks=(1, 2), max_len=3)
-    assert seen[0].tolist() == [[2, 3, 4], [0, 0, 5]]  # the most recent 3, left-padded
-    assert seen[1].tolist() == [[0, 0, 0]]
-    # User 0: items 1-4 all excluded (item 1 too, though cut from the model input) -> target 5 is rank 1.
-    # User 1: item 5 excluded -> target 6 ranks behind 1, 2, 3, 4: rank 5. User 2: rank 6.
-    assert result["hr@1"] == pytest.approx(1 / 3)
-    assert result["mrr@2"] == pytest.approx(1 / 3)
-    without = evaluate_scores(score_fn, histories, targets, n_items, batch_size=2, ks=(1,), max_len=3, exclude_history=False)
-    assert without["hr@1"] == 0.0
-
-
-def test_evaluate_scores_rejects_mismatches() -> None:
-    def score_fn(inputs: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(inputs.shape[0], 4)
-
-    with pytest.raises(ValueError, match="one target per history"):
-        evaluate_scores(score_fn, [np.array([1])], np.array([1, 2]), 3, max_len=2)
-    with pytest.raises(ValueError, match=r"expected \(1, 6\)"):
-        evaluate_scores(score_fn, [np.array([1])], np.array([1]), 5, max_len=2)

@@ -12,33 +12,32 @@ from recsys.models.layers import (
     FeedForward,
     SelfAttention,
     TransformerBlock,
-    additive_mask,
     attention_bias,
-    attention_mask,
     keep_mask,
 )
 
 
-def test_attention_mask_causal_and_padding() -> None:
-    padding = torch.tensor([[True, False, False]])
-    mask = attention_mask(padding, causal=True)[0, 0]
-    expected = torch.tensor(
-        [
-            [True, False, False],  # a padding query sees only itself
-            [False, True, False],  # padding key 0 is hidden; future key 2 too
-            [False, True, True],
-        ]
-    )
-    assert torch.equal(mask, expected)
+def allowed_keys(padding: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The reference: [batch, 1, seq_len, seq_len] bool, True where query i may attend to key j (j is a real
+    item, and j <= i if causal), written out position by position."""
+    batch, seq_len = padding.shape
+    allowed = torch.zeros(batch, 1, seq_len, seq_len, dtype=torch.bool)
+    for b in range(batch):
+        for i in range(seq_len):
+            for j in range(seq_len):
+                allowed[b, 0, i, j] = not padding[b, j] and (j <= i or not causal)
+    return allowed
 
 
-def test_attention_mask_bidirectional_sees_future_but_not_padding() -> None:
+def test_attention_bias_hides_padding_and_the_future() -> None:
     padding = torch.tensor([[True, False, False]])
-    mask = attention_mask(padding, causal=False)[0, 0]
-    assert torch.equal(mask[1], torch.tensor([False, True, True]))
-    # A padding query may look at real keys too: its output is ignored, it only must not be NaN.
-    assert torch.equal(mask[0], torch.tensor([True, True, True]))
-    assert not mask[:, 0][1:].any()  # no real query attends to the padding key
+    causal = attention_bias(padding, causal=True, dtype=torch.float32)[0, 0]
+    hidden = causal < -1e30  # padding keys (large finite negative) and future keys (-inf)
+    assert torch.equal(~hidden, allowed_keys(padding, causal=True)[0, 0])
+    assert torch.isinf(causal[0, 1:]).all()  # future keys: -inf
+    assert torch.isfinite(causal[:, 0]).all()  # the padding key: finite, so query 0 (nothing real to see) is no NaN
+    bidirectional = attention_bias(padding, causal=False, dtype=torch.float32)[0, 0]  # [1, 3]: one row for all
+    assert torch.equal(bidirectional[0] == 0, torch.tensor([False, True, True]))
 
 
 def test_sasrec_block_is_the_reference_codes_formula() -> None:
@@ -46,7 +45,7 @@ def test_sasrec_block_is_the_reference_codes_formula() -> None:
     torch.manual_seed(0)
     block = TransformerBlock(8, 2, 8, 0.0, activation="relu", layer_norm="sasrec").eval()
     x = torch.randn(2, 5, 8)
-    mask = attention_mask(torch.zeros(2, 5, dtype=torch.bool), causal=True)
+    mask = attention_bias(torch.zeros(2, 5, dtype=torch.bool), causal=True, dtype=torch.float32)
 
     q_in = block.norm1(x)
     weights, biases = block.attn.qkv.weight.split(8), block.attn.qkv.bias.split(8)  # q, k, v
@@ -54,8 +53,7 @@ def test_sasrec_block_is_the_reference_codes_formula() -> None:
     key, value = x @ weights[1].T + biases[1], x @ weights[2].T + biases[2]
     outs = []
     for h in (slice(0, 4), slice(4, 8)):
-        logits = query[..., h] @ key[..., h].transpose(1, 2) / math.sqrt(4)  # [2, 5, 5]
-        logits = logits.masked_fill(~mask[:, 0], float("-inf"))
+        logits = query[..., h] @ key[..., h].transpose(1, 2) / math.sqrt(4) + mask[:, 0]  # [2, 5, 5]
         outs.append(torch.softmax(logits, dim=-1) @ value[..., h])
     hidden = block.norm2(q_in + block.attn.out(torch.cat(outs, dim=-1)))
     expected = hidden + block.ffn(hidden)
@@ -63,23 +61,22 @@ def test_sasrec_block_is_the_reference_codes_formula() -> None:
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_attention_bias_gives_real_queries_the_same_attention_as_the_boolean_mask(causal: bool) -> None:
+def test_attention_bias_gives_real_queries_the_same_attention_as_the_reference_mask(causal: bool) -> None:
     torch.manual_seed(0)
     padding = torch.tensor([[True, True, True, False, False, False], [False] * 6, [True] * 6])
     q, k, v = (torch.randn(3, 2, 6, 4) for _ in range(3))
     bias = attention_bias(padding, causal=causal, dtype=torch.float32)
     assert bias.shape == ((3, 1, 6, 6) if causal else (3, 1, 1, 6))
     got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    want = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=additive_mask(attention_mask(padding, causal=causal), torch.float32))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed_keys(padding, causal))
     real = ~padding  # [batch, seq_len]: query rows whose outputs anyone reads
     torch.testing.assert_close(got.transpose(1, 2)[real], want.transpose(1, 2)[real], atol=1e-6, rtol=1e-6)
     assert torch.isfinite(got).all()  # the all-padding row included
 
 
-def test_attention_mask_rejects_non_bool() -> None:
+def test_attention_bias_rejects_non_bool() -> None:
     with pytest.raises(ValueError, match="bool"):
-        attention_mask(torch.zeros(2, 3, dtype=torch.long), causal=True)
+        attention_bias(torch.zeros(2, 3, dtype=torch.long), causal=True, dtype=torch.float32)
 
 
 def test_self_attention_matches_manual_softmax() -> None:
@@ -87,7 +84,8 @@ def test_self_attention_matches_manual_softmax() -> None:
     attn = SelfAttention(hidden=8, n_heads=2, dropout=0.0).eval()
     x = torch.randn(2, 5, 8)
     padding = torch.tensor([[True, True, False, False, False], [False] * 5])
-    mask = attention_mask(padding, causal=True)
+    mask = allowed_keys(padding, causal=True)  # SelfAttention takes any mask SDPA does
+    mask = mask | torch.eye(5, dtype=torch.bool)  # padding queries see themselves, so no row is all False
     got = attn(x, mask)
 
     q, k, v = attn.qkv(x).split(8, dim=-1)
@@ -112,7 +110,7 @@ def test_block_no_nan_with_all_padding_rows(layer_norm: str, activation: str, ca
     padding[1, 4:] = False  # mostly padding
     padding[2] = False
     for mode in (block.train(), block.eval()):
-        y = mode(x, attention_mask(padding, causal=causal))
+        y = mode(x, attention_bias(padding, causal=causal, dtype=torch.float32))
         assert y.shape == x.shape
         assert torch.isfinite(y).all()
     y.sum().backward()
@@ -135,7 +133,7 @@ def test_last_only_block_equals_the_last_row_of_the_full_block(layer_norm: str) 
     x = torch.randn(3, 7, 16)
     padding = torch.zeros(3, 7, dtype=torch.bool)
     padding[0, :4] = True
-    mask = attention_mask(padding, causal=True)
+    mask = attention_bias(padding, causal=True, dtype=torch.float32)
     full = block(x, mask)
     last = block(x, mask, last_only=True)
     assert last.shape == (3, 1, 16)
