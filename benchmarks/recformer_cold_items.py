@@ -4,7 +4,7 @@
     python benchmarks/recformer_cold_items.py --config configs/recformer_ml-1m-papers.yaml --dataset ml-1m \
         --data-path ../shared/data/ml-1m trainer.max_epochs=30
 
-Protocol (`recsys.retrieval.cold_items`): `--share` of the items with at least `--min-interactions`
+Protocol (`recsys.evaluation.cold_items`): `--share` of the items with at least `--min-interactions`
 interactions is drawn with `--split-seed`; every interaction with them is removed from the log, and the model
 trains on the rest as a custom dataset (its own leave-one-out split; those metrics are reported as
 `known_test_*`). The held-out items are then added to the saved model with `add_items` (what `recsys index
@@ -43,8 +43,8 @@ def main() -> None:
 
     from recsys.config import DataConfig
     from recsys.data.prepare import read_raw
+    from recsys.evaluation.cold_items import cold_item_hit_rate, hold_out_items, write_training_files
     from recsys.retrieval.catalogue import add_items
-    from recsys.retrieval.cold_items import cold_item_hit_rate, hold_out_items, write_training_files
     from recsys.retrieval.recommender import Recommender
     from recsys.run_config import load_run_config
     from recsys.training.train import train

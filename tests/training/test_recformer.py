@@ -1,7 +1,7 @@
 """The text model end to end on a real data slice, one training run shared by the tests of this file.
 
 Data: the embedded ml-latest-small cut to the movies with at least 20 ratings; 10% of those are held out of
-training ENTIRELY (every interaction with them removed: `recsys.retrieval.cold_items`). The frozen
+training ENTIRELY (every interaction with them removed: `recsys.evaluation.cold_items`). The frozen
 text model (recformer) trains on the rest through the shared loop, is saved, loads offline with `Recommender.load`, and
 takes the held-out movies back through `recsys index add-items` by their text alone, after which it must rank
 them far above chance for the users who went on to watch them."""
@@ -29,8 +29,8 @@ from recsys.config import DataConfig  # noqa: E402
 from recsys.data import schema  # noqa: E402
 from recsys.data.item_text import catalogue_attributes  # noqa: E402
 from recsys.data.prepare import prepare_dataset, read_raw  # noqa: E402
+from recsys.evaluation.cold_items import ColdItemSplit, cold_item_hit_rate, hold_out_items, write_training_files  # noqa: E402
 from recsys.models import RecformerFull, SASRec, SASRecConfig  # noqa: E402
-from recsys.retrieval.cold_items import ColdItemSplit, cold_item_hit_rate, hold_out_items, write_training_files  # noqa: E402
 from recsys.retrieval.recommender import Recommender  # noqa: E402
 from recsys.run_config import load_run_config  # noqa: E402
 from recsys.saved_model import build_saved_model, load_model_files, save_model  # noqa: E402

@@ -10,6 +10,9 @@ history excluded, as `Recommender.recommend` does. Random ranking hits with prob
 size - distinct history items) per user; that expectation is reported beside the hit rate.
 
 An id-based model cannot take part: it has no vector for an id it never saw (add-items refuses it).
+
+This is an evaluation protocol, so it lives in `recsys.evaluation`, below `recsys.retrieval`: it never imports
+`Recommender`, only states what it asks of one (`ColdItemRecommender`), which `Recommender` fulfils.
 """
 
 from __future__ import annotations
@@ -18,13 +21,27 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
 from recsys.data import schema
 
 KS = (10, 50)
+
+
+class ColdItemRecommender(Protocol):
+    """What `cold_item_hit_rate` asks of a recommender (`recsys.retrieval.Recommender` is one)."""
+
+    n_items: int
+
+    def recommend_batch(self, *, histories: list[list[Any]], k: int) -> list[list[Any]]:
+        """Per history, the top k recommendations (each with an `item_id`), the history excluded."""
+        ...
+
+    def split_known(self, item_ids: list[Any]) -> tuple[list[Any], list[Any]]:
+        """(known, unknown) item ids of the catalogue, in input order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,7 @@ def write_training_files(split: ColdItemSplit, items: pl.DataFrame, folder: str 
             f"data.items_file={folder / 'items.parquet'}", "data.path=null"]
 
 
-def cold_item_hit_rate(recommender: Any, targets: pl.DataFrame, ks: tuple[int, ...] = KS) -> dict[str, float]:
+def cold_item_hit_rate(recommender: ColdItemRecommender, targets: pl.DataFrame, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """HR@k of the held-out targets from each history (a Recommender over the grown catalogue), and the
     expected HR@k of a random ranking over the same candidates."""
     histories = targets[schema.HISTORY].to_list()
