@@ -1,4 +1,5 @@
-"""`recsys recommend` as a user runs it: a subprocess on a small saved model."""
+"""`recsys recommend` as a user runs it (a subprocess on a small saved model), and `recsys serve`'s help and
+its check of --port before anything loads."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from recsys.saved_model import save_model
-
 from tests.retrieval.conftest import tiny_saved_model
 
 
