@@ -88,16 +88,19 @@ def log_pyfunc(model_dir: str | Path, tracking_uri: str | None = None, run_id: s
     `mlflow models serve -m`. Uses only an MlflowClient (no global MLflow state is changed)."""
     from mlflow.tracking import MlflowClient
 
-    from recsys.training.tracking import resolve_tracking_uri
+    from recsys.training.tracking import artifact_root, resolve_tracking_uri
 
     read_manifest(model_dir)  # a clear ModelLoadError before anything is logged
     if (run_id is None) == (experiment is None):
         raise InvalidRequestError("log_pyfunc needs exactly one of run_id or experiment")
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
     new_run = run_id is None
     if run_id is None:
         found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        # a new experiment keeps its artifacts beside the store, as training's do, not in ./mlruns of the caller
+        experiment_id = (found.experiment_id if found is not None else
+                         client.create_experiment(experiment, artifact_location=artifact_root(uri, experiment)))
         run_id = client.create_run(experiment_id, run_name="recsys-pyfunc").info.run_id
     with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
         saved = Path(tmp) / artifact_path

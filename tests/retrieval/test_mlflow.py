@@ -72,12 +72,14 @@ def test_pyfunc_logged_by_log_pyfunc_predicts(tiny_store: tuple[str, str, Path],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow.pyfunc
 
-    monkeypatch.chdir(tmp_path)  # a new experiment keeps its artifacts in ./mlruns
+    monkeypatch.chdir(tmp_path)
 
     from recsys.retrieval.pyfunc import log_pyfunc
 
     tracking_uri, _, model_dir = tiny_store
     uri = log_pyfunc(model_dir, tracking_uri, experiment="tiny-pyfunc")
+    assert not (tmp_path / "mlruns").exists()  # a new experiment's artifacts go beside the store, not into ./mlruns
+    assert (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / "tiny-pyfunc").is_dir()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # pyfunc.load_model reads the store from here
     try:
         model = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path))
