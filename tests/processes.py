@@ -136,3 +136,30 @@ def answers(url: str) -> Callable[[], bool]:
             return False
 
     return check
+
+
+@contextmanager
+def app_in_thread(app: object) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free localhost port, in a thread of this process: yields its base
+    URL once it accepts connections, and is shut down on exit whatever happened."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S  # only bounds a hang: a loaded machine may take long
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail(f"uvicorn did not start within {START_TIMEOUT_S:.0f} s", pytrace=False)
+            time.sleep(0.05)  # polling server.started: goes on as soon as it is set
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

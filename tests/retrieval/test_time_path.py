@@ -3,18 +3,13 @@ the Recommender, the HTTP server and the pyfunc, and change what it recommends a
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import polars as pl
 import pytest
 import torch
-import uvicorn
 
 from recsys.data import schema
 from recsys.models import HSTU, HSTUConfig
@@ -22,7 +17,7 @@ from recsys.retrieval import Recommender
 from recsys.saved_model import SavedModel, save_model
 from recsys.serving.http import create_app
 
-from tests.processes import START_TIMEOUT_S, TEST_TIMEOUT_S
+from tests.processes import TEST_TIMEOUT_S, app_in_thread
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
@@ -125,22 +120,8 @@ def test_the_pyfunc_passes_timestamps_and_at(rec: Recommender) -> None:
 
 @pytest.fixture(scope="module")
 def server(rec: Recommender) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(rec), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S  # only bounds a hang: a loaded machine may take long
-        while not srv.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                pytest.fail(f"uvicorn did not start within {START_TIMEOUT_S:.0f} s", pytrace=False)
-            time.sleep(0.05)  # polling srv.started: goes on as soon as it is set
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
+    with app_in_thread(create_app(rec)) as url:
+        yield url
 
 
 def test_http_requests_carry_timestamps_and_at(server: str, rec: Recommender) -> None:

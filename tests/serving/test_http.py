@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from recsys.retrieval import Recommender
 from recsys.saved_model import save_model
 from recsys.serving.http import MAX_BATCH, MAX_BODY_BYTES, MAX_ITEMS, MAX_K, create_app
 
-from tests.processes import START_TIMEOUT_S, TEST_TIMEOUT_S
+from tests.processes import TEST_TIMEOUT_S, app_in_thread
 from tests.retrieval.conftest import HISTORIES, tiny_saved_model
 
 # The first test also waits for the server fixture (up to START_TIMEOUT_S): a longer limit than that wait.
@@ -29,22 +25,8 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
 
 @pytest.fixture(scope="module")
 def server(rec: Recommender) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(rec), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S  # only bounds a hang: a loaded machine may take long
-        while not srv.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                pytest.fail(f"uvicorn did not start within {START_TIMEOUT_S:.0f} s", pytrace=False)
-            time.sleep(0.05)  # polling srv.started: goes on as soon as it is set
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
+    with app_in_thread(create_app(rec)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
