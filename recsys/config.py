@@ -1,58 +1,57 @@
-"""Typed configuration: frozen dataclasses read from YAML and `key=value` overrides.
+"""Typed configuration: pydantic models read from YAML and `key=value` overrides.
 
-Every section is a frozen dataclass whose fields carry their type and default. `from_dict` builds one from
-plain data and rejects unknown keys and values of the wrong type with a one-line `ConfigError` that names
-the file and the dotted key (never RecBole's silent `None`). Model sections live next to their models
-(`recsys.models`); this module knows nothing of them and stays at the bottom of the import graph.
+Every section (`DataConfig`, `TrainerConfig`, `TrackingConfig` here; each model's config beside its model in
+`recsys.models`) is a frozen pydantic model (`ConfigModel`) that refuses unknown keys. A key is defined once:
+its type, its default, its range (`Field(ge=..., lt=...)`) and its docstring, which is also what `recsys train
+--help` and `recsys config show` print for it. A bad key or value, from a YAML file, an override or Python, is
+one `ConfigError` line that names the file and the dotted key, e.g. `configs/x.yaml: model.hiden: unknown key
+(known: ...)` or `trainer.betas[1]: must be in [0, 1), got 1.0`: `from_dict` and the sections' constructors
+turn pydantic's ValidationError (its first error) into that line, never into pydantic's multi-line dump.
+
+Why pydantic rather than jsonargparse: pydantic checks plain data wherever it comes from (a config file, a run
+folder's or a saved model's config.yaml, overrides, Python) the same way, without owning the command line,
+and it is already installed (FastAPI, which serves models, and MLflow depend on it). jsonargparse would make
+the command line the owner of config loading: its own YAML reading and argparse-style errors, where recsys
+keeps one line naming file, line and key; a parser per command that would have to know every model's keys
+(so import torch) before `--help` could answer; and `section.key=value` overrides and `--resume RUN_DIR`
+bent into its shape.
+
+Model sections live next to their models (`recsys.models`); this module knows nothing of them and stays at
+the bottom of the import graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from recsys.errors import ConfigError
 
-T = TypeVar("T")
+C = TypeVar("C", bound="ConfigModel")
 
+# Ranges of number keys, checked when a config is built. A value out of range would otherwise reach Lightning
+# or torch and fail there with a traceback, or, worse, mean something else (Lightning reads max_epochs=-1 as
+# no limit).
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+Rate = Annotated[float, Field(ge=0, lt=1)]
+"""In [0, 1): a dropout or an Adam beta, for which 1 would mean nothing is left."""
+Share = Annotated[float, Field(gt=0, le=1)]
+"""In (0, 1]: a part of something, at most all of it, never none of it."""
 
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """The allowed range of a number field, checked when a config is built: `Annotated[int, Range(1)]`.
-    A value out of range would otherwise reach Lightning or torch and fail there with a traceback, or, worse,
-    mean something else (Lightning reads max_epochs=-1 as no limit)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    """low itself is not allowed (grad_clip > 0)"""
-    high_open: bool = False
-
-    def problem(self, value: float) -> str | None:
-        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        return f"must be {self.describe()}, got {value!r}" if below or above else None
-
-    def describe(self) -> str:
-        if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {_number(self.low)}"
-        if self.low is None:
-            return f"{'less than' if self.high_open else 'at most'} {_number(self.high)}"
-        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
-                f"{')' if self.high_open else ']'}")
-
-
-def _number(value: float | None) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-Positive = Annotated[int, Range(1)]
-NonNegative = Annotated[int, Range(0)]
-PositiveFloat = Annotated[float, Range(0, low_open=True)]
+TrainWindows = Literal["last", "all"]
+"""trainer.train_windows: which windows of a user's history train the model (see data.batches.training_windows)."""
 
 # Lightning's names (lightning.pytorch's accelerator and strategy registries, its precision inputs), spelled out
 # so that loading a config imports no Lightning; tests/test_config.py keeps them equal to Lightning's.
@@ -62,11 +61,41 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16",
               "64")
 # A number in exponent notation without a dot, e.g. 5e-5: a float everywhere but in YAML 1.1, which PyYAML follows.
-_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+_SCIENTIFIC = re.compile(r"^[+-]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][+-]?[0-9]+$")
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
+class _ConfigClass(type(BaseModel)):  # type: ignore[misc]  # pydantic's model metaclass
+    """Turns the ValidationError of a config built in Python (`TrainerConfig(batch_size=0)`) into the same one
+    ConfigError line a config file gets. On the metaclass, not in `__init__`: pydantic calls a model's own
+    `__init__` for every nested sub-config too, where an error must keep its parent's key."""
+
+    def __call__(cls, /, **data: Any) -> Any:
+        try:
+            return super().__call__(**data)
+        except ValidationError as exc:
+            error = _config_error(exc, cls, data, "")
+            raise BadArgument(str(error)) from None
+
+
+class ConfigModel(BaseModel, metaclass=_ConfigClass):
+    """Base of every config section: frozen, unknown keys refused, strict types (the YAML string "5" is not the
+    integer 5; an integer is a float), each key's docstring kept as its description, and every error one
+    ConfigError line naming the key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    shorthand_key: ClassVar[str | None] = None
+    """A sub-config that may be written as the value of this one key alone: `loss: ce` is `loss: {name: ce}`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_shorthand(cls, data: Any) -> Any:
+        if cls.shorthand_key is not None and isinstance(data, str):
+            return {cls.shorthand_key: data}
+        return data
+
+
+class DataConfig(ConfigModel):
     """Which interactions to read and how to turn them into sequences and a split."""
 
     name: str = "ml-latest-small"
@@ -87,9 +116,9 @@ class DataConfig:
     """Keep only each user's most recent N interactions (None: all)."""
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     """'leave_one_out': last item test, second-to-last validation; 'temporal': global cut at timestamp quantiles."""
-    valid_quantile: Annotated[float, Range(0, 1, low_open=True)] = 0.8
+    valid_quantile: Share = 0.8
     """Temporal split only: interactions before this timestamp quantile train the model."""
-    test_quantile: Annotated[float, Range(0, 1, low_open=True)] = 0.9
+    test_quantile: Share = 0.9
     """Temporal split only: the first interaction of each user after this quantile is the test target."""
     cache_dir: str | None = None
     """Where prepared datasets are cached as Parquet (None: $RECSYS_CACHE or ~/.cache/recsys)."""
@@ -106,35 +135,35 @@ class DataConfig:
     """custom: column of timestamps (numbers, or ISO dates)."""
     rating_column: str | None = None
     """custom: optional column of ratings (needed for min_rating)."""
-    text_columns: tuple[str, ...] = ()
+    text_columns: Annotated[tuple[str, ...], Strict(False)] = ()  # not strict: YAML gives a list
     """custom: item-table columns that describe an item in words (for text models)."""
     separator: str = ","
     """custom: CSV field separator, one character; a tab may be written as \\t or 'tab'."""
 
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.separator in ("\\t", "tab"):  # what a shell passes for --separator '\t'
-            object.__setattr__(self, "separator", "\t")
-        if len(self.separator.encode("utf-8")) != 1:
-            shown = "empty" if not self.separator else f"{self.separator!r}"
-            raise FieldError("separator", f"must be one character (e.g. ',', ';' or \\t), got {shown}: the CSV "
-                             "reader splits on a single byte; convert a log with a longer separator first")
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, separator: str) -> str:
+        if separator in ("\\t", "tab"):  # what a shell passes for --separator '\t'
+            return "\t"
+        if len(separator.encode("utf-8")) != 1:
+            shown = "empty" if not separator else f"{separator!r}"
+            raise ValueError(f"must be one character (e.g. ',', ';' or \\t), got {shown}: the CSV reader splits "
+                             "on a single byte; convert a log with a longer separator first")
+        return separator
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainerConfig:
+class TrainerConfig(ConfigModel):
     """How to train: optimisation, stopping, devices, seeds."""
 
     max_epochs: Positive = 200
     """Upper bound on epochs; early stopping usually ends sooner."""
     batch_size: Positive = 128
     """Sequences per optimiser step."""
-    lr: Annotated[float, Range(0)] = 1e-3  # 0 is allowed: weights that stay put, a test's fixed point
+    lr: Annotated[float, Field(ge=0)] = 1e-3  # 0 is allowed: weights that stay put, a test's fixed point
     """Peak learning rate of AdamW."""
-    weight_decay: Annotated[float, Range(0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
     """AdamW decoupled weight decay."""
-    betas: tuple[Annotated[float, Range(0, 1, high_open=True)], Annotated[float, Range(0, 1, high_open=True)]] = (
-        0.9, 0.98)
+    betas: Annotated[tuple[Rate, Rate], Strict(False)] = (0.9, 0.98)  # not strict: YAML gives a list
     """AdamW betas."""
     warmup_steps: NonNegative = 0
     """Linear learning-rate warm-up over this many optimiser steps."""
@@ -158,14 +187,14 @@ class TrainerConfig:
     that the model's own scores leave popularity out: what it learns is which items follow a history beyond
     what is popular anyway. For a model used on another catalogue (whose popularity it cannot know); it
     lowers in-domain metrics, which are scored without the correction."""
-    train_windows: Literal["last", "all"] = "last"
+    train_windows: TrainWindows = "last"
     """'last': each user's most recent max_len items (the papers'); 'all': older history too, in more windows."""
     bucket_by_length: bool = True
     """Group training windows of similar length into batches (each batch is trimmed to its longest window):
     the same data and model, far fewer padded positions to compute; batch order stays random."""
     eval_batch_size: Positive = 512
     """Users per batch when scoring the full catalogue."""
-    seed: Annotated[int, Range(0, 2**32 - 1)] = 42
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     """Seed of every random generator (data order, init, dropout, negatives)."""
     accelerator: Literal[ACCELERATORS] = "auto"  # type: ignore[valid-type]
     """Lightning accelerator: 'cpu', 'gpu' or 'auto'."""
@@ -179,20 +208,20 @@ class TrainerConfig:
     """DataLoader worker processes."""
     threads: Positive | None = None
     """torch CPU threads (None: the cores this process may use, from its CPU affinity and cgroup quota)."""
-    limit_train_batches: Positive | Annotated[float, Range(0, 1, low_open=True)] = 1.0
-    """Fraction or number of training batches per epoch (for quick runs)."""
+    limit_train_batches: Positive | Share = 1.0
+    """Fraction (a float) or number (an integer) of training batches per epoch, for quick runs."""
     progress_bar: bool = True
     """Show a progress bar."""
 
-    def __post_init__(self) -> None:
-        check_fields(self)
+    @model_validator(mode="after")
+    def _cooldown_is_its_own_decay(self) -> TrainerConfig:
         if self.cooldown_epochs and self.lr_decay != "none":
-            raise ValueError(f"cooldown_epochs needs lr_decay: none (a cool-down is its own decay), "
-                             f"got lr_decay: {self.lr_decay}")
+            raise FieldError("cooldown_epochs", f"needs lr_decay: none (a cool-down is its own decay), got "
+                             f"lr_decay: {self.lr_decay}")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(ConfigModel):
     """Where runs, checkpoints and models go."""
 
     tracking_uri: str | None = None
@@ -210,49 +239,33 @@ class TrackingConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Building dataclasses from plain data, with errors that name the key
+# Building configs from plain data, and plain data from configs
 
 
-def from_dict(cls: type[T], data: Any, where: str = "") -> T:
-    """Build the dataclass `cls` from a mapping, checking keys and value types.
+def from_dict(cls: type[C], data: Any, where: str = "") -> C:
+    """Build the config `cls` from a mapping, checking keys, types and ranges.
 
     `where` is a prefix for messages, e.g. "configs/x.yaml: model" so errors read
-    "configs/x.yaml: model.n_layers: expected int, got 'two'".
+    "configs/x.yaml: model.n_layers: expected an integer, got 'two'".
     """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping of keys, got {_show(data)}")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{_key(where, unknown[0])}: unknown key (known: {', '.join(sorted(fields))})"
-        )
-    values = {name: _coerce(hints[name], value, _key(where, name)) for name, value in data.items()}
     try:
-        obj = cls(**values)
-    except FieldError as exc:
-        raise ConfigError(f"{_key(where, exc.field)}: {exc.problem}") from None
-    except (TypeError, ValueError) as exc:  # a __post_init__ check
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
-    return obj
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, cls, data, where) from None
 
 
-def check_fields(obj: Any) -> None:
-    """Check a config dataclass built in Python (not from YAML) as `from_dict` would: types and ranges.
-
-    Called from `__post_init__`, so `TrainerConfig(batch_size=0)` fails at once with the field's name, not
-    in the middle of a run."""
-    hints = typing.get_type_hints(type(obj), include_extras=True)
-    for field in dataclasses.fields(obj):
-        _coerce(hints[field.name], getattr(obj, field.name), field.name)
+def to_dict(obj: ConfigModel) -> dict[str, Any]:
+    """A config as plain, YAML-safe data (sub-configs become mappings, tuples lists): `from_dict` reads it back."""
+    return _plain(obj.model_dump())
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as plain, YAML-safe data (tuples become lists)."""
-    return _plain(dataclasses.asdict(obj))
+def replace(obj: C, **changes: Any) -> C:
+    """A copy of the config `obj` with `changes`, checked like any other (what dataclasses.replace was)."""
+    return type(obj)(**{**dict(obj), **changes})
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -279,7 +292,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a YAML text file (byte {exc.start} is not UTF-8 text)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader (see _yaml_loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = getattr(exc, "position", None)  # a character YAML refuses to read at all has no mark
@@ -294,122 +307,345 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_value(text: str) -> Any:
+    """A value typed on the command line, read as a YAML scalar or flow collection, as a config file would
+    read it (`5` an integer, `5e-5` a number, `[0.9, 0.98]` a list, `null` None); text YAML cannot read stays
+    the text. An empty value is None."""
+    import yaml
+
+    if not text.strip():
+        return None
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError:
+        return text
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value read by `parse_value`)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. trainer.max_epochs=5")
+    return key.split("."), parse_value(raw)
+
+
+def set_key(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set the nested key `parts` of `data` to `value`, making the sections on the way."""
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` overrides (values parsed as YAML scalars) to nested config data.
+    """Apply `section.key=value` overrides (values read by `parse_value`) to a copy of nested config data.
 
     Unknown keys are not judged here: `from_dict` rejects them with the full dotted name.
     """
-    import yaml
-
     result = _deep_copy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. trainer.max_epochs=5")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_key(result, *parse_override(item))
     return result
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check `value` against the type `hint`, converting only where it is lossless (int -> float, list -> tuple)."""
-    origin = get_origin(hint)
-    if hint is Any:
-        return value
-    if origin is Annotated:
-        base, *metadata = get_args(hint)
-        value = _coerce(base, value, key)
-        for meta in metadata:
-            problem = meta.problem(value) if isinstance(meta, Range) else None
-            if problem:
-                raise _OutOfRange(f"{key}: {problem}")
-        return value
-    if origin is Literal:
-        choices = get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{key}: {_show(value)} is not one of {', '.join(map(repr, choices))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        out_of_range = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, key)
-            except _OutOfRange as exc:
-                out_of_range.append(exc)
-            except ConfigError:
-                continue
-        if out_of_range:  # the right type, a wrong value: say which values are allowed
-            raise out_of_range[-1]
-        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {_show(value)}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
-        args = get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
-        return dict(value)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, key)  # type: ignore[arg-type]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 5e-5 (no dot in the mantissa) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_show(value)}")
-        return value
-    raise ConfigError(f"{key}: unsupported config type {hint!r}")  # a bug in a config class
+@functools.cache
+def _yaml_loader() -> type:
+    """PyYAML's SafeLoader (plain data only, no Python objects), reading 5e-5 as the number it is.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (5.0e-5), so 5e-5 would be the string "5e-5"; YAML 1.2
+    and every other reader take it for a number, and so does a user who writes lr: 5e-5."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
+    return Loader
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Keys as `--help` shows them
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyHelp:
+    """One key of a config, as help lists it."""
+
+    key: str
+    """Dotted, as an override writes it: trainer.max_epochs, model.loss.name."""
+    type: str
+    """What it takes: `int >= 1`, `'last' | 'all'`, `float in (0, 1] | null`."""
+    default: str
+    """The default, written as YAML would (null, true, [0.9, 0.98]); '' for a sub-config."""
+    doc: str
+    """The key's docstring."""
+
+
+def describe_keys(cls: type[ConfigModel], prefix: str = "") -> list[KeyHelp]:
+    """Every key of the config `cls` (and of its sub-configs) with its type, default and docstring."""
+    keys: list[KeyHelp] = []
+    for name, field in cls.model_fields.items():
+        hint = _field_hint(field)
+        sub = _config_class(hint)
+        doc = " ".join((field.description or "").split())
+        if sub is not None:
+            written = f"a mapping, or its {sub.shorthand_key} alone" if sub.shorthand_key else "a mapping"
+            keys.append(KeyHelp(prefix + name, f"{sub.__name__}: {written}", "", doc))
+            keys.extend(describe_keys(sub, f"{prefix}{name}."))
+        else:
+            keys.append(KeyHelp(prefix + name, _type_text(hint), yaml_text(field.default), doc))
+    return keys
+
+
+def _type_text(hint: Any) -> str:
+    base = _base(hint)
+    if get_origin(base) is Literal:
+        text = " | ".join(map(repr, get_args(base)))
+    elif _is_union(base):
+        text = " | ".join(_type_text(arg) for arg in get_args(base))
+    elif get_origin(base) is tuple:
+        args = get_args(base)
+        items = [_type_text(args[0]), "..."] if len(args) == 2 and args[1] is Ellipsis else map(_type_text, args)
+        text = f"[{', '.join(items)}]"
+    elif base is type(None):
+        text = "null"
+    else:
+        text = getattr(base, "__name__", str(base))
+    bounds = _range_text(_constraints(hint), compact=True)
+    return f"{text} {bounds}" if bounds else text
+
+
+def yaml_text(value: Any) -> str:
+    """A value as a config file writes it (null, true, [0.9, 0.98], quoted where YAML would read it otherwise)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(map(yaml_text, value))}]"
+    if isinstance(value, str):
+        plain = value and value.strip() == value and parse_value(value) == value and not set(value) & set(",[]{}#:'\"")
+        return value if plain else "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pydantic's errors as one line naming the key
 
 
 class FieldError(ConfigError, ValueError):
-    """A bad value of one field, found by a config class's own check; `from_dict` names it in full."""
+    """A bad value of one field, found by a config class's own check (a validator); the error line names it
+    in full, e.g. trainer.cooldown_epochs."""
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field, self.problem = field, problem
 
 
-class _OutOfRange(ConfigError):
-    """A value of the right type outside its field's Range."""
+class BadArgument(ConfigError, ValueError):
+    """A config built in Python with a bad value: the same line a config file gets, and, as a bad argument of
+    a constructor, a ValueError."""
 
 
-def _type_name(hint: Any) -> str:
-    args = [get_args(a)[0] if get_origin(a) is Annotated else a for a in get_args(hint) if a is not type(None)]
-    names = [f"one of {', '.join(map(repr, get_args(a)))}" if get_origin(a) is Literal else getattr(a, "__name__", str(a))
-             for a in args]
-    return " or ".join(names) + (" or null" if type(None) in get_args(hint) else "")
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list", "list_type": "a list",
+    "model_type": "a mapping of keys", "dict_type": "a mapping of keys", "model_attributes_type": "a mapping of keys",
+}
+
+
+@dataclasses.dataclass
+class _Place:
+    """Where in a config an error is: the dotted key a user writes and the type expected there."""
+
+    key: str = ""
+    hint: Any = None
+    owner: type[ConfigModel] | None = None
+    """The config class whose key it is (for the list of known keys)."""
+    union_depth: int | None = None
+    """Where the value met a union: the position in pydantic's error location of its branch's tag."""
+    list_sizes: tuple[int, int] | None = None
+    """(expected, given) items of a fixed-size list that was given too few."""
+
+
+def _config_error(exc: ValidationError, cls: type[ConfigModel], data: Any, where: str) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    place = _place(cls, data, first["loc"])
+    if place.union_depth is not None:
+        depth = place.union_depth
+        branches = [e for e in errors if len(e["loc"]) > depth and e["loc"][:depth] == first["loc"][:depth]]
+        key, problem = place.key, _union_problem(place.hint, branches, depth)
+    else:
+        extra, problem = _problem(first, place)
+        key = _join(place.key, extra) if extra else place.key
+    return ConfigError(f"{_key(where, key)}: {problem}" if key else f"{where or cls.__name__}: {problem}")
+
+
+def _place(cls: type[ConfigModel], data: Any, loc: tuple[int | str, ...]) -> _Place:
+    """Follow pydantic's error location through the config classes and their types."""
+    place = _Place(hint=cls)
+    raw = data
+    for depth, part in enumerate(loc):
+        hint = _strip_none(place.hint)
+        base = _base(hint)
+        if isinstance(base, type) and issubclass(base, ConfigModel):
+            place.owner = base
+            field = base.model_fields.get(str(part))
+            written_alone = base.shorthand_key == part and not isinstance(raw, dict)
+            if not written_alone:  # `loss: mse` is reported as model.loss, not model.loss.name
+                place.key = _join(place.key, str(part))
+            if field is None:  # an unknown key
+                place.hint = None
+                return place
+            place.hint = _field_hint(field)
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        elif get_origin(base) is tuple and isinstance(part, int):
+            args = get_args(base)
+            variadic = len(args) == 2 and args[1] is Ellipsis
+            place.hint = args[0] if variadic else args[part] if part < len(args) else None
+            if not variadic and isinstance(raw, (list, tuple)) and part >= len(raw):
+                place.list_sizes = (len(args), len(raw))  # reported at the list, not at an item it lacks
+                return place
+            place.key += f"[{part}]"
+            raw = raw[part] if isinstance(raw, (list, tuple)) and part < len(raw) else None
+        elif _is_union(base):
+            place.hint, place.union_depth = hint, depth
+            return place
+        else:
+            return place
+    place.hint = _strip_none(place.hint)
+    return place
+
+
+def _problem(error: Any, place: _Place) -> tuple[str, str]:
+    """(a key below the place, if the error is about one; the problem) of one pydantic error."""
+    kind, value = error["type"], error.get("input")
+    base = _base(place.hint)
+    if kind == "extra_forbidden":
+        known = sorted(place.owner.model_fields) if place.owner is not None else []
+        return "", f"unknown key (known: {', '.join(known)})"
+    if kind == "missing" and place.list_sizes is not None:
+        return "", "expected a list of {} values, got {}".format(*place.list_sizes)
+    if kind == "missing":
+        return "", "missing key"
+    if kind == "literal_error" and get_origin(base) is Literal:
+        return "", f"{_show(value)} is not one of {', '.join(map(repr, get_args(base)))}"
+    if kind in _RANGE_ERRORS:
+        return "", _out_of_range(place.hint, value)
+    if kind in ("too_long", "too_short") and get_origin(base) is tuple:
+        return "", f"expected a list of {len(get_args(base))} values, got {len(value)}"
+    if kind in ("model_type", "dict_type") and isinstance(base, type) and issubclass(base, ConfigModel):
+        alone = f"a {base.shorthand_key} or " if base.shorthand_key else ""
+        return "", f"expected {alone}a mapping of keys, got {_show(value)}"
+    if kind in _EXPECTED:
+        return "", f"expected {_EXPECTED[kind]}, got {_show(value)}"
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        return cause.field, cause.problem
+    if cause is not None:
+        return "", str(cause)
+    return "", str(error["msg"]).splitlines()[0]
+
+
+def _union_problem(hint: Any, errors: list[Any], depth: int) -> str:
+    """A value that matched no branch of a union (`int >= 1 | 'auto'`): the range it missed, when it was of a
+    branch's type (the last such branch, as with `int >= 1 | float in (0, 1]`), else the types it could be."""
+    branches = [arg for arg in get_args(_base(hint)) if arg is not type(None)]
+    tags: list[Any] = []
+    for error in errors:
+        if error["loc"][depth] not in tags:
+            tags.append(error["loc"][depth])
+    out_of_range = [e for e in errors if e["type"] in _RANGE_ERRORS]
+    if out_of_range:  # pydantic reports the branches in order, one error each for these scalar branches
+        error = out_of_range[-1]
+        index = tags.index(error["loc"][depth])
+        return _out_of_range(branches[index] if index < len(branches) else None, error["input"])
+    names = [f"one of {', '.join(map(repr, get_args(_base(a))))}" if get_origin(_base(a)) is Literal
+             else getattr(_base(a), "__name__", str(a)) for a in branches]
+    nullable = type(None) in get_args(_base(hint))
+    return f"expected {' or '.join(names)}{' or null' if nullable else ''}, got {_show(errors[0]['input'])}"
+
+
+def _out_of_range(hint: Any, value: Any) -> str:
+    if _base(hint) is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # what the key holds: 0 given to a float key is 0.0
+    return f"must be {_range_text(_constraints(hint)) or 'in its range'}, got {_show(value)}"
+
+
+def _range_text(bounds: dict[str, float], compact: bool = False) -> str:
+    """'at least 1' (compact, for help: '>= 1'), 'greater than 0', or with both ends 'in [0, 1)'."""
+    low = bounds.get("ge", bounds.get("gt"))
+    high = bounds.get("le", bounds.get("lt"))
+    if low is None and high is None:
+        return ""
+    if high is None:
+        words = (">" if compact else "greater than") if "gt" in bounds else (">=" if compact else "at least")
+        return f"{words} {_number(low)}"
+    if low is None:
+        words = ("<" if compact else "less than") if "lt" in bounds else ("<=" if compact else "at most")
+        return f"{words} {_number(high)}"
+    return f"in {'(' if 'gt' in bounds else '['}{_number(low)}, {_number(high)}{')' if 'lt' in bounds else ']'}"
+
+
+def _constraints(hint: Any) -> dict[str, float]:
+    """The ge/gt/le/lt bounds of a type, from its Annotated metadata (Field(ge=...) or annotated_types)."""
+    bounds: dict[str, float] = {}
+    while get_origin(hint) is Annotated:
+        hint, *metadata = get_args(hint)
+        for meta in metadata:
+            for item in meta.metadata if isinstance(meta, FieldInfo) else [meta]:
+                for name, kind in (("ge", annotated_types.Ge), ("gt", annotated_types.Gt),
+                                   ("le", annotated_types.Le), ("lt", annotated_types.Lt)):
+                    if isinstance(item, kind):
+                        bounds[name] = getattr(item, name)
+    return bounds
+
+
+def _field_hint(field: FieldInfo) -> Any:
+    """A field's type with its constraints, as one Annotated type."""
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+
+
+def _base(hint: Any) -> Any:
+    while get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    return hint
+
+
+def _is_union(hint: Any) -> bool:
+    return get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _strip_none(hint: Any) -> Any:
+    """`X | None` -> X (pydantic reports it as X), while a union of several types stays a union."""
+    base = _base(hint)
+    if _is_union(base):
+        options = [a for a in get_args(base) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return hint
+
+
+def _config_class(hint: Any) -> type[ConfigModel] | None:
+    base = _base(_strip_none(hint))
+    return base if isinstance(base, type) and issubclass(base, ConfigModel) else None
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
 
 
 def _key(where: str, name: str) -> str:

@@ -84,6 +84,6 @@ def evaluate_saved_model(
 
 
 def _with_path(data_cfg: Any, path: str) -> Any:
-    from dataclasses import replace
+    from recsys.config import replace
 
     return replace(data_cfg, path=path)

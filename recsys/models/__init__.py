@@ -1,4 +1,4 @@
-"""Sequence models: plain `nn.Module`s over item-id tensors, each with its config beside it.
+"""Sequence models: plain `nn.Module`s over item-id tensors, each with its config (a pydantic model) beside it.
 
 Adding a model = one file defining the model (a `recsys.models.base.SequenceModel`, the contract the rest
 of the toolkit talks to) and its config, plus one line in `MODELS`; tests/models/test_contract.py then
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from recsys.config import ConfigModel
 from recsys.errors import ConfigError
 from recsys.models.base import Objective, SequenceModel
 from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
@@ -22,7 +23,7 @@ from recsys.models.recformer import Recformer, RecformerConfig
 from recsys.models.recformer_full import RecformerFull, RecformerFullConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
 
-MODELS: dict[str, tuple[type[SequenceModel], type]] = {
+MODELS: dict[str, tuple[type[SequenceModel], type[ConfigModel]]] = {
     "sasrec": (SASRec, SASRecConfig),
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
@@ -32,7 +33,7 @@ MODELS: dict[str, tuple[type[SequenceModel], type]] = {
     "recformer": (Recformer, RecformerConfig),
     "recformer_full": (RecformerFull, RecformerFullConfig),
 }
-"""Model name (as written in configs) -> (model class, its config dataclass)."""
+"""Model name (as written in configs) -> (model class, its config class)."""
 
 # Recformer was one class with `mode: frozen | full` until the two modes became two models. Every config it
 # wrote (saved model directories, MLflow runs) has `mode` and ALL its keys, whichever mode read them; these
@@ -61,7 +62,7 @@ def resolve_legacy_model(name: str, section: dict[str, Any], where: str = "model
     return new_name, {k: v for k, v in rest.items() if k not in ignored}
 
 
-def get_model_spec(name: str) -> tuple[type[SequenceModel], type]:
+def get_model_spec(name: str) -> tuple[type[SequenceModel], type[ConfigModel]]:
     """The (model class, config class) registered as `name`; ConfigError naming the known models otherwise."""
     try:
         return MODELS[name]

@@ -32,6 +32,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from recsys.models.losses import LossConfig
+
 BATCHES = ("shift", "mask", "last", "count")
 Batches = Literal["shift", "mask", "last", "count"]
 
@@ -46,12 +48,8 @@ class Objective:
     """
 
     batches: Batches
-    loss: str = "ce"
-    """One of recsys.models.losses.LOSSES (not used by "count")."""
-    n_negatives: int = 0
-    """Negatives per step for the sampled losses."""
-    gbce_t: float = 0.0
-    """gBCE calibration (loss "gbce")."""
+    loss: LossConfig | None = None
+    """The loss and its options, the model config's `loss` (None for "count", which trains no loss)."""
     mask_token: int = 0
     """"mask": the id that hides an item."""
     mask_prob: float = 0.0

@@ -20,70 +20,59 @@ vector. The loss is full softmax cross-entropy over the catalogue by default ("c
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from recsys.config import ConfigModel, Positive, Probability, Rate
 from recsys.models.base import Objective, SequenceModel
 from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
+from recsys.models.losses import SoftmaxLossConfig
 from recsys.models.prior import with_bias_column, with_unit_column
 
 
-@dataclasses.dataclass(frozen=True)
-class BERT4RecConfig:
+class BERT4RecConfig(ConfigModel):
     """Hyperparameters of BERT4Rec. The catalogue size (n_items) comes from the data, not from here."""
 
-    max_len: int = 200
-    """Longest input the model reads, the appended [MASK] included (paper: 200 for ML-1M)."""
-    hidden: int = 64
+    max_len: Annotated[int, Field(ge=2)] = 200
+    """Longest input the model reads, the appended [MASK] included, so at least 2 (paper: 200 for ML-1M)."""
+    hidden: Positive = 64
     """Width of item embeddings and hidden states (paper: 64)."""
-    n_layers: int = 2
+    n_layers: Positive = 2
     """Number of transformer blocks (paper: 2)."""
-    n_heads: int = 2
+    n_heads: Positive = 2
     """Attention heads per block; hidden must be divisible by it (paper: 2)."""
-    dropout: float = 0.1
+    dropout: Rate = 0.1
     """Dropout on embeddings and residual branches (paper: 0.1)."""
-    attention_dropout: float = 0.0
+    attention_dropout: Rate = 0.0
     """Dropout on attention weights (the paper uses `dropout` here too). Off by default, as for SASRec: any
     attention dropout makes torch leave its fused attention kernel, which costs ~2x per epoch on CPU."""
-    ffn_mult: int = 4
+    ffn_mult: Positive = 4
     """Feed-forward inner size = ffn_mult * hidden (paper: 4, as in BERT)."""
     layer_norm: Literal["pre", "post"] = "post"
     """'post': LayerNorm after each residual sum (the paper, as BERT); 'pre': before each sub-layer, plus a
     final one (trains more stably with deeper stacks or larger learning rates)."""
     activation: Literal["gelu", "relu"] = "gelu"
     """Feed-forward and output-head non-linearity (paper: GELU)."""
-    mask_prob: float = 0.2
+    mask_prob: Annotated[float, Field(gt=0, lt=1)] = 0.2
     """Share of real items hidden behind [MASK] in each training window (paper: 0.2 for ML-1M)."""
-    last_item_mask_prob: float = 0.1
+    last_item_mask_prob: Probability = 0.1
     """Share of training windows whose only masked item is the last one (the paper's extra samples that match
     the inference task); 0 turns them off."""
-    loss: Literal["ce", "sampled_ce"] = "ce"
-    """Training loss, see recsys.models.losses: full softmax over the catalogue (the paper's) or sampled softmax."""
-    n_negatives: int = 256
-    """Uniform negatives per step for 'sampled_ce' (shared by the batch)."""
+    loss: SoftmaxLossConfig = SoftmaxLossConfig()
+    """Training loss and its options (recsys.models.losses): full softmax over the catalogue (the paper's) or
+    sampled softmax."""
     output_bias: bool = False
     """Add a learnt bias per item to its score (the paper's output layer). Vectors get one more dimension
     (hidden + 1): 1 on the user side, the bias on the item side."""
 
-    def __post_init__(self) -> None:
-        for name in ("max_len", "hidden", "n_layers", "n_heads", "ffn_mult", "n_negatives"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.max_len < 2:
-            raise ValueError(f"max_len must be at least 2 (one item and the [MASK]), got {self.max_len}")
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> BERT4RecConfig:
         if self.hidden % self.n_heads != 0:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        if not 0.0 <= self.last_item_mask_prob <= 1.0:
-            raise ValueError(f"last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
+        return self
 
 
 class BERT4Rec(SequenceModel):
@@ -132,8 +121,7 @@ class BERT4Rec(SequenceModel):
     def objective(self) -> Objective:
         """Training batches hide items and ask for them back (recsys.data.batches.mask_batch)."""
         cfg = self.config
-        return Objective("mask", loss=cfg.loss, n_negatives=cfg.n_negatives,
-                         mask_token=self.mask_token, mask_prob=cfg.mask_prob,
+        return Objective("mask", loss=cfg.loss, mask_token=self.mask_token, mask_prob=cfg.mask_prob,
                          last_item_mask_prob=cfg.last_item_mask_prob)
 
     def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None, *,

@@ -28,48 +28,33 @@ padding steps cost compute but not correctness, and length-bucketed batches keep
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from recsys.config import ConfigModel, Positive, Rate
 from recsys.models.base import Objective, SequenceModel
 from recsys.models.layers import Dropout
+from recsys.models.losses import LossConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class GRU4RecConfig:
+class GRU4RecConfig(ConfigModel):
     """Hyperparameters of GRU4Rec. The catalogue size (n_items) comes from the data, not from here."""
 
-    max_len: int = 200
+    max_len: Positive = 200
     """Longest history the model reads; longer ones keep their most recent max_len items."""
-    hidden: int = 64
+    hidden: Positive = 64
     """Width of the GRU state and, since the output layer is the tied item table, of item embeddings."""
-    n_layers: int = 1
+    n_layers: Positive = 1
     """Stacked GRU layers (the official code's best settings use one)."""
-    dropout_embed: float = 0.0
+    dropout_embed: Rate = 0.0
     """Dropout on the item embeddings fed to the GRU (official: dropout_p_embed)."""
-    dropout_hidden: float = 0.2
+    dropout_hidden: Rate = 0.2
     """Dropout on the GRU output states and between GRU layers (official: dropout_p_hidden)."""
-    loss: Literal["ce", "sampled_ce", "bce", "gbce"] = "ce"
-    """Training loss, see recsys.models.losses: full softmax, sampled softmax, BCE, or gSASRec's gBCE."""
-    n_negatives: int = 256
-    """Uniform negatives per step for 'sampled_ce' and 'gbce' (shared by the batch); 'bce' always draws 1 per position."""
-    gbce_t: float = 0.75
-    """gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully corrects the overconfidence negative sampling causes."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_len", "hidden", "n_layers", "n_negatives"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        for name in ("dropout_embed", "dropout_hidden"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 <= self.gbce_t <= 1.0:
-            raise ValueError(f"gbce_t must be in [0, 1], got {self.gbce_t}")
+    loss: LossConfig = LossConfig()
+    """Training loss and its options (recsys.models.losses): full softmax 'ce' by default, sampled softmax,
+    BCE, or gSASRec's 'gbce'."""
 
 
 class GRU4Rec(SequenceModel):
@@ -100,7 +85,7 @@ class GRU4Rec(SequenceModel):
     def objective(self) -> Objective:
         """Training batches pair each position with the next item (recsys.data.batches.shift_batch)."""
         cfg = self.config
-        return Objective("shift", loss=cfg.loss, n_negatives=cfg.n_negatives, gbce_t=cfg.gbce_t)
+        return Objective("shift", loss=cfg.loss)
 
     def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None) -> Tensor:
         """GRU state after every position; the state at position t depends only on the real items up to t.

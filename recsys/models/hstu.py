@@ -48,41 +48,40 @@ times to the second. With `timestamps` None the time bias is skipped: the model 
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.config import ConfigModel, Positive, PositiveFloat, Rate
 from recsys.models.base import Objective, SequenceModel
 from recsys.models.layers import Dropout, init_weights
+from recsys.models.losses import LossConfig
 
 NORM_EPS = 1e-6
 """LayerNorm epsilon of the blocks (the reference's)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class HSTUConfig:
+class HSTUConfig(ConfigModel):
     """Hyperparameters of HSTU. The catalogue size (n_items) comes from the data, not from here."""
 
-    max_len: int = 200
+    max_len: Positive = 200
     """Longest history the model reads; longer ones keep their most recent max_len items. Also the
     attention's divisor n (see the module docstring) and the size of the position bias table."""
-    hidden: int = 64
+    hidden: Positive = 64
     """Width of item embeddings and hidden states (the paper uses 50 on MovieLens; a multiple of 8 is faster
     on GPUs)."""
-    n_layers: int = 2
+    n_layers: Positive = 2
     """Number of HSTU blocks (paper: 2 for HSTU, 8 for HSTU-large on MovieLens)."""
-    n_heads: int = 1
+    n_heads: Positive = 1
     """Attention heads per block (paper: 1 for HSTU, 2 for HSTU-large on MovieLens)."""
-    attention_dim: int = 64
+    attention_dim: Positive = 64
     """Width of Q and K per head (the paper's d_qk; its MovieLens runs use hidden / n_heads)."""
-    linear_dim: int = 64
+    linear_dim: Positive = 64
     """Width of U and V per head (the paper's d_v); the blocks' output projection maps n_heads * linear_dim
     back to hidden."""
-    dropout: float = 0.2
+    dropout: Rate = 0.2
     """Dropout on the input embeddings and on each block's Norm(A V) * U before its output projection
     (the reference's dropout_rate and linear_dropout_rate, both 0.2)."""
     time_bias: bool = True
@@ -91,32 +90,16 @@ class HSTUConfig:
     position_bias: bool = True
     """Add a learnt bias by the distance i - j between query and history positions (rab_p). False: order
     reaches the blocks only through the absolute position embeddings (the paper's ablation)."""
-    n_time_buckets: int = 128
+    n_time_buckets: Positive = 128
     """Time gaps fall in buckets 0..n_time_buckets; longer gaps share the last (the reference's 128)."""
-    time_bucket_width: float = 0.301
+    time_bucket_width: PositiveFloat = 0.301
     """Width of a time bucket in natural-log seconds: bucket = floor(ln(max(|gap|, 1 s)) / width). The
     reference's 0.301 makes each bucket a factor e^0.301 = 1.35 wider than the one before (2.3 per doubling):
     0 and 1 s give bucket 0, 1 minute 13, 1 hour 27, 1 day 37, 1 week 44, 365 days 57, 30 years 68; so
     with 128 buckets (the reference's pair) the last ~60 are never reached by real gaps."""
-    loss: Literal["ce", "sampled_ce", "bce", "gbce"] = "ce"
-    """Training loss, see recsys.models.losses: full softmax, sampled softmax, the paper's BCE, or gSASRec's gBCE."""
-    n_negatives: int = 256
-    """Uniform negatives per step for 'sampled_ce' and 'gbce' (shared by the batch); 'bce' always draws 1 per position."""
-    gbce_t: float = 0.75
-    """gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully corrects the overconfidence negative sampling causes."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_len", "hidden", "n_layers", "n_heads", "attention_dim", "linear_dim", "n_time_buckets",
-                     "n_negatives"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.time_bucket_width > 0.0:
-            raise ValueError(f"time_bucket_width must be positive, got {self.time_bucket_width}")
-        if not 0.0 <= self.gbce_t <= 1.0:
-            raise ValueError(f"gbce_t must be in [0, 1], got {self.gbce_t}")
+    loss: LossConfig = LossConfig()
+    """Training loss and its options (recsys.models.losses): full softmax 'ce' by default, sampled softmax,
+    the paper's BCE, or gSASRec's 'gbce'."""
 
 
 def bucket_time_gaps(gaps: Tensor, n_buckets: int = 128, width: float = 0.301) -> Tensor:
@@ -206,7 +189,7 @@ class HSTU(SequenceModel):
 
     def objective(self) -> Objective:
         cfg = self.config
-        return Objective("shift", loss=cfg.loss, n_negatives=cfg.n_negatives, gbce_t=cfg.gbce_t)
+        return Objective("shift", loss=cfg.loss)
 
     def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None) -> Tensor:
         """Hidden state at every position: [batch, seq_len] -> [batch, seq_len, hidden].

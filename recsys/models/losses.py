@@ -16,18 +16,21 @@ mean over the n positions.
 Negatives are drawn uniformly from 1..n_items with replacement, from `generator` when one is given (so a
 seeded generator reproduces them) or else from torch's global RNG. A negative that happens to equal the
 position's target is dropped (masked), never counted as a negative.
+
+`LOSSES` registers them by the name a config gives (`model.loss.name`); `LossConfig` is that config, the loss
+and its options, defined once here for every model (`loss: ce`, or `loss: {name: sampled_ce, n_negatives: 512}`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossName = Literal["ce", "sampled_ce", "bce", "gbce"]
-LOSSES: tuple[str, ...] = ("ce", "sampled_ce", "bce", "gbce")
+from recsys.config import ConfigModel, Positive, Probability
 
 
 def full_ce(hidden: Tensor, targets: Tensor, item_table: Tensor) -> Tensor:
@@ -230,28 +233,77 @@ def per_position_logits(hidden: Tensor, item_table: Tensor, ids: Tensor) -> Tens
     return torch.einsum("nd,nkd->nk", hidden, item_table[ids])  # via [n, k, dim]
 
 
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A registered loss: how to compute it from a `LossConfig`, and whether it is a softmax over items."""
+
+    compute: Callable[[Tensor, Tensor, Tensor, "LossConfig", "torch.Generator | None"], Tensor]
+    softmax: bool
+    """A softmax over the target and other items (what BERT4Rec and Recformer train with), not a sigmoid per item."""
+
+
+def _full_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
+    return full_ce(hidden, targets, table)
+
+
+def _sampled_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
+    return sampled_ce(hidden, targets, table, loss.n_negatives, generator)
+
+
+def _bce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
+    return bce(hidden, targets, table, generator)
+
+
+def _gbce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
+    return gbce(hidden, targets, table, loss.n_negatives, loss.gbce_t, generator)
+
+
+LOSSES: dict[str, Loss] = {
+    "ce": Loss(_full_ce, softmax=True),
+    "sampled_ce": Loss(_sampled_ce, softmax=True),
+    "bce": Loss(_bce, softmax=False),
+    "gbce": Loss(_gbce, softmax=False),
+}
+"""Loss name (as a config writes it) -> the loss. A config's choice of names is this table's keys."""
+
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+SoftmaxLossName = Literal[tuple(name for name, loss in LOSSES.items() if loss.softmax)]  # type: ignore[valid-type]
+
+
+class LossConfig(ConfigModel):
+    """The training loss and its options. Written as the name alone (`loss: ce`, `model.loss=bce`) or as a
+    mapping (`loss: {name: sampled_ce, n_negatives: 512}`, `model.loss.n_negatives=512`)."""
+
+    shorthand_key = "name"
+
+    name: LossName = "ce"
+    """'ce': full softmax over the catalogue ("SASRec+", Klenitskiy & Vasilev 2023); 'sampled_ce': softmax over
+    the target and n_negatives uniform negatives; 'bce': the SASRec paper's binary cross-entropy, one negative
+    per position; 'gbce': gSASRec's generalised BCE, n_negatives per position, calibrated by gbce_t."""
+    n_negatives: Positive = 256
+    """Uniform negatives per step: 'sampled_ce' shares them across the batch, 'gbce' draws them per position
+    ('bce' always draws 1 per position, 'ce' none)."""
+    gbce_t: Probability = 0.75
+    """gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully corrects the overconfidence negative sampling causes."""
+
+
+class SoftmaxLossConfig(LossConfig):
+    """A `LossConfig` limited to the softmax losses: for models that train only with those (BERT4Rec, Recformer)."""
+
+    name: SoftmaxLossName = "ce"
+    """'ce': full softmax over the catalogue; 'sampled_ce': softmax over the target and n_negatives uniform
+    negatives shared by the batch."""
+
+
 def compute_loss(
-    name: str,
+    loss: LossConfig,
     hidden: Tensor,
     targets: Tensor,
     item_table: Tensor,
-    n_negatives: int,
-    gbce_t: float,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Dispatch to the loss called `name` (one of LOSSES): hidden [n, dim], targets [n], item_table [n_items + 1, dim].
-
-    n_negatives is used by 'sampled_ce' and 'gbce', gbce_t by 'gbce'; 'bce' always uses one negative per position.
-    """
-    if name == "ce":
-        return full_ce(hidden, targets, item_table)
-    if name == "sampled_ce":
-        return sampled_ce(hidden, targets, item_table, n_negatives, generator)
-    if name == "bce":
-        return bce(hidden, targets, item_table, generator)
-    if name == "gbce":
-        return gbce(hidden, targets, item_table, n_negatives, gbce_t, generator)
-    raise ValueError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
+    """The loss `loss` names, with its options: hidden [n, dim], targets [n], item_table [n_items + 1, dim]."""
+    return LOSSES[loss.name].compute(hidden, targets, item_table, loss, generator)
 
 
 def sample_items(

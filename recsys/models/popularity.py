@@ -13,27 +13,22 @@ gradient steps: its `objective()` ("count") tells training to skip optimisation.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from recsys.config import ConfigModel, Positive
 from recsys.models.base import Objective, SequenceModel
 
 
-@dataclasses.dataclass(frozen=True)
-class PopularityConfig:
+class PopularityConfig(ConfigModel):
     """The popularity baseline has no hyperparameters; `max_len` only sizes the history tensors that
     evaluation and retrieval pass in (the scores ignore them; the history excluded from the ranking is
     the user's whole history, kept apart from this input)."""
 
-    max_len: int = 1
+    max_len: Positive = 1
     """Length of the (ignored) input history; 1 keeps evaluation batches small."""
-
-    def __post_init__(self) -> None:
-        if self.max_len < 1:
-            raise ValueError(f"max_len must be at least 1, got {self.max_len}")
 
 
 class Popularity(SequenceModel):

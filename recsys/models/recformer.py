@@ -13,32 +13,32 @@ history, is `recformer_full` (a GPU model).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import Tensor, nn
 
+from recsys.config import Positive, PositiveFloat, Rate
 from recsys.models.base import Objective
 from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
 from recsys.models.text_encoding import TextItemConfig, TextItemModel
 
 
-@dataclasses.dataclass(frozen=True)
 class RecformerConfig(TextItemConfig):
     """Hyperparameters of the frozen text model; the keys it shares with recformer_full are TextItemConfig's."""
 
-    hidden: int = 64
+    hidden: Positive = 64
     """Width of the adapter output and of the sequence transformer."""
-    n_layers: int = 2
+    n_layers: Positive = 2
     """Transformer blocks over the item sequence."""
-    n_heads: int = 1
+    n_heads: Positive = 1
     """Attention heads per block; hidden must be divisible by it."""
-    dropout: float = 0.2
+    dropout: Rate = 0.2
     """Dropout on inputs and residual branches."""
-    ffn_mult: int = 1
+    ffn_mult: Positive = 1
     """Feed-forward inner size = ffn_mult * hidden."""
     adapter: Literal["linear", "mlp"] = "mlp"
     """Text vector -> item vector map: one linear layer, or a two-layer MLP (GELU)."""
@@ -55,29 +55,23 @@ class RecformerConfig(TextItemConfig):
     """item_tower "text": each state adds its own item's text vector to the projected sequence state (the
     projection starts at zero): an untrained model recommends what reads most like the last item, and training
     learns how far to move from that."""
-    residual_weight: float | None = None
+    residual_weight: PositiveFloat | None = None
     """last_item_residual: None adds the projected state as it comes, so training decides how far the query
     moves from the last item (it moves far); a number w fixes the mix: the projected state is normalised and
     the last item's (unit) text vector added with weight w, so "more like the last item" keeps its share
     wherever the model is used, on another catalogue too."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("hidden", "n_layers", "n_heads", "ffn_mult"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    @model_validator(mode="after")
+    def _consistent(self) -> RecformerConfig:
         if self.hidden % self.n_heads != 0:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.item_tower not in ("adapter", "text"):
-            raise ValueError(f"item_tower must be 'adapter' or 'text', got {self.item_tower!r}")
         if self.item_tower == "text" and self.similarity != "cosine":
             raise ValueError("item_tower 'text' scores by cosine: set similarity: cosine")
         if self.last_item_residual and self.item_tower != "text":
             raise ValueError("last_item_residual needs item_tower 'text' (it adds text vectors to the query)")
-        if self.residual_weight is not None and (not self.last_item_residual or self.residual_weight <= 0):
-            raise ValueError(f"residual_weight ({self.residual_weight}) needs last_item_residual and must be positive")
+        if self.residual_weight is not None and not self.last_item_residual:
+            raise ValueError(f"residual_weight ({self.residual_weight}) needs last_item_residual")
+        return self
 
 
 class Recformer(TextItemModel):
@@ -110,7 +104,7 @@ class Recformer(TextItemModel):
 
     def objective(self) -> Objective:
         """Causal blocks give a state per position: a target at every position ("shift")."""
-        return Objective("shift", loss=self.config.loss, n_negatives=self.config.n_negatives)
+        return Objective("shift", loss=self.config.loss)
 
     def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None, *,
                last_only: bool = False) -> Tensor:

@@ -18,28 +18,28 @@ load as this model (`recsys.models.resolve_legacy_model`).
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import Tensor, nn
 
+from recsys.config import Positive
 from recsys.models.base import Objective
 from recsys.models.text_encoding import TextItemConfig, TextItemModel
 
 
-@dataclasses.dataclass(frozen=True)
 class RecformerFullConfig(TextItemConfig):
     """Hyperparameters of the fine-tuned text model; the keys it shares with recformer are TextItemConfig's."""
 
-    max_tokens: int = 256
+    max_tokens: Positive = 256
     """Token budget of a flattened history, [CLS] and [SEP] included (at most the backbone's 512)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    @model_validator(mode="after")
+    def _tokens_hold_one_item(self) -> RecformerFullConfig:
         if self.max_tokens < self.max_item_tokens + 2:
             raise ValueError(f"max_tokens ({self.max_tokens}) must hold one item: at least max_item_tokens + 2 "
                              f"({self.max_item_tokens + 2})")
+        return self
 
 
 class RecformerFull(TextItemModel):
@@ -62,7 +62,7 @@ class RecformerFull(TextItemModel):
 
     def objective(self) -> Objective:
         """One state per history serves only the last position's target ("last")."""
-        return Objective("last", loss=self.config.loss, n_negatives=self.config.n_negatives)
+        return Objective("last", loss=self.config.loss)
 
     def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None, *,
                last_only: bool = False) -> Tensor:

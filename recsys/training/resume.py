@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recsys.errors import ConfigError
-from recsys.run_config import RunConfig, run_config_from_dict
+from recsys.run_config import RunConfig, load_run_config
 from recsys.training.cooldown import main_training_ended
 from recsys.training.run_folder import RUN_INFO, read_run_info
 
@@ -20,16 +20,12 @@ def latest_run_dir(cfg: RunConfig) -> Path:
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
-    """The config a run folder was started with, plus overrides (e.g. a larger trainer.max_epochs)."""
-    import yaml
-
-    from recsys.config import apply_overrides
-
+    """The config a run folder was started with, plus overrides (e.g. a larger trainer.max_epochs), read as
+    any config file is (errors name the file, line and key)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a recsys run folder (no config.yaml)")
-    data = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")), overrides)
-    return run_config_from_dict(data, where=str(path))
+    return load_run_config(path, overrides)
 
 
 def refuse_finished_run(cfg: RunConfig, run_dir: Path) -> None:

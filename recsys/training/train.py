@@ -188,7 +188,7 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
         num_workers=cfg.trainer.num_workers, seed=cfg.trainer.seed, with_timestamps=model.uses_timestamps,
     )
     module = RecommenderModule(
-        model, dataset.n_items, loss=objective.loss, n_negatives=objective.n_negatives, gbce_t=objective.gbce_t,
+        model, dataset.n_items, loss=objective.loss,
         trainer_config=cfg.trainer,
         log_popularity=log_popularity(split.train[schema.ITEMS].to_list(), dataset.n_items)
         if cfg.trainer.popularity_correction else None,

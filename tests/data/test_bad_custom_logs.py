@@ -155,7 +155,8 @@ def test_a_separator_that_is_not_one_byte_is_one_line(tmp_path: Path, separator:
     assert main(["data", "stats", "custom", "--from", str(log), "--separator", separator,
                  "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"error: separator: must be one character (e.g. ',', ';' or \\t), got {shown}: the CSV reader "
+    # the option is the config key data.separator, which the line names (it said `separator:` alone)
+    assert err == [f"error: data.separator: must be one character (e.g. ',', ';' or \\t), got {shown}: the CSV reader "
                    "splits on a single byte; convert a log with a longer separator first"]
     with pytest.raises(ConfigError, match=r"^config: data\.separator: must be one character"):
         from recsys.run_config import load_run_config

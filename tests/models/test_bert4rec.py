@@ -68,8 +68,7 @@ def test_output_bias_learns_item_popularity() -> None:
     query = torch.full((256, 1), model.mask_token)
     for _ in range(300):
         targets = torch.multinomial(popularity, 256, replacement=True) + 1
-        loss = compute_loss("ce", model.encode(query)[:, -1, :], targets, model.item_vectors(), n_negatives=16,
-                            gbce_t=0.0)
+        loss = compute_loss(model.config.loss, model.encode(query)[:, -1, :], targets, model.item_vectors())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -172,8 +171,11 @@ def test_config_validation_and_round_trip() -> None:
         BERT4RecConfig(last_item_mask_prob=1.5)
     config = BERT4RecConfig(hidden=32, loss="sampled_ce", last_item_mask_prob=0.0, output_bias=True)
     assert from_dict(BERT4RecConfig, to_dict(config), "model") == config
-    with pytest.raises(ConfigError, match="loss"):
+    # BERT4Rec trains with the softmax losses only: the choice is its loss config's
+    with pytest.raises(ConfigError, match=r"^model\.loss: 'bce' is not one of 'ce', 'sampled_ce'$"):
         from_dict(BERT4RecConfig, {"loss": "bce"}, "model")
+    with pytest.raises(ConfigError, match=r"^model\.loss\.name: 'gbce' is not one of 'ce', 'sampled_ce'$"):
+        from_dict(BERT4RecConfig, {"loss": {"name": "gbce"}}, "model")
     defaults = BERT4RecConfig()
     assert (defaults.n_layers, defaults.hidden, defaults.n_heads, defaults.max_len) == (2, 64, 2, 200)
     assert (defaults.dropout, defaults.attention_dropout, defaults.mask_prob) == (0.1, 0.0, 0.2)
@@ -192,7 +194,7 @@ def test_learns_a_toy_pattern(loss: str, steps: int) -> None:
     torch.manual_seed(0)
     n_items = 20
     model = BERT4Rec(n_items, BERT4RecConfig(max_len=8, hidden=32, n_heads=2, n_layers=1, dropout=0.0,
-                                              loss=loss, n_negatives=16))  # type: ignore[arg-type]
+                                              loss={"name": loss, "n_negatives": 16}))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     starts = torch.randint(0, n_items, (64, 1))
     windows = (starts + torch.arange(9)) % n_items + 1  # [64, max_len + 1]
@@ -202,8 +204,7 @@ def test_learns_a_toy_pattern(loss: str, steps: int) -> None:
         batch = mask_batch(windows, model.mask_token, 0.2, generator, last_item_mask_prob=0.1)
         hidden = model.encode(batch["input"])
         has_target = batch["target"] > 0
-        value = compute_loss(loss, hidden[has_target], batch["target"][has_target], model.item_vectors(),
-                             n_negatives=16, gbce_t=0.0)
+        value = compute_loss(model.config.loss, hidden[has_target], batch["target"][has_target], model.item_vectors())
         optimizer.zero_grad()
         value.backward()
         optimizer.step()

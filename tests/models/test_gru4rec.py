@@ -89,7 +89,7 @@ def test_config_validation_and_round_trip() -> None:
         GRU4RecConfig(dropout_hidden=1.0)
     with pytest.raises(ValueError, match="n_layers"):
         GRU4RecConfig(n_layers=0)
-    config = GRU4RecConfig(hidden=32, loss="gbce", n_negatives=64)
+    config = GRU4RecConfig(hidden=32, loss={"name": "gbce", "n_negatives": 64})
     assert from_dict(GRU4RecConfig, to_dict(config), "model") == config
     with pytest.raises(ConfigError, match="loss"):
         from_dict(GRU4RecConfig, {"loss": "bpr"}, "model")
@@ -105,8 +105,8 @@ def test_learns_a_toy_pattern(loss: str) -> None:
     # Every sequence counts up by one (mod n): the next item follows from the last one.
     torch.manual_seed(0)
     n_items = 20
-    model = GRU4Rec(n_items, GRU4RecConfig(max_len=8, hidden=32, dropout_hidden=0.0, loss=loss,
-                                            n_negatives=16))  # type: ignore[arg-type]
+    model = GRU4Rec(n_items, GRU4RecConfig(max_len=8, hidden=32, dropout_hidden=0.0,
+                                            loss={"name": loss, "n_negatives": 16, "gbce_t": 0.75}))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     starts = torch.randint(0, n_items, (64, 1))
     windows = (starts + torch.arange(9)) % n_items + 1  # [64, max_len + 1]
@@ -116,8 +116,7 @@ def test_learns_a_toy_pattern(loss: str) -> None:
     losses = []
     for _ in range(100):
         hidden = model.encode(batch["input"])
-        value = compute_loss(loss, hidden[has_target], batch["target"][has_target], model.item_vectors(),
-                             n_negatives=16, gbce_t=0.75)
+        value = compute_loss(model.config.loss, hidden[has_target], batch["target"][has_target], model.item_vectors())
         optimizer.zero_grad()
         value.backward()
         optimizer.step()

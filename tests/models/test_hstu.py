@@ -14,7 +14,7 @@ from recsys.errors import ConfigError
 from recsys.models import HSTU, MODELS, HSTUConfig, get_model_spec
 from recsys.models.base import Objective
 from recsys.models.hstu import bucket_time_gaps
-from recsys.models.losses import compute_loss
+from recsys.models.losses import LossConfig, compute_loss
 
 N_ITEMS = 30
 DAY = 86_400
@@ -72,7 +72,7 @@ def test_shapes() -> None:
     assert model.item_vectors().shape == (N_ITEMS + 1, 16)
     assert model.score(items, stamps).shape == (4, N_ITEMS + 1)
     assert model.uses_timestamps
-    assert model.objective() == Objective("shift", loss="ce", n_negatives=256, gbce_t=0.75)
+    assert model.objective() == Objective("shift", loss=LossConfig(name="ce", n_negatives=256, gbce_t=0.75))
 
 
 @pytest.mark.parametrize("changed", ["item", "timestamp", "query_time"])
@@ -242,8 +242,7 @@ def train_steps(model: HSTU, items: torch.Tensor, stamps: torch.Tensor | None, q
     for _ in range(steps):
         states = model.encode(items, stamps, queries)
         has_target = targets > 0
-        loss = compute_loss("ce", states[has_target], targets[has_target], model.item_vectors(), n_negatives=0,
-                            gbce_t=0.0)
+        loss = compute_loss(LossConfig(), states[has_target], targets[has_target], model.item_vectors())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -307,9 +306,10 @@ def test_config_validation_and_round_trip() -> None:
         from_dict(HSTUConfig, {"loss": "hinge"}, "model")
     with pytest.raises(ConfigError, match="model.time_bias: expected true or false"):
         from_dict(HSTUConfig, {"time_bias": "yes"}, "model")
-    with pytest.raises(ConfigError, match="attention_dim must be at least 1"):
+    # the key is named in full (the model's own check said "model: attention_dim must be at least 1, got 0")
+    with pytest.raises(ConfigError, match=r"^model\.attention_dim: must be at least 1, got 0$"):
         from_dict(HSTUConfig, {"attention_dim": 0}, "model")
-    with pytest.raises(ConfigError, match="time_bucket_width must be positive"):
+    with pytest.raises(ConfigError, match=r"^model\.time_bucket_width: must be greater than 0, got 0\.0$"):
         from_dict(HSTUConfig, {"time_bucket_width": 0}, "model")
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(HSTUConfig, {"n_items": 10}, "model")

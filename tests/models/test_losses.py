@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from recsys.models import SASRec, SASRecConfig
 from recsys.models.losses import (
     LOSSES,
+    LossConfig,
+    SoftmaxLossConfig,
     bce,
     compute_loss,
     full_ce,
@@ -43,7 +45,7 @@ def test_full_ce_equals_manual_log_softmax(inputs: tuple[torch.Tensor, ...]) -> 
 @pytest.mark.parametrize("name", LOSSES)
 def test_losses_finite_and_never_touch_the_padding_row(name: str, inputs: tuple[torch.Tensor, ...]) -> None:
     hidden, targets, table = inputs
-    loss = compute_loss(name, hidden, targets, table, n_negatives=5, gbce_t=0.75)
+    loss = compute_loss(LossConfig(name=name, n_negatives=5, gbce_t=0.75), hidden, targets, table)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert torch.equal(table.grad[0], torch.zeros(DIM))
@@ -145,7 +147,7 @@ def test_seeded_sampling_is_reproducible(name: str, inputs: tuple[torch.Tensor, 
 
     def run(seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
-        return compute_loss(name, hidden, targets, table, n_negatives=3, gbce_t=0.5, generator=generator)
+        return compute_loss(LossConfig(name=name, n_negatives=3, gbce_t=0.5), hidden, targets, table, generator)
 
     assert torch.equal(run(7), run(7))
     assert not torch.equal(run(7), run(8))
@@ -153,9 +155,14 @@ def test_seeded_sampling_is_reproducible(name: str, inputs: tuple[torch.Tensor, 
 
 def test_compute_loss_dispatches_and_rejects(inputs: tuple[torch.Tensor, ...]) -> None:
     hidden, targets, table = inputs
-    torch.testing.assert_close(compute_loss("ce", hidden, targets, table, 5, 0.5), full_ce(hidden, targets, table))
-    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
-        compute_loss("hinge", hidden, targets, table, 5, 0.5)
+    torch.testing.assert_close(compute_loss(LossConfig(), hidden, targets, table), full_ce(hidden, targets, table))
+    negatives = LossConfig(name="gbce", n_negatives=5, gbce_t=0.5)
+    generator = torch.Generator().manual_seed(1)
+    expected = gbce(hidden, targets, table, 5, 0.5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(compute_loss(negatives, hidden, targets, table, generator), expected)
+    # An unknown name never reaches the dispatch: the config refuses it, naming the registered ones.
+    with pytest.raises(ValueError, match=r"^name: 'hinge' is not one of 'ce', 'sampled_ce', 'bce', 'gbce'$"):
+        LossConfig(name="hinge")
     with pytest.raises(ValueError, match=r"1\.\.12, got values in 0\.\."):
         full_ce(hidden, torch.zeros(N, dtype=torch.long), table)
     with pytest.raises(ValueError, match="targets"):
@@ -185,7 +192,8 @@ def test_each_loss_trains_a_tiny_sasrec(name: str) -> None:
         inputs, targets = seqs[:, :-1], seqs[:, 1:]
         valid = inputs > 0  # only positions with an input and a target enter the loss
         hidden = model.encode(inputs)[valid]  # [n_valid, hidden]
-        loss = compute_loss(name, hidden, targets[valid], model.item_vectors(), 4, 0.75, generator)
+        loss = compute_loss(LossConfig(name=name, n_negatives=4, gbce_t=0.75), hidden, targets[valid],
+                            model.item_vectors(), generator)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -232,3 +240,18 @@ def test_full_ce_without_gradients_gives_the_same_value() -> None:
     with torch.no_grad():
         plain = full_ce(hidden, targets, table)  # the value-only path: no gradient work
     torch.testing.assert_close(plain, full_ce(hidden, targets, table).detach())
+
+
+def test_the_loss_config_is_the_registry_and_written_either_way() -> None:
+    from typing import get_args
+
+    assert get_args(LossConfig.model_fields["name"].annotation) == tuple(LOSSES)
+    softmax = tuple(name for name, loss in LOSSES.items() if loss.softmax)
+    assert get_args(SoftmaxLossConfig.model_fields["name"].annotation) == softmax == ("ce", "sampled_ce")
+    # The name alone is the shorthand of the mapping; options keep their defaults.
+    assert SASRecConfig(loss="bce").loss == LossConfig(name="bce") == LossConfig(name="bce", n_negatives=256)
+    assert SASRecConfig(loss={"name": "sampled_ce", "n_negatives": 512}).loss.n_negatives == 512
+    with pytest.raises(ValueError, match=r"^loss\.n_negatives: must be at least 1, got 0$"):
+        SASRecConfig(loss={"name": "sampled_ce", "n_negatives": 0})
+    with pytest.raises(ValueError, match=r"^loss\.gbce_t: must be in \[0, 1\], got 1\.5$"):
+        SASRecConfig(loss={"name": "gbce", "gbce_t": 1.5})

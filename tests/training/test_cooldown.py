@@ -142,7 +142,8 @@ def test_no_cooldown_without_a_validated_epoch_to_go_back_to(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("trainer.cooldown_epochs=-1", r"trainer.cooldown_epochs: must be at least 0, got -1"),
-    ("trainer.lr_decay=linear", "cooldown_epochs needs lr_decay: none"),
+    # the line names the key (it said "trainer: cooldown_epochs needs lr_decay: none")
+    ("trainer.lr_decay=linear", "trainer.cooldown_epochs: needs lr_decay: none"),
 ])
 def test_cooldown_settings_are_checked_when_the_config_loads(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -24,8 +24,8 @@ def test_log_popularity_is_the_smoothed_training_share_of_each_item() -> None:
 def make_module(log_p: torch.Tensor | None) -> RecommenderModule:
     torch.manual_seed(0)
     model = SASRec(N_ITEMS, SASRecConfig(max_len=4, hidden=8, n_layers=1, dropout=0.0)).eval()
-    return RecommenderModule(model, N_ITEMS, loss="ce", n_negatives=0, gbce_t=0.0,
-                             trainer_config=TrainerConfig(), log_popularity=log_p)
+    return RecommenderModule(model, N_ITEMS, loss=model.config.loss, trainer_config=TrainerConfig(),
+                             log_popularity=log_p)
 
 
 @pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")  # training_step outside a Trainer

@@ -46,7 +46,8 @@ def test_run_is_logged_to_a_real_mlflow_store(two_epoch_run) -> None:
     params = run.data.params
     assert params["model.hidden"] == "32"
     assert params["data.name"] == "ml-latest-small"
-    assert params["model.loss"] == "ce"
+    assert params["model.loss.name"] == "ce" and params["model.loss.n_negatives"] == "256"  # the loss sub-config
+    assert run.data.tags["loss"] == "ce"
     assert params["dataset.n_users"] == "610"
     assert len(params["dataset.fingerprint"]) >= 16
     assert run.data.tags["model"] == "sasrec"
