@@ -107,3 +107,14 @@ def test_a_saved_model_of_recsys_0_1_still_loads_and_recommends_the_same(tmp_pat
     assert cfg.model.loss == LossConfig(name="gbce", n_negatives=7, gbce_t=0.5)
     assert cfg.trainer.train_windows == "all"
 
+
+
+def test_training_windows_refuses_what_is_not_last_or_all() -> None:
+    import polars as pl
+
+    from recsys.data.batches import training_windows
+
+    train = pl.DataFrame({"items": [[1, 2, 3]]})
+    assert training_windows(train, 2, "all").shape == (1, 3)
+    with pytest.raises(ValueError, match="train_windows must be one of 'last', 'all', got 'every'"):
+        training_windows(train, 2, "every")  # type: ignore[arg-type]  # once silently "all"

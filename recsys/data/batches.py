@@ -11,16 +11,15 @@ evaluation, `history_times` and `target_time`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 import polars as pl
 import torch
 from torch.utils.data import Dataset
 
+from recsys.config import TrainWindows
 from recsys.data import schema
-
-Windows = Literal["last", "all"]
 
 
 def left_pad(sequences: list[np.ndarray] | pl.Series, length: int) -> torch.Tensor:
@@ -35,7 +34,7 @@ def left_pad(sequences: list[np.ndarray] | pl.Series, length: int) -> torch.Tens
     return torch.from_numpy(out)
 
 
-def training_windows(train: pl.DataFrame, max_len: int, windows: Windows = "last",
+def training_windows(train: pl.DataFrame, max_len: int, windows: TrainWindows,
                      column: str = schema.ITEMS) -> torch.Tensor:
     """Cut training sequences into windows of `max_len + 1` items, left-padded: `[n_windows, max_len + 1]`.
     With `column=schema.TIMESTAMPS`, the same windows of the items' timestamps (row for row).
@@ -43,7 +42,10 @@ def training_windows(train: pl.DataFrame, max_len: int, windows: Windows = "last
     "last": one window per user, the most recent `max_len + 1` items (the SASRec/BERT4Rec papers').
     "all": also the older history, in non-overlapping windows taken back from the end, so that long
     histories are not thrown away. Sequences shorter than 2 items teach nothing and are skipped.
+    `windows` is trainer.train_windows, checked when the config loaded; any other value is refused here too.
     """
+    if windows not in get_args(TrainWindows):
+        raise ValueError(f"train_windows must be one of {', '.join(map(repr, get_args(TrainWindows)))}, got {windows!r}")
     span = max_len + 1
     rows: list[np.ndarray] = []
     for seq in train[column].to_list():

@@ -8,11 +8,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from recsys.config import TrainWindows
 from recsys.data import schema
 from recsys.data.batches import (
     EvaluationRows,
     TensorRows,
-    Windows,
     last_target_batch,
     mask_batch,
     pass_through,
@@ -75,19 +75,22 @@ class SequenceDataModule(L.LightningDataModule):
     def __init__(
         self,
         split: Split,
+        *,
         max_len: int,
-        objective: Objective = "shift",
-        batch_size: int = 128,
-        eval_batch_size: int = 512,
-        windows: Windows = "last",
-        bucket_by_length: bool = False,
-        mask_token: int = 0,
-        mask_prob: float = 0.2,
-        last_item_mask_prob: float = 0.0,
-        num_workers: int = 0,
-        seed: int = 0,
-        with_timestamps: bool = False,
+        objective: Objective,
+        batch_size: int,
+        eval_batch_size: int,
+        windows: TrainWindows,
+        bucket_by_length: bool,
+        mask_token: int,
+        mask_prob: float,
+        last_item_mask_prob: float,
+        num_workers: int,
+        seed: int,
+        with_timestamps: bool,
     ) -> None:
+        """Every value is given, none defaulted here: they come from the run's config (TrainerConfig, the
+        model's config), which defines each default once."""
         super().__init__()
         self.split = split
         self.max_len = max_len

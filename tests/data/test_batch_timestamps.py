@@ -6,6 +6,7 @@ from __future__ import annotations
 import polars as pl
 import torch
 
+from recsys.config import TrainerConfig
 from recsys.data import schema
 from recsys.data.batches import (
     EvaluationRows,
@@ -85,7 +86,12 @@ def test_datamodule_hands_times_over_only_when_asked() -> None:
                                      schema.TIMESTAMPS: pl.List(pl.Int64)})
     split: Split = leave_one_out(sequences)
     for timed in (True, False):
-        module = SequenceDataModule(split, max_len=4, batch_size=8, with_timestamps=timed)
+        trainer = TrainerConfig(batch_size=8)  # the module takes every value from a config, defaulting none
+        module = SequenceDataModule(
+            split, max_len=4, objective="shift", batch_size=trainer.batch_size,
+            eval_batch_size=trainer.eval_batch_size, windows=trainer.train_windows,
+            bucket_by_length=trainer.bucket_by_length, mask_token=0, mask_prob=0.0, last_item_mask_prob=0.0,
+            num_workers=trainer.num_workers, seed=trainer.seed, with_timestamps=timed)
         module.setup()
         batch = next(iter(module.train_dataloader()))
         assert ("input_times" in batch) == timed and ("query_times" in batch) == timed
