@@ -7,8 +7,12 @@ each command imports torch, Lightning or MLflow inside its handler, only when it
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from recsys.config import DataConfig, KeyHelp
 
 from recsys.errors import RecsysError
 
@@ -69,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recommend_command(commands)
     add_serve_command(commands)
     add_index_commands(commands)
+    add_config_commands(commands)
     return parser
 
 
@@ -92,6 +97,20 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return _DefaultsFormatter(prog, max_help_position=36)
+
+
+class _ListingFormatter(_DefaultsFormatter):
+    """Also keeps a listing laid out: lines of the description or epilog that start with a space stay as they
+    are; the others are paragraphs, wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n".join(line if not line.strip() or line.startswith(" ") else fill(line, width, indent)
+                         for line in text.splitlines())
+
+
+def _listing_formatter(prog: str) -> argparse.HelpFormatter:
+    return _ListingFormatter(prog, max_help_position=36)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -118,58 +137,83 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:  # type: ig
         parser.set_defaults(handler=run_data, data_command=command)
 
 
-def _add_data_options(parser: argparse.ArgumentParser, statistics: bool = True) -> None:
-    parser.add_argument("name", help="dataset: a MovieLens release (e.g. ml-1m) or 'custom'")
+# Keys of DataConfig that only a split reads: `data prepare` and `data stats` make no split.
+SPLIT_KEYS = ("split", "valid_quantile", "test_quantile")
+
+
+def _add_data_options(parser: argparse.ArgumentParser, statistics: bool = True, split: bool = False) -> None:
+    """The dataset NAME, --from, and one option per DataConfig key (`--min-user-interactions` for
+    data.min_user_interactions), with its docstring and default as help: DataConfig defines them once."""
+    from recsys.config import DataConfig
+
+    fields = DataConfig.model_fields
+    parser.add_argument("name", help=f"data.name: {fields['name'].description}")
     parser.add_argument(
         "--from", dest="source", metavar="PATH", default=None,
-        help="folder or zip of the raw release (custom: the interactions CSV/Parquet file); "
-        "default: the embedded ml-latest-small or the folder data_scripts/fetch_movielens.py filled",
+        help="folder or zip of the raw release (data.path; custom: the interactions CSV/Parquet file, "
+        "data.interactions_file); default: the embedded ml-latest-small or the folder "
+        "data_scripts/fetch_movielens.py filled",
     )  # fmt: skip
-    parser.add_argument("--preset", default="raw", help="preprocessing preset: raw or papers")
-    parser.add_argument("--min-rating", type=float, default=None, help="keep interactions rated at least this")
-    parser.add_argument("--min-user", type=int, default=None, help="drop users with fewer interactions (None: the preset's)")
-    parser.add_argument("--min-item", type=int, default=None, help="drop items with fewer interactions (None: the preset's)")
-    parser.add_argument(
-        "--core", choices=("single", "iterated"), default="single",
-        help="single: filter items then users once (papers); iterated: repeat until a stable k-core",
-    )  # fmt: skip
-    parser.add_argument("--max-history", type=int, default=None, help="keep each user's most recent N interactions")
-    parser.add_argument("--cache-dir", default=None, help="cache folder (None: $RECSYS_CACHE or ~/.cache/recsys)")
     if statistics:
         parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     custom = parser.add_argument_group("custom logs (name 'custom')")
-    custom.add_argument("--items-file", default=None, help="optional CSV/Parquet item table")
-    custom.add_argument("--user-column", default="user_id", help="column of user ids")
-    custom.add_argument("--item-column", default="item_id", help="column of item ids (both files)")
-    custom.add_argument("--timestamp-column", default="timestamp", help="column of timestamps (numbers or ISO dates)")
-    custom.add_argument("--rating-column", default=None, help="optional column of ratings")
-    custom.add_argument("--text-columns", nargs="*", default=(), help="item-table columns that describe items in words")
-    custom.add_argument("--separator", default=",", help="CSV field separator, one character (\\t or tab: a tab)")
+    for key, field in fields.items():
+        if key in ("name", "path", "interactions_file") or (key in SPLIT_KEYS and not split):
+            continue
+        _add_config_option(custom if (field.description or "").startswith("custom:") else parser, "data", key)
 
 
-def _data_config(args: argparse.Namespace) -> "DataConfig":  # noqa: F821 (imported in the body: start-up stays light)
+def _add_config_option(parser: argparse._ActionsContainer, section: str, key: str) -> None:
+    """`--some-key VALUE` for the config key section.some_key. Values are read as in a config file or an
+    override (`4` an integer, `null` None), text keys taken as typed; the config class checks them."""
     from recsys.config import DataConfig
 
-    custom = args.name == "custom"
-    return DataConfig(
-        name=args.name,
-        path=None if custom else args.source,
-        preset=args.preset,
-        min_rating=args.min_rating,
-        min_user_interactions=args.min_user,
-        min_item_interactions=args.min_item,
-        core=args.core,
-        max_history=args.max_history,
-        cache_dir=args.cache_dir,
-        interactions_file=args.source if custom else None,
-        items_file=args.items_file,
-        user_column=args.user_column,
-        item_column=args.item_column,
-        timestamp_column=args.timestamp_column,
-        rating_column=args.rating_column,
-        text_columns=tuple(args.text_columns),
-        separator=args.separator,
-    )
+    doc = _data_keys()[f"{section}.{key}"]
+    field = DataConfig.model_fields[key]
+    shown = "" if doc.default == "null" else f"; default: {doc.default}"
+    kwargs: dict[str, object] = {"dest": f"{section}.{key}", "default": None,
+                                 "help": f"{doc.doc.removeprefix('custom: ')} ({doc.type}{shown})"}
+    choices = _literal_choices(field.annotation)
+    if choices:
+        kwargs.update(choices=choices, metavar="{" + ",".join(choices) + "}")
+    elif doc.type.startswith("[str"):
+        kwargs.update(nargs="*", metavar="COLUMN")
+    elif doc.type.startswith("str"):
+        kwargs.update(metavar=key.upper())
+    else:
+        kwargs.update(type=_config_value, metavar="N" if doc.type.startswith("int") else "X")
+    parser.add_argument(f"--{key.replace('_', '-')}", **kwargs)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _data_keys() -> dict[str, KeyHelp]:
+    from recsys.config import DataConfig, describe_keys
+
+    return {key.key: key for key in describe_keys(DataConfig, "data.")}
+
+
+def _literal_choices(hint: object) -> tuple[str, ...]:
+    from typing import Literal, get_args, get_origin
+
+    return tuple(get_args(hint)) if get_origin(hint) is Literal else ()
+
+
+def _config_value(text: str) -> object:
+    from recsys.config import parse_value
+
+    return parse_value(text)
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    """The DataConfig of the options given; the ones not given keep DataConfig's defaults."""
+    from recsys.config import DataConfig, from_dict
+
+    given = {key: getattr(args, f"data.{key}") for key in DataConfig.model_fields
+             if getattr(args, f"data.{key}", None) is not None}
+    given["name"] = args.name
+    if args.source is not None:
+        given["interactions_file" if args.name == "custom" else "path"] = args.source
+    return from_dict(DataConfig, given, "data")
 
 
 def _stat(value: object) -> str:
@@ -218,7 +262,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         "model. Any config value can be overridden as section.key=value (sections: data, model, trainer, "
         "tracking), e.g. trainer.max_epochs=5 model.hidden=128. Prints the run folder, the MLflow run and "
         "the saved model directory.",
-        formatter_class=_formatter,
+        formatter_class=_listing_formatter,
+        epilog=_train_keys_epilog(),
     )
     train.add_argument("--config", default=None,
                        help="YAML run config (default: configs/sasrec_ml-latest-small.yaml of this folder, else of "
@@ -460,6 +505,90 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Config keys in help: `recsys train --help` (data, trainer, tracking) and `recsys config show` (all)
+
+
+def _train_keys_epilog() -> str:
+    """The config keys `recsys train` takes, from the config classes: model keys need the model registry,
+    which imports torch, so they are left to `recsys config show` (help must answer at once)."""
+    from recsys.config import DataConfig, TrackingConfig, TrainerConfig
+
+    lines = ["Config keys, each settable as section.key=value (the defaults shown are the built-in ones; a config "
+             "file sets its own). The model.* keys depend on model.name: `recsys config show [MODEL]` lists them "
+             "(it loads the models, so it takes a few seconds)."]
+    for section, cls in (("data", DataConfig), ("trainer", TrainerConfig), ("tracking", TrackingConfig)):
+        lines += ["", f"{section}: {cls.__doc__}", *_key_lines(cls, section)]
+    return "\n".join(lines)
+
+
+def _key_lines(cls: type, section: str, values: dict[str, object] | None = None) -> list[str]:
+    """`  section.key = default  (type)` and the key's docstring below it, wrapped; with `values` (a loaded
+    config, flattened), the value is shown and the default beside it where they differ."""
+    import shutil
+    import textwrap
+
+    from recsys.config import describe_keys, yaml_text
+
+    width = min(shutil.get_terminal_size().columns, 110) - 2
+    lines = []
+    for key in describe_keys(cls, f"{section}."):
+        if not key.default:  # a sub-config: its keys follow
+            lines.append(f"  {key.key}  ({key.type})")
+        else:
+            value = yaml_text(values[key.key]) if values is not None and key.key in values else key.default
+            default = f"; default: {key.default}" if value != key.default else ""
+            lines.append(f"  {key.key} = {value}  ({key.type}{default})")
+        lines += textwrap.wrap(key.doc, width, initial_indent="      ", subsequent_indent="      ")
+    return lines
+
+
+def add_config_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    actions = _command_group(commands, "config", "list the config keys: type, default, what each does")
+    show = actions.add_parser(
+        "show",
+        help="every config key (data, trainer, tracking and a model's) with its type, default and description",
+        description="List every config key a run takes, as section.key = default (type) and what it does: "
+        "data, trainer and tracking keys, then the model.* keys of each MODEL (default: every model). With "
+        "--config FILE (and key=value overrides), the values of that run config instead, its model's keys, and "
+        "the default beside each value that differs. It loads the models (torch), so it takes a few seconds.",
+        formatter_class=_formatter,
+    )
+    show.add_argument("items", nargs="*", metavar="MODEL|key=value",
+                      help="models whose keys to list (default: all), or overrides of --config's values")
+    show.add_argument("--config", default=None, metavar="FILE", help="a run config whose values to show")
+    show.set_defaults(handler=run_config_show)
+
+
+def run_config_show(args: argparse.Namespace) -> int:
+    """`recsys config show`: the keys of every section (and of the chosen models) with defaults or values."""
+    from recsys.config import DataConfig, TrackingConfig, TrainerConfig, flatten
+    from recsys.errors import ConfigError
+    from recsys.models import MODELS
+    from recsys.run_config import load_run_config
+
+    models = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    values = None
+    if args.config is not None or overrides:
+        if models:
+            raise ConfigError(f"config show: give MODEL ({models[0]}) or a config (--config, key=value), not both")
+        cfg = load_run_config(args.config, overrides)
+        values, models = flatten(cfg.to_dict()), [cfg.model_name]
+    unknown = [name for name in models if name not in MODELS]
+    if unknown:
+        raise ConfigError(f"config show: unknown model {unknown[0]!r} (known: {', '.join(sorted(MODELS))})")
+    lines: list[str] = []
+    for section, cls in (("data", DataConfig), ("trainer", TrainerConfig), ("tracking", TrackingConfig)):
+        lines += [f"{section}: {cls.__doc__}", *_key_lines(cls, section, values), ""]
+    for name in models or sorted(MODELS):
+        _, config_cls = MODELS[name]
+        lines += [f"model (model.name: {name}): {' '.join((config_cls.__doc__ or '').split())}",
+                  *_key_lines(config_cls, "model", values), ""]
+    print("\n".join(lines).rstrip())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
 # recsys index ...
 
 
@@ -510,7 +639,7 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         formatter_class=_formatter,
     )
     catalogue.add_argument("--model", required=True, metavar="DIR", help="saved model directory of a text model")
-    _add_data_options(catalogue, statistics=False)
+    _add_data_options(catalogue, statistics=False, split=True)
     catalogue.add_argument("--prior", action="store_true",
                            help="add the dataset's interaction counts as a catalogue prior")
     catalogue.add_argument("--weight", type=float, default=1.0, help="scale of the log prior (with --prior)")

@@ -19,13 +19,80 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=120)
 
 
-def test_help_imports_no_heavy_library() -> None:
+@pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["data", "prepare", "--help"]])
+def test_help_imports_no_heavy_library(command: list[str]) -> None:
+    # What keeps help well under a second: the config keys it lists come from recsys.config (pydantic), not
+    # from the models (torch).
     code = ("import sys; from recsys.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"try:\n    main({command!r})\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'lightning', 'mlflow', 'polars', 'faiss') if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+
+
+def _key_line(text: str, key: str) -> str:
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  {key} ")]
+    return line
+
+
+def test_train_help_lists_every_data_trainer_and_tracking_key_with_its_default(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from recsys.config import DataConfig, TrackingConfig, TrainerConfig, describe_keys
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for section, cls in (("data", DataConfig), ("trainer", TrainerConfig), ("tracking", TrackingConfig)):
+        for key in describe_keys(cls, f"{section}."):
+            assert _key_line(text, key.key).startswith(f"  {key.key} = {key.default}  ({key.type})"), key
+            assert " ".join(key.doc.split()[:6]) in " ".join(text.split()), key  # its docstring follows
+    assert "  trainer.max_epochs = 200  (int >= 1)" in text and "  trainer.train_windows = last  ('last' | 'all')" in text
+    assert "recsys config show" in text  # where the model keys are
+
+
+def test_config_show_lists_every_key_of_every_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from recsys.config import describe_keys
+    from recsys.models import MODELS
+
+    assert main(["config", "show"]) == 0
+    text = capsys.readouterr().out
+    sections = text.split("\nmodel (model.name: ")
+    for name, (_, config_cls) in MODELS.items():
+        (part,) = [p for p in sections if p.startswith(f"{name}):")]
+        for key in describe_keys(config_cls, "model."):
+            line = _key_line(part, key.key)
+            assert line.startswith(f"  {key.key} = {key.default}  (") if key.default else key.type in line, key
+    assert "  model.loss.name = ce  ('ce' | 'sampled_ce' | 'bce' | 'gbce')" in text  # sasrec, gru4rec
+    assert "  model.loss.name = ce  ('ce' | 'sampled_ce')" in text  # bert4rec, recformer
+    assert "  data.name = ml-latest-small  (str)" in text
+
+    # a config's own values, and the default beside those that differ
+    assert main(["config", "show", "--config", str(CONFIG.parent / "bert4rec_ml-1m-papers.yaml"),
+                 "model.loss.n_negatives=9"]) == 0
+    text = capsys.readouterr().out
+    assert "  model.loss.n_negatives = 9  (int >= 1; default: 256)" in text and "(model.name: sasrec)" not in text
+    assert main(["config", "show", "sasrek"]) == 2
+    assert capsys.readouterr().err.startswith("error: config show: unknown model 'sasrek' (known: bert4rec, ")
+
+
+def test_data_options_are_the_data_config_keys() -> None:
+    from recsys.cli import SPLIT_KEYS
+    from recsys.config import DataConfig
+
+    prepare = _subparser(build_parser(), ["data", "prepare"])
+    options = {a.dest: a for a in prepare._actions}
+    for key, field in DataConfig.model_fields.items():
+        if key in ("name", "path", "interactions_file", *SPLIT_KEYS):
+            continue
+        assert options[f"data.{key}"].help.startswith((field.description or "").removeprefix("custom: ")[:30]), key
+    args = build_parser().parse_args(["data", "prepare", "custom", "--from", "log.csv", "--min-user", "2",
+                                      "--min-rating", "4", "--text-columns", "title", "genres"])
+    from recsys.cli import _data_config
+
+    cfg = _data_config(args)  # not given: DataConfig's own defaults
+    assert (cfg.interactions_file, cfg.path, cfg.min_user_interactions, cfg.min_rating) == ("log.csv", None, 2, 4.0)
+    assert cfg.text_columns == ("title", "genres") and cfg.separator == "," and cfg.core == "single"
 
 
 def test_the_index_kinds_offered_are_the_ones_retrieval_builds() -> None:
@@ -92,7 +159,20 @@ def test_help_states_each_default_once_and_only_real_ones() -> None:
         ("model.loss=mse", "model.loss: 'mse' is not one of 'ce', 'sampled_ce', 'bce', 'gbce'"),
         ("model.name=gpt", "model.name: unknown model 'gpt'"),
         ("modle.hidden=3", "modle: unknown section"),
-        ("model.dropout=1.5", "dropout must be in [0, 1), got 1.5"),
+        # the key is named in full (the model's own check said "model: dropout must be in [0, 1), got 1.5")
+        ("model.dropout=1.5", "model.dropout: must be in [0, 1), got 1.5"),
+        ("model.n_heads=7", "model: hidden (64) must be divisible by n_heads (7)"),
+        ("model.loss.name=mse", "model.loss.name: 'mse' is not one of 'ce', 'sampled_ce', 'bce', 'gbce'"),
+        ("model.loss.n_negatives=0", "model.loss.n_negatives: must be at least 1, got 0"),
+        ("model.n_negatives=0", "model.loss.n_negatives: must be at least 1, got 0"),  # the flat key of 0.1
+        ("model.loss.gbce_t=2", "model.loss.gbce_t: must be in [0, 1], got 2.0"),
+        ("model.loss.temperature=2", "model.loss.temperature: unknown key (known: gbce_t, n_negatives, name)"),
+        ("model.loss=5", "model.loss: expected a name or a mapping of keys, got 5"),
+        # once silently "all"
+        ("trainer.train_windows=every", "trainer.train_windows: 'every' is not one of 'last', 'all'"),
+        ("trainer.betas=[0.9]", "trainer.betas: expected a list of 2 values, got 1"),
+        ("trainer.cooldown_epochs=5", "trainer.cooldown_epochs: needs lr_decay: none (a cool-down is its own "
+                                      "decay), got lr_decay: linear"),  # the default config decays linearly
         ("trainer.max_epochs", "expected key=value"),
         # Lightning reads -1 as "no limit" and fails on -5 with a traceback; 0 would be a batch-less loader
         ("trainer.max_epochs=-1", "trainer.max_epochs: must be at least 1, got -1"),
@@ -188,3 +268,19 @@ def test_the_default_run_is_the_same_from_any_folder(tmp_path: Path, monkeypatch
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / CONFIG.name).write_text("trainer:\n  max_epochs: 3\n")
     assert default_config_path() == str(Path("configs") / CONFIG.name)  # the working folder's own wins
+
+
+def test_resume_reads_the_run_config_as_any_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "runs" / "sasrec-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    config = run_dir / "config.yaml"
+    config.write_text("model:\n  hidden: 32\n   loss: ce\n")  # broken indentation on line 3
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {config}: line 3: invalid YAML: mapping values are not allowed here"]
+    config.write_text("model:\n  hiden: 32\n")
+    assert main(["train", "--resume", str(run_dir), "trainer.max_epochs=3"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {config}: model.hiden: unknown key (known: ")
+    assert not (run_dir / "checkpoints").exists()  # nothing started
