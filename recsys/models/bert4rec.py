@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from recsys.config import ConfigModel, Positive, Probability, Rate
 from recsys.models.base import Objective, SequenceModel
-from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
+from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights, positions_from_first_item
 from recsys.models.losses import SoftmaxLossConfig
 from recsys.models.prior import with_bias_column, with_unit_column
 
@@ -89,7 +89,7 @@ class BERT4Rec(SequenceModel):
         hidden = config.hidden
         # Rows 0..n_items are padding and the items (what `item_vectors` shows); row n_items + 1 is [MASK].
         self.item_emb = nn.Embedding(n_items + 2, hidden, padding_idx=0)
-        # Position 0 is padding; real items get 1..max_len (see `_positions`).
+        # Position 0 is padding; real items get 1..max_len (see `layers.positions_from_first_item`).
         self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
         self.emb_norm = nn.LayerNorm(hidden)
         self.emb_dropout = Dropout(config.dropout)
@@ -136,7 +136,7 @@ class BERT4Rec(SequenceModel):
         """
         self.check_history(items, timestamps)
         padding = items == 0  # [batch, seq_len]
-        x = self.item_emb(items) + self.pos_emb(self._positions(padding))  # [batch, seq_len, hidden]
+        x = self.item_emb(items) + self.pos_emb(positions_from_first_item(padding))  # [batch, seq_len, hidden]
         x = self.emb_dropout(self.emb_norm(x)) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
         mask = attention_bias(padding, causal=False, dtype=x.dtype)  # [batch, 1, 1, seq_len]
         for depth, block in enumerate(self.blocks):
@@ -167,12 +167,3 @@ class BERT4Rec(SequenceModel):
             return table
         bias = torch.cat([self.item_bias.new_zeros(1), self.item_bias])  # [n_items + 1]: padding's is 0
         return with_bias_column(table, bias)  # [n_items + 1, hidden + 1]
-
-    def _positions(self, padding: Tensor) -> Tensor:
-        """1, 2, ... counted from each sequence's first real item, 0 at padding: [batch, seq_len].
-
-        Counting from the first real item (as the paper counts from the start of a right-padded sequence)
-        makes the states the same however much left padding a batch adds.
-        """
-        real = (~padding).long()  # [batch, seq_len]
-        return real.cumsum(dim=1) * real

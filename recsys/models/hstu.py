@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from recsys.config import ConfigModel, Positive, PositiveFloat, Rate
 from recsys.models.base import Objective, SequenceModel
-from recsys.models.layers import Dropout, init_weights
+from recsys.models.layers import Dropout, init_weights, positions_from_first_item
 from recsys.models.losses import LossConfig
 
 NORM_EPS = 1e-6
@@ -178,7 +178,7 @@ class HSTU(SequenceModel):
         super().__init__(n_items, config)
         hidden = config.hidden
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
-        # Position 0 is padding; real items get 1..max_len, counted from the first real item (`_positions`).
+        # Position 0 is padding; real items get 1..max_len, counted from the first real item (`positions_from_first_item`).
         self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
         self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(HSTUBlock(config) for _ in range(config.n_layers))
@@ -261,8 +261,5 @@ class HSTU(SequenceModel):
     def _embed(self, items: Tensor, padding: Tensor) -> Tensor:
         """Scaled item embeddings plus positions, padding zeroed: [batch, seq_len] -> [batch, seq_len, hidden]."""
         x = self.item_emb(items) * math.sqrt(self.config.hidden)  # [batch, seq_len, hidden]
-        real = (~padding).long()  # [batch, seq_len]
-        # Positions 1, 2, ... from each row's first real item (0 at padding): the same however much left
-        # padding a batch adds, and position t's index depends only on positions <= t (as SASRec's).
-        x = x + self.pos_emb(real.cumsum(dim=1) * real)
+        x = x + self.pos_emb(positions_from_first_item(padding))
         return self.emb_dropout(x) * (~padding).unsqueeze(-1)  # padding positions are zero vectors

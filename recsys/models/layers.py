@@ -227,3 +227,14 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def positions_from_first_item(padding: Tensor) -> Tensor:
+    """1, 2, ... counted from each sequence's first real item, 0 at padding: [batch, seq_len] bool -> long.
+
+    Counting from the first real item (not from the left edge of the tensor) makes the states the same
+    however much left padding a batch adds, and keeps causality: position t's index depends only on
+    positions <= t. Every model with learnt positions uses it.
+    """
+    real = (~padding).long()  # [batch, seq_len]
+    return real.cumsum(dim=1) * real

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from recsys.config import Positive, PositiveFloat, Rate
 from recsys.models.base import Objective
-from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
+from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights, positions_from_first_item
 from recsys.models.text_encoding import TextItemConfig, TextItemModel
 
 
@@ -113,8 +113,7 @@ class Recformer(TextItemModel):
         self.check_history(items, timestamps)
         padding = items == 0  # [batch, seq_len]
         x = self._adapt(self.item_cache[items]) * (~padding).unsqueeze(-1)  # [batch, seq_len, hidden]
-        real = (~padding).long()
-        x = self.emb_dropout(x + self.pos_emb(real.cumsum(dim=1) * real)) * (~padding).unsqueeze(-1)
+        x = self.emb_dropout(x + self.pos_emb(positions_from_first_item(padding))) * (~padding).unsqueeze(-1)
         mask = attention_bias(padding, causal=True, dtype=x.dtype)  # [batch, 1, seq_len, seq_len]
         for depth, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from recsys.config import ConfigModel, Positive, Rate
 from recsys.models.base import Objective, SequenceModel
-from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights
+from recsys.models.layers import Dropout, TransformerBlock, attention_bias, init_weights, positions_from_first_item
 from recsys.models.losses import LossConfig
 
 
@@ -70,7 +70,7 @@ class SASRec(SequenceModel):
         super().__init__(n_items, config)
         hidden = config.hidden
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
-        # Position 0 is padding; real items get 1..max_len (see `_positions`).
+        # Position 0 is padding; real items get 1..max_len (see `layers.positions_from_first_item`).
         self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
         self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
@@ -141,15 +141,5 @@ class SASRec(SequenceModel):
     def _embed(self, items: Tensor, padding: Tensor) -> Tensor:
         """Scaled item embeddings plus positions, padding zeroed: [batch, seq_len] -> [batch, seq_len, hidden]."""
         x = self.item_emb(items) * math.sqrt(self.config.hidden)  # [batch, seq_len, hidden]
-        x = x + self.pos_emb(self._positions(padding))
+        x = x + self.pos_emb(positions_from_first_item(padding))
         return self.emb_dropout(x) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
-
-    def _positions(self, padding: Tensor) -> Tensor:
-        """1, 2, ... counted from each sequence's first real item, 0 at padding: [batch, seq_len].
-
-        Counting from the first real item (not from the left edge of the tensor) makes the states the same
-        however much left padding a batch adds, and keeps causality: position t's index depends only on
-        positions <= t.
-        """
-        real = (~padding).long()  # [batch, seq_len]
-        return real.cumsum(dim=1) * real
