@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,11 @@ def run_seed(cfg: Any, watch_test: str | None, resume: Path | None = None) -> di
            "epoch_s": m.get("epoch_s"), "val_epoch_s": m.get("val_epoch_s"),
            "fit_s": m.get("fit_s"), "fit_s_to_best_epoch": fit_s_to_epoch(result.history, m["best_epoch"] - 1),  # rows count from 0
            "wall_s": time.perf_counter() - t0,
+           # The process's peak so far (seeds run one after another in it: the largest seed's peak).
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           **{f"time_{context}_{metric}": m[f"test_time_{context}_{metric}"]
+              for context in ("none", "target") for metric in ("ndcg@10", "hr@10", "mrr@10")
+              if f"test_time_{context}_{metric}" in m},  # a time-aware model: the test asked both ways
            **({"resumed_from": str(resume)} if resume else {}),
            **(watch.summary() if watch else {})}
     print(f"seed {seed}: {run}", flush=True)
@@ -185,7 +191,8 @@ class TestWatch(L.Callback):
         from recsys.evaluation.runner import evaluate_loader
 
         now = time.perf_counter()
-        value = evaluate_loader(pl_module.model, trainer.datamodule.test_dataloader(), pl_module.n_items)[self.metric]
+        value = evaluate_loader(pl_module.model, trainer.datamodule.test_dataloader(), pl_module.n_items,
+                                time_context=pl_module.time_context)[self.metric]
         self.curve.append((trainer.current_epoch, now - self.started - self.excluded, value))
         self.excluded += time.perf_counter() - now
 
@@ -257,6 +264,10 @@ def summarize(config: dict[str, Any], runs: list[dict], wall_s: float) -> dict:
         "preset": config["data"]["preset"],
         "split": config["data"]["split"],
         "model": model,
+        # How a time-aware model was asked at evaluation (evaluation.time_context); metrics time_none_* and
+        # time_target_* give the test both ways. Absent for models that read no timestamps.
+        **({"time_context": config.get("evaluation", {}).get("time_context", "none")}
+           if any(key.startswith("time_") for key in runs[0]) else {}),
         "config": config,
         "epochs_counted_from": 1,  # best_epoch: 1 is the first epoch (results without this field count from 0)
         "metrics": {"ndcg@10": ndcg["mean"], "hr@10": hr["mean"], "ndcg@10_std": ndcg["std"],
@@ -264,6 +275,8 @@ def summarize(config: dict[str, Any], runs: list[dict], wall_s: float) -> dict:
                     "epoch_s": spread("epoch_s")["mean"], "best_epoch": spread("best_epoch")["mean"],
                     "epochs_run": spread("epochs_run")["mean"], "wall_s_per_seed": spread("wall_s")["mean"],
                     "fit_s_to_best_epoch": spread("fit_s_to_best_epoch")["mean"],
+                    "peak_rss_mb": spread("peak_rss_mb")["max"],
+                    **{key: spread(key)["mean"] for key in runs[0] if key.startswith("time_")},
                     **({"target_fit_s": spread("target_fit_s")["mean"],
                         "target_reached": sum(r["target_fit_s"] is not None for r in runs)}
                        if any("watched" in r for r in runs) else {})},

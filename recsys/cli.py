@@ -283,6 +283,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:  # type: ig
 
 def run_train(args: argparse.Namespace) -> int:
     from recsys.run_config import load_run_config
+    from recsys.training.publish import time_context_label
     from recsys.training.resume import latest_run_dir, resume_config
     from recsys.training.train import train
 
@@ -313,7 +314,12 @@ def run_train(args: argparse.Namespace) -> int:
     if result.registered_version:
         print(f"registered:   models:/{cfg.tracking.register_as}/{result.registered_version}")
     print("test metrics: " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in result.metrics.items()
-                                        if k.startswith("test_") and k.endswith("@10")))
+                                        if k.startswith("test_") and k.endswith("@10") and "_time_" not in k)
+          + time_context_label(cfg, "; "))
+    if "test_time_none_ndcg@10" in result.metrics:
+        print("by time context: " + ", ".join(
+            f"{context} ndcg@10={result.metrics[f'test_time_{context}_ndcg@10']:.4f} "
+            f"hr@10={result.metrics[f'test_time_{context}_hr@10']:.4f}" for context in ("none", "target")))
     print(f"saved model:  {result.model_dir}")
     return 0
 
@@ -359,6 +365,10 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:  # type:
     evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="which split to score")
     evaluate.add_argument("--include-seen", action="store_true",
                           help="keep items of the user's history in the ranking (default: excluded)")
+    evaluate.add_argument("--time-context", choices=("none", "target"), default=None,
+                          help="for a time-aware model (hstu): ask at the last interaction (none) or at the target's "
+                          "timestamp (target: information a request has only as its own time); default: the "
+                          "model's evaluation.time_context")
     evaluate.add_argument("--data-path", default=None, help="where the raw data are now, if they moved")
     evaluate.add_argument("--batch-size", type=int, default=512, help="users scored at a time")
     evaluate.add_argument("--format", choices=("table", "json"), default="table", help="output format")
@@ -371,18 +381,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from recsys.evaluation.runner import evaluate_saved_model
 
     result = evaluate_saved_model(args.model, split=args.split, exclude_history=not args.include_seen,
-                                  batch_size=args.batch_size, data_path=args.data_path)
+                                  batch_size=args.batch_size, data_path=args.data_path,
+                                  time_context=args.time_context)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
+    context = f", {_time_context_words(result['time_context'])}" if "time_context" in result else ""
     print(f"{args.split} split of {args.model} ({int(result['n_users'])} users, full ranking, "
-          f"seen items {'kept' if args.include_seen else 'excluded'})")
+          f"seen items {'kept' if args.include_seen else 'excluded'}{context})")
     ks = sorted({int(k.split("@")[1]) for k in result if "@" in k})
     print(f"{'K':>4}  {'HR':>8}  {'NDCG':>8}  {'MRR':>8}  {'coverage':>8}")
     for k in ks:
         print(f"{k:>4}  {result[f'hr@{k}']:8.4f}  {result[f'ndcg@{k}']:8.4f}  {result[f'mrr@{k}']:8.4f}  "
               f"{result[f'coverage@{k}']:8.4f}")
     return 0
+
+
+def _time_context_words(time_context: str) -> str:
+    return ("asked at the target's timestamp (time context: target)" if time_context == "target"
+            else "asked at the last interaction (time context: none)")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -505,18 +522,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Config keys in help: `recsys train --help` (data, trainer, tracking) and `recsys config show` (all)
+# Config keys in help: `recsys train --help` (data, trainer, evaluation, tracking) and `recsys config show` (all)
 
 
 def _train_keys_epilog() -> str:
     """The config keys `recsys train` takes, from the config classes: model keys need the model registry,
     which imports torch, so they are left to `recsys config show` (help must answer at once)."""
-    from recsys.config import DataConfig, TrackingConfig, TrainerConfig
+    from recsys.config import PLAIN_SECTIONS
 
     lines = ["Config keys, each settable as section.key=value (the defaults shown are the built-in ones; a config "
              "file sets its own). The model.* keys depend on model.name: `recsys config show [MODEL]` lists them "
              "(it loads the models, so it takes a few seconds)."]
-    for section, cls in (("data", DataConfig), ("trainer", TrainerConfig), ("tracking", TrackingConfig)):
+    for section, cls in PLAIN_SECTIONS:
         lines += ["", f"{section}: {cls.__doc__}", *_key_lines(cls, section)]
     return "\n".join(lines)
 
@@ -546,9 +563,9 @@ def add_config_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     actions = _command_group(commands, "config", "list the config keys: type, default, what each does")
     show = actions.add_parser(
         "show",
-        help="every config key (data, trainer, tracking and a model's) with its type, default and description",
+        help="every config key (data, trainer, evaluation, tracking and a model's) with its type, default and description",
         description="List every config key a run takes, as section.key = default (type) and what it does: "
-        "data, trainer and tracking keys, then the model.* keys of each MODEL (default: every model). With "
+        "data, trainer, evaluation and tracking keys, then the model.* keys of each MODEL (default: every model). With "
         "--config FILE (and key=value overrides), the values of that run config instead, its model's keys, and "
         "the default beside each value that differs. It loads the models (torch), so it takes a few seconds.",
         formatter_class=_formatter,
@@ -561,7 +578,7 @@ def add_config_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 def run_config_show(args: argparse.Namespace) -> int:
     """`recsys config show`: the keys of every section (and of the chosen models) with defaults or values."""
-    from recsys.config import DataConfig, TrackingConfig, TrainerConfig, flatten
+    from recsys.config import PLAIN_SECTIONS, flatten
     from recsys.errors import ConfigError
     from recsys.models import MODELS
     from recsys.run_config import load_run_config
@@ -578,7 +595,7 @@ def run_config_show(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"config show: unknown model {unknown[0]!r} (known: {', '.join(sorted(MODELS))})")
     lines: list[str] = []
-    for section, cls in (("data", DataConfig), ("trainer", TrainerConfig), ("tracking", TrackingConfig)):
+    for section, cls in PLAIN_SECTIONS:
         lines += [f"{section}: {cls.__doc__}", *_key_lines(cls, section, values), ""]
     for name in models or sorted(MODELS):
         _, config_cls = MODELS[name]

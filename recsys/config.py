@@ -238,6 +238,27 @@ class TrackingConfig(ConfigModel):
     """Log to MLflow at all."""
 
 
+TimeContext = Literal["none", "target"]
+
+
+class EvaluationConfig(ConfigModel):
+    """How validation and test score a model."""
+
+    time_context: TimeContext = "none"
+    """When a time-aware model (hstu) is asked for the next item at evaluation. 'none': at the history's last
+    interaction, with nothing known of the target (what a request knows without its own clock; the honest
+    default). 'target': at the target interaction's timestamp, as a served request is asked at its own time
+    ('at'); it uses the target's timestamp, information the history does not have, and every result says
+    so. Validation (model selection) and the test metrics use it; the test is also scored the other way, as
+    test_time_none_* / test_time_target_*. Only for models that read timestamps."""
+
+
+# The sections of a run config that are plain config classes, in the order help lists them (the model
+# section's class depends on model.name: recsys.run_config).
+PLAIN_SECTIONS: tuple[tuple[str, type[ConfigModel]], ...] = (
+    ("data", DataConfig), ("trainer", TrainerConfig), ("evaluation", EvaluationConfig), ("tracking", TrackingConfig))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Building configs from plain data, and plain data from configs
 

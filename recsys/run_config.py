@@ -1,4 +1,4 @@
-"""The whole configuration of a run: data, model, trainer, tracking.
+"""The whole configuration of a run: data, model, trainer, evaluation, tracking.
 
 A run config is one YAML file (see configs/) plus `section.key=value` overrides. The model section names
 a model of the registry (`model.name: sasrec`) and its other keys are that model's config fields. Sections of
@@ -25,6 +25,7 @@ from typing import Any
 from recsys.config import (
     ConfigModel,
     DataConfig,
+    EvaluationConfig,
     TrackingConfig,
     TrainerConfig,
     from_dict,
@@ -37,7 +38,7 @@ from recsys.errors import ConfigError
 from recsys.models import MODELS, resolve_legacy_model
 from recsys.models.losses import LossConfig
 
-SECTIONS = ("data", "model", "trainer", "tracking")
+SECTIONS = ("data", "model", "trainer", "evaluation", "tracking")
 DEFAULT_MODEL = "sasrec"
 
 
@@ -48,6 +49,8 @@ class RunConfig:
     model: ConfigModel  # the model's own config, e.g. SASRecConfig
     trainer: TrainerConfig
     tracking: TrackingConfig
+    # Last, with a default: configs and saved models written before the section existed read as 'none'.
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the YAML layout, so that `run_config_from_dict(cfg.to_dict())` round-trips."""
@@ -55,6 +58,7 @@ class RunConfig:
             "data": to_dict(self.data),
             "model": {"name": self.model_name, **to_dict(self.model)},
             "trainer": to_dict(self.trainer),
+            "evaluation": to_dict(self.evaluation),
             "tracking": to_dict(self.tracking),
         }
 
@@ -90,13 +94,19 @@ def run_config_from_dict(data: dict[str, Any], where: str = "config",
         model_name, model_data = resolve_legacy_model(model_name, model_data, f"{where}: model")
     if not isinstance(model_name, str) or model_name not in MODELS:
         raise ConfigError(f"{where}: model.name: unknown model {model_name!r} (known: {', '.join(sorted(MODELS))})")
-    _, model_config_cls = MODELS[model_name]
+    model_cls, model_config_cls = MODELS[model_name]
+    evaluation = from_dict(EvaluationConfig, merged.get("evaluation"), f"{where}: evaluation")
+    if evaluation.time_context != "none" and not model_cls.uses_timestamps:
+        raise ConfigError(f"{where}: evaluation.time_context: {evaluation.time_context} needs a model that reads "
+                          f"timestamps ({', '.join(n for n, (cls, _) in sorted(MODELS.items()) if cls.uses_timestamps)}); "
+                          f"{model_name} does not")
     return RunConfig(
         data=from_dict(DataConfig, merged.get("data"), f"{where}: data"),
         model_name=model_name,
         model=from_dict(model_config_cls, model_data, f"{where}: model"),
         trainer=from_dict(TrainerConfig, merged.get("trainer"), f"{where}: trainer"),
         tracking=from_dict(TrackingConfig, merged.get("tracking"), f"{where}: tracking"),
+        evaluation=evaluation,
     )
 
 

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator
+from recsys.evaluation.runner import query_time
 from recsys.models.base import SequenceModel
 from recsys.models.losses import LossConfig, compute_loss
 from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
@@ -38,6 +39,7 @@ class RecommenderModule(L.LightningModule):
         trainer_config: TrainerConfig,
         ks: tuple[int, ...] = (1, 5, 10, 20, 50),
         log_popularity: torch.Tensor | None = None,
+        time_context: str = "none",
     ) -> None:
         super().__init__()
         self.model = model
@@ -45,6 +47,7 @@ class RecommenderModule(L.LightningModule):
         self.loss = loss  # None: a model fitted without gradient steps (the popularity baseline)
         self.cfg = trainer_config
         self.ks = ks
+        self.time_context = time_context  # when validation asks a time-aware model (evaluation.time_context)
         self._val: RankingAccumulator | None = None
         # > 0 once training has reached its cool-down (trainer.cooldown_epochs): the next fit anneals the rate.
         self.cooldown_epochs = 0
@@ -88,7 +91,8 @@ class RecommenderModule(L.LightningModule):
         self.model.refresh_item_cache()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        scores = self.model.score(batch["history"], batch.get("history_times")).float()
+        at = query_time(batch, self.time_context)
+        scores = self.model.score(batch["history"], batch.get("history_times"), at).float()
         self._accumulator().update(scores, batch["target"], batch["seen"], inplace=True)
 
     def on_validation_epoch_end(self) -> None:

@@ -66,7 +66,20 @@ def log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, sp
 def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split, loss: str) -> str:
     return (f"{cfg.model_name} on {dataset.name} (preset {dataset.preset}: {dataset.n_users:,} users, "
             f"{dataset.n_items:,} items, {dataset.n_interactions:,} interactions), {split.kind} split, "
-            f"full ranking over all items, seen items excluded; " + (f"loss {loss}." if loss else "no loss (counted)."))
+            f"full ranking over all items, seen items excluded{time_context_label(cfg, '; ')}; "
+            + (f"loss {loss}." if loss else "no loss (counted)."))
+
+
+def time_context_label(cfg: RunConfig, lead: str = "") -> str:
+    """How a time-aware model's results were asked ('' for a model that reads no timestamps), for every place
+    a result is shown: the run's description, plots, the console."""
+    from recsys.models import MODELS
+
+    if not MODELS[cfg.model_name][0].uses_timestamps:
+        return ""
+    if cfg.evaluation.time_context == "target":
+        return f"{lead}asked at the target's timestamp (evaluation.time_context: target)"
+    return f"{lead}asked at the last interaction (evaluation.time_context: none)"
 
 
 def save_run_model(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: Split,
@@ -113,8 +126,9 @@ def finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, 
     title = f"{cfg.model_name} on {cfg.data.name} ({cfg.data.preset})"
     if history:
         plot_learning_curves(history, plots / "learning_curves.png", title)
-    plot_metrics_at_k({k: v for k, v in metrics.items() if k.startswith("test_")}, plots / "test_metrics_at_k.png",
-                      f"test metrics at K: {title}")
+    headline = {k: v for k, v in metrics.items() if k.startswith("test_") and not k.startswith("test_time_")}
+    plot_metrics_at_k(headline, plots / "test_metrics_at_k.png",
+                      f"test metrics at K: {title}{time_context_label(cfg, ', ')}")
     if tracker is None or not tracker.active:
         return None
     final_step = int(metrics.get("epochs_run", 0))
