@@ -40,11 +40,11 @@ ROOT = Path(__file__).parents[1]
 RECBOLE_ML1M_STEPS = 7673  # 982,089 prefix samples / batch 128 (peers README)
 
 
-def ours(data_path: Path, epochs: int, extra: list[str]) -> dict:
+def ours(data_path: Path, epochs: int, extra: list[str], config: str = "sasrec_ml-1m.yaml") -> dict:
     from recsys.run_config import load_run_config
     from recsys.training.train import train
 
-    cfg = load_run_config(ROOT / "configs" / "sasrec_ml-1m.yaml", [
+    cfg = load_run_config(ROOT / "configs" / config, [
         f"data.path={data_path}", f"trainer.max_epochs={epochs}", "trainer.patience=0",
         "tracking.enabled=false", "trainer.progress_bar=false", f"tracking.output_dir={ROOT / '.cache' / 'bench-runs'}",
         *extra])
@@ -53,13 +53,14 @@ def ours(data_path: Path, epochs: int, extra: list[str]) -> dict:
             "overrides": extra, "epochs": epochs, "test_ndcg@10": result.metrics["test_ndcg@10"]}
 
 
-def peer(venv: Path, shared: Path, script: str, args: list[str]) -> dict:
+def peer(venv: Path, shared: Path, script: str | Path, args: list[str]) -> dict:
+    """Run a peer driver (a script of ../shared/peers by name, or a path) in the peers' venv; its JSON line."""
     env = {**os.environ, "SHARED_DATA": str(shared / "data"), "TORCH_THREADS": str(os.cpu_count()),
            "PEERS_DIR": str(ROOT / ".cache" / "peers")}
     env.pop("OMP_WAIT_POLICY", None)
     if USER_OMP_WAIT_POLICY is not None:
         env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
-    done = subprocess.run([str(venv / "bin" / "python"), str(shared / "peers" / script), *args],
+    done = subprocess.run([str(venv / "bin" / "python"), str(shared / "peers" / script), *args],  # a path stays whole
                           capture_output=True, text=True, env=env, cwd=shared / "peers")
     if done.returncode != 0:
         raise SystemExit(f"{script} failed:\n{done.stderr[-3000:]}")

@@ -41,6 +41,10 @@ PUBLISHED = {
     "bert4rec": {"Klenitskiy & Vasilev 2023, BERT4Rec": [0.1537, 0.2843],
                  "RecTools report, BERT4Rec": [0.1618, 0.2921]},
     "gru4rec": {"Klenitskiy & Vasilev 2023, GRU4Rec full CE": [0.1648, 0.2811]},
+    # Raw preset (3,706 items, stable sort), asked at the target's timestamp (time context: target).
+    "hstu": {"RecTools HSTU tutorial, HSTU 2 blocks, raw preset, time context": [0.1880, 0.3226],
+             "RecTools HSTU tutorial, HSTU-large 8 blocks, raw preset, time context": [0.2164, 0.3642],
+             "transformer_benchmark, FuXi-alpha, raw preset": [0.1813, 0.3164]},
 }
 
 

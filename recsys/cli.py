@@ -430,6 +430,13 @@ def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type
     query = recommend.add_mutually_exclusive_group(required=True)
     query.add_argument("--user", metavar="ID", help="a known user's original id")
     query.add_argument("--items", metavar="ID,ID,...", help="comma-separated original item ids, oldest first")
+    recommend.add_argument("--timestamps", metavar="T,T,...", default=None,
+                           help="with --items: when each item happened (seconds, comma-separated, one per item), "
+                           "for models that read time (hstu); others ignore them")
+    recommend.add_argument("--at", type=float, metavar="SECONDS", default=None,
+                           help="when the recommendation is asked for (Unix seconds), for models that read time; "
+                           "default: no time context (asked at the history's last interaction); with --items it "
+                           "needs --timestamps")
     recommend.add_argument("-k", type=int, default=10, help="number of items to recommend")
     recommend.add_argument("--format", choices=("table", "json"), default="table",
                            help="a readable table, or JSON for scripts")
@@ -444,21 +451,27 @@ def run_recommend(args: argparse.Namespace) -> int:
     """`recsys recommend`: print the top-k as a table (rank, item id, title, score) or as JSON."""
     import json
 
+    from recsys.errors import ConfigError
     from recsys.retrieval.recommender import Recommender
 
     rec = Recommender.load(args.model, index=args.index, tracking_uri=args.tracking_uri)
     skipped: list[object] = []
     if args.user is not None:
-        recs = rec.recommend(user=args.user, k=args.k, exclude_seen=not args.include_seen)
+        if args.timestamps is not None:
+            raise ConfigError("--timestamps go with --items; a known user's come from the saved model")
+        recs = rec.recommend(user=args.user, k=args.k, exclude_seen=not args.include_seen, at=args.at)
     else:
         items = [item.strip() for item in args.items.split(",") if item.strip()]
+        times = None if args.timestamps is None else _timestamps_option(args.timestamps, len(items))
         known, skipped = rec.split_known(items)
         if skipped and args.on_unknown == "skip":
             print(f"warning: skipped {len(skipped)} unknown item ids: {', '.join(map(str, skipped))}",
                   file=sys.stderr)
         history = known if known and args.on_unknown == "skip" else items
+        if times is not None and history is known:  # the kept items keep their own times
+            times = [times[position] for position in rec.known_positions(items)]
         recs = rec.recommend(history=history, k=args.k, exclude_seen=not args.include_seen,
-                             on_unknown=args.on_unknown)
+                             on_unknown=args.on_unknown, timestamps=times, at=args.at)
     if args.format == "json":
         rows = [{"rank": rank, "item_id": r.item_id, "title": r.title, "score": r.score}
                 for rank, r in enumerate(recs, start=1)]
@@ -471,6 +484,29 @@ def run_recommend(args: argparse.Namespace) -> int:
         title = r.title if r.title is not None else "-"
         print(f"{rank:>4}  {str(r.item_id):>{width}}  {r.score:8.4f}  {_shortened(title, TITLE_WIDTH)}")
     return 0
+
+
+def _timestamps_option(text: str, n_items: int) -> list[float]:
+    """--timestamps T,T,...: one number of seconds per --items entry, or a one-line error."""
+    from recsys.errors import ConfigError
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        times = [float(part) for part in parts]
+    except ValueError:
+        bad = next(part for part in parts if not _is_number(part))
+        raise ConfigError(f"--timestamps: {bad!r} is not a number of seconds") from None
+    if len(times) != n_items:
+        raise ConfigError(f"--timestamps: {len(times)} timestamps for {n_items} items; give one per item")
+    return times
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 TITLE_WIDTH = 70  # characters of a title in `recsys recommend`'s table; the JSON output keeps it whole

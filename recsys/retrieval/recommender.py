@@ -360,6 +360,11 @@ class Recommender:
         history_times = None
         if times is not None and all(times[row] is not None for row in rows):
             history_times = left_pad([np.asarray(times[row]) for row in rows], length).to(self._device)
+        if ats is not None and history_times is None:
+            # The time context is the gap from each history item to `at`: without the items' times there is
+            # none, and answering as if `at` were not given would be silently another question.
+            raise InvalidRequestError("at needs the history's timestamps (one per item): a time-aware model "
+                                      "measures the gaps from them to at; give timestamps or leave at out")
         at = None if ats is None else torch.as_tensor(ats[rows], device=self._device)
         return self._model.user_vector(items, history_times, at).float().cpu().numpy()
 

@@ -3,6 +3,8 @@ the Recommender, the HTTP server and the pyfunc, and change what it recommends a
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -136,3 +138,54 @@ def test_http_requests_carry_timestamps_and_at(server: str, rec: Recommender) ->
         batch = client.post("/recommend/batch", json={"histories": [items], "timestamps": [times], "at": at, "k": 5})
         assert batch.json()["results"][0]["items"] == response.json()["items"]
     assert np.isfinite([r["score"] for r in response.json()["items"]]).all()
+
+
+def test_at_without_the_historys_timestamps_is_a_one_line_error(server: str, rec: Recommender) -> None:
+    """A time context is the gap from each history item to `at`: without the items' times there is none, and
+    answering as if `at` had not been given would silently answer another question."""
+    from recsys.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=r"^at needs the history's timestamps \(one per item\)"):
+        rec.recommend(history=HISTORIES[7], at=2e6, k=5)
+    with httpx.Client(base_url=server, timeout=10) as client:
+        response = client.post("/recommend", json={"items": HISTORIES[7], "at": 2e6, "k": 5})
+    assert response.status_code == 422, response.text
+    assert "at needs the history's timestamps" in response.text
+
+
+def test_the_recommend_command_takes_timestamps_and_at(rec: Recommender, tmp_path_factory: pytest.TempPathFactory,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from recsys.cli import main
+
+    model_dir = save_model(time_aware_saved_model(), tmp_path_factory.mktemp("cli") / "model")
+    items, times = HISTORIES[7], [float(t) for t in TIMES[7]]
+    at = times[-1] + 300 * DAY
+    assert main(["recommend", "--model", str(model_dir), "--items", ",".join(map(str, items)), "--timestamps",
+                 ",".join(map(str, times)), "--at", str(at), "-k", "5", "--format", "json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)["items"]] == model_top(rec, items, times, at, 5)
+    # an unknown item is skipped with its own timestamp
+    assert main(["recommend", "--model", str(model_dir), "--items", ",".join(map(str, [999, *items])),
+                 "--timestamps", ",".join(map(str, [5.0, *times])), "--at", str(at), "-k", "5", "--format",
+                 "json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)["items"]] == model_top(rec, items, times, at, 5)
+    assert main(["recommend", "--model", str(model_dir), "--user", "7", "--at", str(at), "-k", "5", "--format",
+                 "json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)["items"]] == model_top(rec, items, times, at, 5)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--items", "1,2", "--timestamps", "5"], "--timestamps: 1 timestamps for 2 items; give one per item"),
+    (["--items", "1,2", "--timestamps", "5,soon"], "--timestamps: 'soon' is not a number of seconds"),
+    (["--user", "7", "--timestamps", "5"], "--timestamps go with --items; a known user's come from the saved model"),
+    (["--items", "1,2", "--at", "5"], "at needs the history's timestamps (one per item)"),
+])
+def test_the_recommend_commands_bad_times_are_one_line_errors(
+        tmp_path_factory: pytest.TempPathFactory, extra: list[str], message: str) -> None:
+    model_dir = save_model(time_aware_saved_model(), tmp_path_factory.mktemp("bad") / "model")
+    done = subprocess.run([sys.executable, "-m", "recsys.cli", "recommend", "--model", str(model_dir), *extra],
+                          capture_output=True, text=True, timeout=TEST_TIMEOUT_S)
+    assert done.returncode != 0
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
