@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from recsys.durable import write_text
@@ -95,11 +96,22 @@ def quality_table() -> str:
         std = f" ± {m['ndcg@10_std']:.4f}" if m.get("ndcg@10_std") else ""
         epochs = (f"{m['best_epoch']:.0f} / {m['epochs_run']:.0f}" if m.get("epochs_run") else "fitted by counting")
         label = result["model"] + (f" ({result['variant']})" if result.get("variant") else "")
-        lines.append(
-            f"| [{label}](benchmarks/results/{path.name}) | {result['dataset']} ({result.get('preset', '-')}) "
-            f"| {m['ndcg@10']:.4f}{std} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | {len(result.get('seeds', []))} "
-            f"| {epochs} | {fmt_or_dash(m.get('fit_s_to_best_epoch'))} | {fmt_or_dash(m.get('epoch_s'))} | {where} "
-            f"| {published or '-'} |")
+        # A time-aware model's test was scored both ways: a row per time context, the headline's first.
+        contexts = ([result["time_context"], *({"none", "target"} - {result["time_context"]})]
+                    if result.get("time_context") else [None])
+        for n, context in enumerate(contexts):
+            scores = m if context is None else {
+                key: m.get(f"time_{context}_{key}") for key in ("ndcg@10", "hr@10", "mrr@10")}
+            if context is not None:
+                values = [r[f"time_{context}_ndcg@10"] for r in result.get("runs", []) if f"time_{context}_ndcg@10" in r]
+                std = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            shown = (label if context is None else
+                     f"{label}, time context {context}" + (" (the same runs)" if n else ""))
+            lines.append(
+                f"| [{shown}](benchmarks/results/{path.name}) | {result['dataset']} ({result.get('preset', '-')}) "
+                f"| {scores['ndcg@10']:.4f}{std} | {scores['hr@10']:.4f} | {scores['mrr@10']:.4f} "
+                f"| {len(result.get('seeds', []))} | {epochs} | {fmt_or_dash(m.get('fit_s_to_best_epoch'))} "
+                f"| {fmt_or_dash(m.get('epoch_s'))} | {where} | {published or '-'} |")
     return "\n".join(lines)
 
 
