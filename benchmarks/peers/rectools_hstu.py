@@ -8,7 +8,8 @@ It lives here, not in ../shared/peers, because ../shared is read-only to the pro
 configs/hstu_ml-1m.yaml: 2 blocks, 1 head, 64 factors, dropout 0.2, session_max_len 200, full softmax, batch
 128, lr 1e-3, relative position and time attention on. HSTU's time bias reads the interactions' datetimes, so
 they are the real timestamps (seconds), with each user's tied timestamps kept in file order by adding the row's
-rank within the user in nanoseconds (RecTools sorts a user's interactions by datetime).
+rank within the user in nanoseconds (RecTools sorts a user's interactions by datetime). Recommending needs each
+user's context, the time it is asked: the test interaction's timestamp (time context: target).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     from pytorch_lightning.callbacks import EarlyStopping
     from rectools import Columns
     from rectools.dataset import Dataset
+    from rectools.dataset.context import get_context
     from rectools.models import HSTUModel
     from rectools.models.nn.item_net import IdEmbeddingsItemNet
     from run_rectools import ValNDCG, last_interaction_mask
@@ -77,7 +79,15 @@ def main() -> None:
     if cb.best_state is not None:
         model.lightning_model.load_state_dict(cb.best_state)
     t0 = time.perf_counter()
-    reco = model.recommend(users=df.user_id.unique(), dataset=dataset, k=common.K, filter_viewed=True)
+    # With the time bias on, RecTools asks for each user's context: the test interaction's time (its
+    # "time context: target" protocol, as in its HSTU tutorial).
+    test = df[df.from_end == 0]
+    context = get_context(pd.DataFrame({
+        Columns.User: test.user_id.to_numpy(),
+        Columns.Datetime: pd.to_datetime(test.timestamp.to_numpy().astype(np.int64) * 1_000_000_000
+                                         + test.groupby("user_id").cumcount().to_numpy() + 10**6, unit="ns")}))
+    reco = model.recommend(users=test.user_id.unique(), dataset=dataset, k=common.K, filter_viewed=True,
+                           context=context)
     rec_s = time.perf_counter() - t0
     metrics = common.evaluate_topk(
         reco.rename(columns={Columns.User: "user_id", Columns.Item: "item_id", Columns.Rank: "rank"}), df)
