@@ -265,3 +265,26 @@ def test_pyfunc_frames_carry_timestamps_and_at_per_row(tiny_rec: Recommender) ->
     bad = pd.DataFrame([{"items": [100, 110], "timestamps": [1.0]}])
     with pytest.raises(InvalidRequestError, match="1 timestamps for 2 item ids"):
         predict_frame(tiny_rec, bad)
+
+
+def test_small_batches_encode_on_one_thread_and_leave_the_callers_setting(tiny_dir: Path) -> None:
+    """A single query runs on one torch thread (steady p99 on shared cores); the caller's setting is restored."""
+    from recsys.retrieval import recommender as module
+
+    rec = Recommender.load(tiny_dir)
+    seen: list[int] = []
+    encode = rec._model.user_vector
+
+    def spy(*args: object) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return encode(*args)
+
+    rec._model.user_vector = spy  # type: ignore[method-assign]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rec.recommend(user=11, k=2)
+        rec.recommend_batch(histories=[[100]] * module.SMALL_ENCODE, k=2)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
