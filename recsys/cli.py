@@ -534,7 +534,42 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--compile", action="store_true",
                        help="compile the model's encoder with torch.compile at start-up (5-25 s once, needs a C++ "
                        "compiler; falls back with a warning): faster encoding of histories on a CPU")
+    defaults = _batching_defaults()
+    serve.add_argument("--max-batch", type=_positive, default=defaults.max_batch, metavar="N",
+                       help="most concurrent queries encoded and searched as one batch")
+    serve.add_argument("--batch-wait-ms", type=_wait_ms, default=defaults.max_wait_ms, metavar="MS",
+                       help="longest a query waits for others to join its batch (0: only those already queued)")
+    serve.add_argument("--workers", type=_positive, default=defaults.workers, metavar="N",
+                       help="threads running batches through the model")
+    serve.add_argument("--threads", type=_positive, default=defaults.threads, metavar="N",
+                       help="torch intra-op threads per worker (1: requests in parallel are the parallelism)")
     serve.set_defaults(handler=run_serve)
+
+
+def _batching_defaults():  # type: ignore[no-untyped-def]
+    from recsys.serving.batching import BatchingConfig  # light: dataclasses only until a batch runs
+
+    return BatchingConfig()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _wait_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value:g} ms is not between 0 and 1000")
+    return value
 
 
 def _port(text: str) -> int:
@@ -552,8 +587,12 @@ def run_serve(args: argparse.Namespace) -> int:
     """`recsys serve`: load the model, then serve it until interrupted."""
     from recsys.serving.http import serve
 
+    from recsys.serving.batching import BatchingConfig
+
+    batching = BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms, workers=args.workers,
+                              threads=args.threads)
     serve(args.model, host=args.host, port=args.port, index=args.index, tracking_uri=args.tracking_uri,
-          precompute_users=args.precompute_users, compile=args.compile)
+          precompute_users=args.precompute_users, compile=args.compile, batching=batching)
     return 0
 
 

@@ -139,9 +139,10 @@ def answers(url: str) -> Callable[[], bool]:
 
 
 @contextmanager
-def app_in_thread(app: object) -> Iterator[str]:
-    """A real uvicorn server for `app` on a free localhost port, in a thread of this process: yields its base
-    URL once it accepts connections, and is shut down on exit whatever happened."""
+def app_in_thread(app: object, **options: object) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free localhost port, in a thread of this process (`options` go to
+    uvicorn.Config, e.g. http=...): yields its base URL once it accepts connections, and is shut down on exit
+    whatever happened."""
     import socket
     import threading
 
@@ -150,7 +151,7 @@ def app_in_thread(app: object) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -13,10 +13,15 @@ that read time; other models accept and ignore them.
     GET  /health           status, model name, n_items, n_users, format version, index kind
     GET  /items/{item_id}  the item table's row for an item
 
-Bad requests never reach the model as a 500: pydantic rejects wrong types, unknown fields and out-of-range
-values (422), bodies over MAX_BODY_BYTES are refused before they are parsed (413), an unknown user or item is
-404 and any other RecsysError (k larger than what is left, an empty history) is 422. A 500 means a bug: it is
-logged with its traceback and answered with a generic message.
+Bad requests never reach the model as a 500: pydantic rejects wrong types, unknown fields, out-of-range values
+and strings that are not Unicode (a lone surrogate such as "\ud800", echoed escaped) (422), a body that is not
+UTF-8 is 422, bodies over MAX_BODY_BYTES are refused before they are parsed (413), an unknown user or item is
+404 and any other RecsysError (k larger than what is left, an empty history) is 422. A request that HTTP itself
+cannot frame (a malformed Content-Length) is a 400 with a JSON detail and the connection closed, as RFC 9112
+(section 6.3) requires. A 500 means a bug: it is logged with its traceback and answered with a generic message.
+
+Concurrent recommendation requests are gathered and encoded as one batch (`recsys.serving.batching`).
+Interactive docs (/docs) are served from the swagger-ui-bundle package: they work offline.
 """
 
 from __future__ import annotations
@@ -26,14 +31,21 @@ import logging
 import math
 from typing import Annotated, Any, Literal
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from recsys.errors import RecsysError, UnknownIdError
 from recsys.retrieval.recommender import Recommendation, Recommender
+from recsys.serving.batching import Batcher, BatchingConfig, Query
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +135,43 @@ class Health(BaseModel):
     """Whether the encoder runs compiled (`recsys serve --compile` and torch.compile worked)."""
 
 
-def create_app(recommender: Recommender) -> FastAPI:
-    """The FastAPI app serving `recommender` (loaded). Routes are sync: uvicorn runs them in its thread pool,
-    which Recommender and FAISS searches allow."""
-    app = FastAPI(title="recsys", version="1", description="Next-item recommendations from a saved recsys model.")
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+class SafeJSONResponse(JSONResponse):
+    """JSON that always encodes: a lone surrogate echoed from the input is written as its escape (\\ud800)
+    instead of failing UTF-8 encoding, which would turn a client's error into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
+            "utf-8", "backslashreplace")
+
+
+CLIENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown user or item"},
+    413: {"description": f"request body larger than {MAX_BODY_BYTES} bytes"},
+    422: {"description": "invalid request: wrong types, unknown fields, values out of range, a body that is not "
+                         "UTF-8 JSON, k larger than the items left"},
+}
+SWAGGER_STATIC = "/docs/static"
+
+
+def create_app(recommender: Recommender, batching: BatchingConfig | None = None) -> FastAPI:
+    """The FastAPI app serving `recommender` (loaded); recommendation requests go through a `Batcher` with
+    `batching` (default BatchingConfig()), started and stopped with the app."""
+    batcher = Batcher(recommender, batching)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(title="recsys", version="1", description="Next-item recommendations from a saved recsys model.",
+                  docs_url=None, redoc_url=None, default_response_class=SafeJSONResponse, lifespan=lifespan)
+    app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)
+    app.state.batcher = batcher
     name = recommender.model_name
+    _add_offline_docs(app)
 
     @app.get("/health")
     def health() -> Health:
@@ -136,28 +179,34 @@ def create_app(recommender: Recommender) -> FastAPI:
                       format_version=recommender.format_version, index=recommender.index_kind,
                       compiled=recommender.compiled)
 
-    @app.post("/recommend", responses={404: {"description": "unknown user or item"}})
-    def recommend(request: RecommendRequest) -> RecommendResponse:
+    # Handlers return the JSON themselves (response_model only documents it): validating our own output
+    # through pydantic again cost more per request than encoding it.
+    @app.post("/recommend", response_model=RecommendResponse, responses=CLIENT_ERRORS)
+    async def recommend(request: RecommendRequest) -> SafeJSONResponse:
+        skipped: list[Any] = []
         if request.user_id is not None:
-            recs = recommender.recommend(user=request.user_id, **_options(request))
-            return RecommendResponse(items=_items(recs), model=name, skipped_items=[])
-        known, times, skipped = _history(recommender, request.items or [], request.timestamps, request.on_unknown)
-        recs = recommender.recommend(history=known, timestamps=times, **_options(request))
-        return RecommendResponse(items=_items(recs), model=name, skipped_items=skipped)
+            query = _query(request, user=request.user_id)
+        else:
+            known, times, skipped = _history(recommender, request.items or [], request.timestamps,
+                                             request.on_unknown)
+            query = _query(request, history=known, timestamps=times)
+        (recs,) = await batcher.recommend([query])
+        return SafeJSONResponse({"items": _items(recs), "model": name, "skipped_items": skipped})
 
-    @app.post("/recommend/batch", responses={404: {"description": "unknown user or item"}})
-    def recommend_batch(request: BatchRequest) -> BatchResponse:
+    @app.post("/recommend/batch", response_model=BatchResponse, responses=CLIENT_ERRORS)
+    async def recommend_batch(request: BatchRequest) -> SafeJSONResponse:
         if request.user_ids is not None:
-            results = recommender.recommend_batch(users=request.user_ids, **_options(request))
-            return BatchResponse(results=[BatchResult(items=_items(r), skipped_items=[]) for r in results], model=name)
-        histories = request.histories or []
-        stamps = request.timestamps or [None] * len(histories)
-        split = [_history(recommender, items, times, request.on_unknown) for items, times in zip(histories, stamps)]
-        times = None if request.timestamps is None else [row_times for _, row_times, _ in split]
-        results = recommender.recommend_batch(histories=[known for known, _, _ in split], timestamps=times,
-                                              **_options(request))
-        return BatchResponse(results=[BatchResult(items=_items(r), skipped_items=skipped)
-                                      for r, (_, _, skipped) in zip(results, split)], model=name)
+            queries = [_query(request, user=user) for user in request.user_ids]
+            skipped: list[list[Any]] = [[] for _ in queries]
+        else:
+            histories = request.histories or []
+            stamps = request.timestamps or [None] * len(histories)
+            split = [_history(recommender, items, times, request.on_unknown) for items, times in zip(histories, stamps)]
+            queries = [_query(request, history=known, timestamps=times) for known, times, _ in split]
+            skipped = [row_skipped for _, _, row_skipped in split]
+        results = await batcher.recommend(queries)
+        return SafeJSONResponse({"results": [{"items": _items(r), "skipped_items": s} for r, s in zip(results, skipped)],
+                                 "model": name})
 
     @app.get("/items/{item_id}", responses={404: {"description": "unknown item"}})
     def item(item_id: str) -> dict[str, Any]:
@@ -170,22 +219,57 @@ def create_app(recommender: Recommender) -> FastAPI:
     return app
 
 
+def _add_offline_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle package (FastAPI's own page loads it from a CDN, blank
+    offline)."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(SWAGGER_STATIC, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{SWAGGER_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{SWAGGER_STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{SWAGGER_STATIC}/favicon-32x32.png")
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "flat",
-          tracking_uri: str | None = None, precompute_users: bool = False, compile: bool = False) -> None:
+          tracking_uri: str | None = None, precompute_users: bool = False, compile: bool = False,
+          batching: BatchingConfig | None = None) -> None:
     """Load `model` (a directory or an MLflow URI) and serve it until interrupted; with `precompute_users`
     every known user is encoded at start-up (see `Recommender.precompute_user_vectors`); `compile` as in
-    `Recommender.load`."""
+    `Recommender.load`; `batching` as in `create_app`."""
     import uvicorn
 
     recommender = Recommender.load(model, index=index, tracking_uri=tracking_uri, compile=compile)
     if precompute_users:
         recommender.precompute_user_vectors()
-    uvicorn.run(create_app(recommender), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(recommender, batching), host=host, port=port, log_level="info", http=JSONFramingErrors)
 
 
-def _options(request: Options) -> dict[str, Any]:
-    return {"k": request.k, "exclude_seen": request.exclude_seen, "allow": request.allow, "deny": request.deny,
-            "at": request.at}
+class JSONFramingErrors(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering a request it cannot frame (a malformed Content-Length, a bad
+    request line) with a one-line JSON 400 like every other error here, not plain text."""
+
+    def send_400_response(self, msg: str) -> None:
+        import h11
+
+        payload = json.dumps({"detail": f"malformed HTTP request: {msg or 'invalid framing'}"}).encode()
+        event = h11.Response(status_code=400, reason=b"Bad Request",
+                             headers=[(b"content-type", b"application/json"), (b"connection", b"close"),
+                                      (b"content-length", str(len(payload)).encode())])
+        self.transport.write(self.conn.send(event))
+        self.transport.write(self.conn.send(h11.Data(data=payload)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
+
+
+def _query(request: Options, user: Any = None, history: list[Any] | None = None,
+           timestamps: list[float] | None = None) -> Query:
+    return Query(user=user, history=history, timestamps=timestamps, k=request.k, exclude_seen=request.exclude_seen,
+                 allow=None if request.allow is None else tuple(request.allow),
+                 deny=None if request.deny is None else tuple(request.deny), at=request.at)
 
 
 def _history(recommender: Recommender, items: list[Any], timestamps: list[float] | None,
@@ -204,15 +288,15 @@ def _history(recommender: Recommender, items: list[Any], timestamps: list[float]
     return known, timestamps, unknown
 
 
-def _items(recs: list[Recommendation]) -> list[ItemOut]:
-    return [ItemOut(item_id=r.item_id, title=r.title, score=r.score) for r in recs]
+def _items(recs: list[Recommendation]) -> list[dict[str, Any]]:
+    return [{"item_id": r.item_id, "title": r.title, "score": r.score} for r in recs]
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's own 422, with the offending input echoed JSON-safely: Python's JSON parser accepts NaN and
     1e999 (infinity), which the response encoder then refuses, and a client error would become a 500."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
+    return SafeJSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
 
 
 def _json_safe(value: Any) -> Any:
@@ -226,21 +310,22 @@ def _json_safe(value: Any) -> Any:
 
 
 async def _unknown_id(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"detail": str(exc)})
+    return SafeJSONResponse(status_code=404, content={"detail": str(exc)})
 
 
 async def _bad_request(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": str(exc)})
+    return SafeJSONResponse(status_code=422, content={"detail": str(exc)})
 
 
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
     log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(status_code=500, content={"detail": "internal server error (logged)"})
+    return SafeJSONResponse(status_code=500, content={"detail": "internal server error (logged)"})
 
 
-class BodyLimit:
+class BodyGuard:
     """ASGI middleware: a request body over `max_bytes` is answered 413 before anything parses it, whether
-    Content-Length announces it or a chunked body only turns out to be too long."""
+    Content-Length announces it or a chunked body only turns out to be too long; a body that is not UTF-8 is
+    answered 422 naming the first bad byte (JSON is UTF-8, RFC 8259; FastAPI would answer 400)."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app = app
@@ -251,8 +336,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _refuse(send, 413, f"request body larger than {self.max_bytes} bytes")
             return
         chunks: list[bytes] = []
         size, more = 0, True
@@ -264,9 +349,14 @@ class BodyLimit:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
-                await self._refuse(send)
+                await _refuse(send, 413, f"request body larger than {self.max_bytes} bytes")
                 return
         body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await _refuse(send, 422, f"request body is not UTF-8: byte 0x{body[exc.start]:02x} at offset {exc.start}")
+            return
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -278,9 +368,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Any) -> None:
-        payload = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+
+async def _refuse(send: Any, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from recsys.retrieval import Recommender
 from recsys.saved_model import save_model
-from recsys.serving.http import MAX_BATCH, MAX_BODY_BYTES, MAX_ITEMS, MAX_K, create_app
+from recsys.serving.batching import BatchingConfig
+from recsys.serving.http import MAX_BATCH, MAX_BODY_BYTES, MAX_ITEMS, MAX_K, JSONFramingErrors, create_app
 
 from tests.processes import TEST_TIMEOUT_S, app_in_thread
 from tests.retrieval.conftest import HISTORIES, tiny_saved_model
@@ -25,7 +30,7 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
 
 @pytest.fixture(scope="module")
 def server(rec: Recommender) -> Iterator[str]:
-    with app_in_thread(create_app(rec)) as url:
+    with app_in_thread(create_app(rec), http=JSONFramingErrors) as url:
         yield url
 
 
@@ -118,9 +123,9 @@ def test_bad_requests_get_4xx_with_a_message(client: httpx.Client, body: object,
 
 
 def test_malformed_json_and_other_bodies(client: httpx.Client) -> None:
-    for content in (b"{not json", b"", b"[1, 2]", b"null", "\u00ff".encode("latin-1")):
+    for content in (b"{not json", b"", b"[1, 2]", b"null"):
         response = client.post("/recommend", content=content, headers={"content-type": "application/json"})
-        assert 400 <= response.status_code < 500, (content, response.text)  # 422, or 400 for undecodable bytes
+        assert response.status_code == 422, (content, response.text)
     response = client.post("/recommend/batch", json={"user_ids": list(range(MAX_BATCH + 1))})
     assert response.status_code == 422
 
@@ -160,3 +165,79 @@ def test_timestamps_and_at_are_accepted_and_a_model_without_time_ignores_them(cl
     assert batch.status_code == 200, batch.text
     mismatched = client.post("/recommend/batch", json={"histories": [[100, 110]], "timestamps": [[1]]})
     assert mismatched.status_code == 422 and "one time per item" in mismatched.text
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/recommend", b'{"user_id": "\\ud800"}', "user_id"),
+    ("/recommend", b'{"items": [100, "\\udc00"]}', "items"),
+    ("/recommend", b'{"user_id": 11, "deny": ["\\ud800"]}', "deny"),
+    ("/recommend", b'{"user_id": 11, "allow": ["x\\udfff"]}', "allow"),
+    ("/recommend", b'{"user_id": 11, "on_unknown": "\\ud800"}', "on_unknown"),
+    ("/recommend", b'{"user_id": 11, "\\ud800": 1}', ""),
+    ("/recommend/batch", b'{"user_ids": [11, "\\ud800"]}', "user_ids"),
+    ("/recommend/batch", b'{"histories": [["\\ud800"]]}', "histories"),
+])
+def test_lone_surrogates_are_a_422_that_names_the_field(client: httpx.Client, path: str, body: bytes,
+                                                         field: str) -> None:
+    """JSON may escape a lone surrogate, which is no Unicode text: echoing it used to fail encoding (a 500)."""
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "\n" not in response.text and field in json.dumps(response.json()["detail"])
+    assert "\\ud" in response.text or "\\udc" in response.text or "\\udf" in response.text  # echoed as an escape
+    emoji = client.post("/recommend", content=b'{"items": [100, "\\ud83d\\ude00"]}',  # a valid pair still works
+                        headers={"content-type": "application/json"})
+    assert emoji.status_code == 200 and emoji.json()["skipped_items"] == ["\U0001f600"]
+
+
+def test_a_body_that_is_not_utf8_is_a_422_naming_the_byte(client: httpx.Client) -> None:
+    response = client.post("/recommend", content=b'{"items": ["caf\xe9"]}', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "request body is not UTF-8: byte 0xe9 at offset 15"}
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-1", b"1, 2", b"1.5"])
+def test_a_malformed_content_length_is_a_json_400(server: str, length: bytes) -> None:
+    """HTTP cannot frame such a request, so RFC 9112 (6.3) makes it a 400 and the connection closes."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + length + b"\r\n\r\n{}")
+        reply = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after answering
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+    assert json.loads(payload)["detail"].startswith("malformed HTTP request")
+
+
+def test_openapi_lists_the_client_errors(client: httpx.Client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/recommend", "/recommend/batch"):
+        assert {"200", "404", "413", "422"} <= set(paths[path]["post"]["responses"]), path
+
+
+def test_docs_work_offline(client: httpx.Client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+    assert not re.findall(r"(?:src|href)=[\"']https?://", page.text)  # nothing from a CDN
+    for asset in re.findall(r"(?:src|href)=[\"'](/[^\"']+)", page.text):
+        assert client.get(asset).status_code == 200, asset
+    assert "/openapi.json" in page.text
+
+
+def test_concurrent_requests_are_batched_and_answered_each_its_own(rec: Recommender) -> None:
+    """With time to gather, 24 concurrent requests share batches; each gets its own answer or its own error."""
+    app = create_app(rec, BatchingConfig(max_batch=64, max_wait_ms=200))
+    bodies = [{"user_id": user, "k": 2} for user in (11, 12, 13, 14)] * 5 + [
+        {"user_id": 99}, {"items": [390, 380], "k": 3}, {"items": [7, 8]}, {"user_id": 15, "k": 3}]
+    with app_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda body: client.post("/recommend", json=body), bodies))
+        stats = app.state.batcher
+    for body, response in zip(bodies[:20], responses):
+        assert response.status_code == 200
+        assert [i["item_id"] for i in response.json()["items"]] == [r.item_id for r in rec.recommend(**{
+            "user": body["user_id"], "k": 2})]
+    assert [r.status_code for r in responses[20:]] == [404, 200, 422, 422]
+    assert [i["item_id"] for i in responses[21].json()["items"]] == [r.item_id for r in rec.recommend(
+        history=[390, 380], k=3)]
+    assert stats.queries == len(bodies) and stats.batches < len(bodies), (stats.batches, stats.queries)
