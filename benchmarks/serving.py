@@ -196,9 +196,15 @@ def main() -> None:
             finally:
                 stop(process)
             print(name, metrics[name], flush=True)
+    flat = {f"{name}_{key}": value for name, m in metrics.items() for key, value in m.items()
+            if key in ("requests_s", "p50_ms", "p99_ms", "errors")}
     result = {
         "benchmark": "serving", "dataset": "ml-1m", "model": description,
-        "metrics": metrics,
+        "metrics": flat,
+        "headline": [f"{name}_{key}" for name in ("by_user_main", "by_user_batched_wait0", "by_user_batched_wait2",
+                                                   "by_items_main", "by_items_batched_wait0", "by_items_batched_wait2")
+                     for key in ("requests_s", "p99_ms")],
+        "scenarios": metrics,
         "settings": {"connections": args.connections, "seconds": args.seconds, "warmup_s": WARMUP_S, "k": 10,
                      "history_items": 50},
         "seeds": [SEED], "wall_s": round(time.perf_counter() - started, 1),
