@@ -69,7 +69,8 @@ def test_help_lists_every_option() -> None:
     for option in ("--model", "--user", "--items", "-k", "--format", "--include-seen", "--index", "--on-unknown"):
         assert option in out.stdout
     serve = recsys("serve", "--help").stdout
-    for option in ("--model", "--host", "--port", "--index", "--precompute-users", "--compile"):
+    for option in ("--model", "--host", "--port", "--index", "--precompute-users", "--compile", "--max-batch",
+                   "--batch-wait-ms", "--workers", "--threads"):
         assert option in serve
 
 
@@ -84,3 +85,16 @@ def test_serve_refuses_a_port_out_of_range_before_loading_anything(model_dir: Pa
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == f"recsys serve: error: argument --port: {message}"
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-wait-ms", "-1"], "argument --batch-wait-ms: -1 ms is not between 0 and 1000"),
+    (["--batch-wait-ms", "soon"], "argument --batch-wait-ms: 'soon' is not a number of milliseconds"),
+    (["--max-batch", "0"], "argument --max-batch: 0 must be at least 1"),
+    (["--workers", "two"], "argument --workers: 'two' is not a whole number"),
+])
+def test_serve_checks_its_batching_options_before_loading_anything(model_dir: Path, args: list[str],
+                                                                    message: str) -> None:
+    out = recsys("serve", "--model", str(model_dir), *args)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == f"recsys serve: error: {message}"
