@@ -18,6 +18,7 @@ from recsys.models.base import Objective, SequenceModel
 from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
 from recsys.models.hstu import HSTU, HSTUConfig
+from recsys.models.mamba import Mamba, MambaConfig
 from recsys.models.popularity import Popularity, PopularityConfig
 from recsys.models.recformer import Recformer, RecformerConfig
 from recsys.models.recformer_full import RecformerFull, RecformerFullConfig
@@ -28,6 +29,7 @@ MODELS: dict[str, tuple[type[SequenceModel], type[ConfigModel]]] = {
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "hstu": (HSTU, HSTUConfig),
+    "mamba": (Mamba, MambaConfig),
     "popularity": (Popularity, PopularityConfig),
     # The text models need the text extra, imported only when one is built.
     "recformer": (Recformer, RecformerConfig),
@@ -84,6 +86,8 @@ __all__ = [
     "HSTU",
     "HSTUConfig",
     "MODELS",
+    "Mamba",
+    "MambaConfig",
     "Objective",
     "Popularity",
     "PopularityConfig",
