@@ -98,23 +98,36 @@ class Dropout(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head scaled dot-product self-attention (Vaswani et al., 2017) via torch's fused kernel."""
 
-    def __init__(self, hidden: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, hidden: int, n_heads: int, dropout: float, attention_width: int | None = None) -> None:
         super().__init__()
         if hidden % n_heads != 0:
             raise ValueError(f"hidden ({hidden}) must be divisible by n_heads ({n_heads})")
+        if attention_width is not None and attention_width % n_heads != 0:
+            raise ValueError(f"attention width ({attention_width}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
         self.dropout = dropout
-        # One projection for q, k and v: a single matmul instead of three.
-        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attention_width = attention_width
+        if attention_width is None:
+            # One projection for q, k and v: a single matmul instead of three.
+            self.qkv = nn.Linear(hidden, 3 * hidden)
+        else:
+            # Decoupled (DARE): queries and keys from their own input and width, values from x.
+            self.qk = nn.Linear(attention_width, 2 * attention_width)
+            self.v = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor | None, last_only: bool = False, query: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, last_only: bool = False, query: Tensor | None = None,
+                attention_input: Tensor | None = None) -> Tensor:
         """x: [batch, seq_len, hidden]; mask: from `attention_bias` (or any mask SDPA takes), or None for plain
         causal attention (query i sees keys <= i; exact only where no real query has a padding key before
         it, i.e. right padding). Returns [batch, seq_len, hidden], or
         [batch, 1, hidden] with `last_only`: only the last position queries (all positions are still keys),
         which is all a user vector needs from the top block. `query` (same shape as x), if given, is what
-        the queries are projected from, x giving keys and values (SASRec's reference block)."""
+        the queries are projected from, x giving keys and values (SASRec's reference block). With an
+        `attention_width`, `attention_input` ([batch, seq_len, attention_width]) gives queries and keys and x
+        the values alone (`query` is then not read)."""
+        if self.attention_width is not None:
+            return self._decoupled(x, mask, last_only, attention_input)
         if mask is None and last_only:
             raise ValueError("last_only needs an explicit mask: the last query of plain causal attention is not "
                              "the last real item of a right-padded batch")
@@ -143,6 +156,28 @@ class SelfAttention(nn.Module):
         )  # [batch, heads, seq_len, head_dim]
         y = y.transpose(1, 2).reshape(batch, q_len, hidden)  # [batch, q_len, hidden]
         return self.out(y)
+
+    def _decoupled(self, x: Tensor, mask: Tensor | None, last_only: bool, attention_input: Tensor | None) -> Tensor:
+        """`forward` with queries and keys projected from `attention_input`, values from x."""
+        if attention_input is None or attention_input.shape[:2] != x.shape[:2]:
+            raise ValueError("decoupled attention needs attention_input [batch, seq_len, attention_width] beside x")
+        if mask is None and last_only:
+            raise ValueError("last_only needs an explicit mask (see forward)")
+        batch, seq_len, hidden = x.shape
+        width = self.qk.in_features  # the attention width
+        weight, bias = self.qk.weight, self.qk.bias
+        queries = attention_input[:, -1:] if last_only else attention_input
+        if last_only:
+            mask = mask[..., -1:, :]  # type: ignore[index]
+        q = F.linear(queries, weight[:width], bias[:width]).view(batch, -1, self.n_heads, width // self.n_heads)
+        k = F.linear(attention_input, weight[width:], bias[width:]).view(batch, seq_len, self.n_heads, -1)
+        v = self.v(x).view(batch, seq_len, self.n_heads, hidden // self.n_heads)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, heads, len, head width]
+        # The scale is 1/sqrt(query width), the scores' own; values may be wider (SDPA allows it).
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None
+        )  # [batch, heads, q_len, hidden / heads]
+        return self.out(y.transpose(1, 2).reshape(batch, q.shape[2], hidden))
 
 
 class FeedForward(nn.Module):
@@ -182,30 +217,37 @@ class TransformerBlock(nn.Module):
         activation: Activation = "gelu",
         layer_norm: LayerNormPlacement = "pre",
         attention_dropout: float | None = None,
+        attention_width: int | None = None,
     ) -> None:
         super().__init__()
         if layer_norm not in ("pre", "post", "sasrec"):
             raise ValueError(f"layer_norm must be 'pre', 'post' or 'sasrec', got {layer_norm!r}")
         self.layer_norm = layer_norm
-        self.attn = SelfAttention(hidden, n_heads, dropout if attention_dropout is None else attention_dropout)
+        self.attn = SelfAttention(hidden, n_heads, dropout if attention_dropout is None else attention_dropout,
+                                  attention_width)
         self.ffn = FeedForward(hidden, inner, dropout, activation)
         self.norm1 = nn.LayerNorm(hidden)
         self.norm2 = nn.LayerNorm(hidden)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None, last_only: bool = False) -> Tensor:
-        """x: [batch, seq_len, hidden]; mask: as `SelfAttention` takes it. Returns [batch, seq_len, hidden], or
-        only the last position's state [batch, 1, hidden] with `last_only` (same values, less work)."""
+    def forward(self, x: Tensor, mask: Tensor | None, last_only: bool = False,
+                attention_input: Tensor | None = None) -> Tensor:
+        """x: [batch, seq_len, hidden]; mask: as `SelfAttention` takes it; attention_input: what a decoupled
+        attention (built with `attention_width`) takes its queries and keys from. Returns
+        [batch, seq_len, hidden], or only the last position's state [batch, 1, hidden] with `last_only` (same
+        values, less work)."""
         residual = x[:, -1:] if last_only else x
+        a = attention_input
         if self.layer_norm == "pre":
-            x = residual + self.dropout(self.attn(self.norm1(x), mask, last_only))
+            x = residual + self.dropout(self.attn(self.norm1(x), mask, last_only, attention_input=a))
             return x + self.dropout(self.ffn(self.norm2(x)))
         if self.layer_norm == "sasrec":
             query = self.norm1(x)
-            x = (query[:, -1:] if last_only else query) + self.dropout(self.attn(x, mask, last_only, query=query))
+            x = (query[:, -1:] if last_only else query) + self.dropout(
+                self.attn(x, mask, last_only, query=query, attention_input=a))
             x = self.norm2(x)
             return x + self.dropout(self.ffn(x))
-        x = self.norm1(residual + self.dropout(self.attn(x, mask, last_only)))
+        x = self.norm1(residual + self.dropout(self.attn(x, mask, last_only, attention_input=a)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 

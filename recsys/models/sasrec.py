@@ -10,6 +10,16 @@ FAISS inner-product index and query it with `user_vector`.
 The loss is not computed here: `SASRecConfig.loss` names one of `recsys.models.losses` with its options,
 which training applies to `encode`'s states and `item_vectors()`. Original SASRec is `loss: bce`; the default
 full softmax "ce" follows Klenitskiy & Vasilev (RecSys 2023), and "gbce" is gSASRec (Petrov & Macdonald, 2023).
+
+Decoupled embeddings (`attention_hidden`): DARE (Feng et al., "Long-Sequence Recommendation Models Need
+Decoupled Embeddings", arXiv:2410.02604) gives attention its own item table, because one table that both
+decides which history items to look at and says what they are gets gradients pulling two ways. Here every
+block's queries and keys are projected from a second, possibly narrower, item table (with its own
+positions, scaled, dropped and padding-zeroed like the first), the values and the residual stream from
+the representation table, which alone scores items (tied output). DARE applies this to target attention
+over a history (DIN/TWIN); across a self-attention stack the attention input is the same embedding at
+every block, not a state that the blocks update: the attention table stays a pure "which items" signal.
+A narrower table makes the attention scores cheaper (their cost is seq_len^2 * attention_hidden).
 """
 
 from __future__ import annotations
@@ -50,6 +60,10 @@ class SASRecConfig(ConfigModel):
     reference code's block (normalised queries and residual, raw keys and values; see layers.TransformerBlock)."""
     activation: Literal["gelu", "relu"] = "relu"
     """Feed-forward non-linearity (the paper: ReLU)."""
+    attention_hidden: Positive | None = None
+    """DARE's decoupled embeddings: width of a separate item table (and position table) that only the
+    attention's queries and keys read; the `hidden` table gives values and scores items. None: one table
+    for both, as SASRec. Must be divisible by n_heads; narrower than hidden makes attention cheaper."""
     loss: LossConfig = LossConfig()
     """Training loss and its options (recsys.models.losses): full softmax 'ce' by default, the paper's 'bce',
     sampled softmax, or gSASRec's 'gbce'."""
@@ -58,6 +72,9 @@ class SASRecConfig(ConfigModel):
     def _heads_divide_hidden(self) -> SASRecConfig:
         if self.hidden % self.n_heads != 0:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
+        if self.attention_hidden is not None and self.attention_hidden % self.n_heads != 0:
+            raise ValueError(f"attention_hidden ({self.attention_hidden}) must be divisible by n_heads "
+                             f"({self.n_heads})")
         return self
 
 
@@ -73,6 +90,13 @@ class SASRec(SequenceModel):
         # Position 0 is padding; real items get 1..max_len (see `layers.positions_from_first_item`).
         self.pos_emb = nn.Embedding(config.max_len + 1, hidden, padding_idx=0)
         self.emb_dropout = Dropout(config.dropout)
+        # DARE: the attention's own tables (None without attention_hidden: then no new state-dict keys, and
+        # models saved before the option load as they were).
+        self.attention_emb: nn.Embedding | None = None
+        self.attention_pos_emb: nn.Embedding | None = None
+        if config.attention_hidden is not None:
+            self.attention_emb = nn.Embedding(n_items + 1, config.attention_hidden, padding_idx=0)
+            self.attention_pos_emb = nn.Embedding(config.max_len + 1, config.attention_hidden, padding_idx=0)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 hidden,
@@ -82,6 +106,7 @@ class SASRec(SequenceModel):
                 activation=config.activation,
                 layer_norm=config.layer_norm,
                 attention_dropout=config.attention_dropout,
+                attention_width=config.attention_hidden,
             )
             for _ in range(config.n_layers)
         )
@@ -104,9 +129,10 @@ class SASRec(SequenceModel):
         self.check_history(items, timestamps)
         padding = items == 0  # [batch, seq_len]
         x = self._embed(items, padding)
+        a = self._embed_attention(items, padding)  # [batch, seq_len, attention_hidden] or None
         mask = attention_bias(padding, causal=True, dtype=x.dtype)  # [batch, 1, seq_len, seq_len]
         for depth, block in enumerate(self.blocks):
-            x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1)
+            x = block(x, mask, last_only=last_only and depth == len(self.blocks) - 1, attention_input=a)
         return self.final_norm(x)  # [batch, seq_len or 1, hidden]
 
     def user_vector(self, items: Tensor, timestamps: Tensor | None = None, at: Tensor | None = None) -> Tensor:
@@ -127,11 +153,15 @@ class SASRec(SequenceModel):
         # either way.
         front = items.gather(1, (steps + seq_len - lengths) % seq_len)  # [batch, seq_len], right-padded
         x = self._embed(front, front == 0)
+        a = self._embed_attention(front, front == 0)
         for block in self.blocks[:-1]:
-            x = block(x, None)
+            x = block(x, None, attention_input=a)
         # Back to left padding for the top block, whose one query (the last item) masks the padding keys.
-        x = x.gather(1, ((steps + lengths) % seq_len).unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = self.blocks[-1](x, attention_bias(padding, causal=False, dtype=x.dtype), last_only=True)
+        back = ((steps + lengths) % seq_len).unsqueeze(-1)  # [batch, seq_len, 1]
+        x = x.gather(1, back.expand(-1, -1, x.shape[-1]))
+        a = None if a is None else a.gather(1, back.expand(-1, -1, a.shape[-1]))
+        x = self.blocks[-1](x, attention_bias(padding, causal=False, dtype=x.dtype), last_only=True,
+                            attention_input=a)
         return self.final_norm(x)[:, -1, :]  # [batch, hidden]
 
     def item_vectors(self) -> Tensor:
@@ -143,3 +173,12 @@ class SASRec(SequenceModel):
         x = self.item_emb(items) * math.sqrt(self.config.hidden)  # [batch, seq_len, hidden]
         x = x + self.pos_emb(positions_from_first_item(padding))
         return self.emb_dropout(x) * (~padding).unsqueeze(-1)  # padding positions are zero vectors
+
+    def _embed_attention(self, items: Tensor, padding: Tensor) -> Tensor | None:
+        """DARE's attention input, built as `_embed` from the attention tables: [batch, seq_len,
+        attention_hidden]; None without `attention_hidden`."""
+        if self.attention_emb is None or self.attention_pos_emb is None:
+            return None
+        a = self.attention_emb(items) * math.sqrt(self.attention_emb.embedding_dim)
+        a = a + self.attention_pos_emb(positions_from_first_item(padding))
+        return self.emb_dropout(a) * (~padding).unsqueeze(-1)

@@ -149,3 +149,63 @@ def test_registry() -> None:
     assert get_model_spec("sasrec") == (SASRec, SASRecConfig)
     with pytest.raises(ConfigError, match=r"known: .*\bsasrec\b"):  # among the other registered models
         get_model_spec("sasrek")
+
+
+# -- DARE: decoupled attention and representation tables ----------------------------------------------------
+
+def test_decoupled_tables_have_their_widths_and_only_the_representation_table_scores() -> None:
+    model = make_model(attention_hidden=8)
+    assert model.attention_emb is not None and model.attention_emb.weight.shape == (N_ITEMS + 1, 8)
+    assert model.blocks[0].attn.qk.weight.shape == (16, 8)  # queries and keys, each 8 wide
+    assert model.item_vectors() is model.item_emb.weight and model.item_vectors().shape == (N_ITEMS + 1, 16)
+    items = torch.randint(1, N_ITEMS + 1, (4, 7))
+    assert model.encode(items).shape == (4, 7, 16) and model.score(items).shape == (4, N_ITEMS + 1)
+    # the attention table changes which items are attended to, hence the states, but is never a scored vector
+    before = model.user_vector(items)
+    with torch.no_grad():
+        model.attention_emb.weight[1:].normal_()
+    assert not torch.allclose(model.user_vector(items), before, atol=1e-4)
+    torch.testing.assert_close(model.score(items), model.user_vector(items) @ model.item_emb.weight.T)
+
+
+@pytest.mark.parametrize("layer_norm", ["pre", "post", "sasrec"])
+def test_decoupled_attention_is_causal_padding_invariant_and_user_vector_is_the_last_state(layer_norm: str) -> None:
+    model = make_model(attention_hidden=8, layer_norm=layer_norm)
+    items = torch.tensor([[0, 0, 5, 9, 2, 7, 3]])
+    changed = items.clone()
+    changed[0, 5] = 11
+    torch.testing.assert_close(model.encode(items)[:, :5], model.encode(changed)[:, :5])
+    history = [3, 1, 4, 1, 5]
+    torch.testing.assert_close(model.user_vector(left_pad(history, 5)), model.user_vector(left_pad(history, 12)),
+                               atol=1e-5, rtol=1e-5)
+    rows = torch.cat([left_pad(row, 12) for row in [[], [7], [3, 1, 4], list(range(1, 13))]])
+    torch.testing.assert_close(model.user_vector(rows), model.encode(rows)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_decoupled_attention_gets_gradients_from_training() -> None:
+    model = make_model(attention_hidden=8).train()
+    items = torch.randint(1, N_ITEMS + 1, (3, 9))
+    model.encode(items).pow(2).sum().backward()
+    assert model.attention_emb.weight.grad is not None and model.attention_emb.weight.grad[1:].abs().sum() > 0
+    assert torch.equal(model.attention_emb.weight.grad[0], torch.zeros(8))  # padding row: no gradient
+
+
+def test_decoupled_config_validation_and_state_dict_keys() -> None:
+    config = from_dict(SASRecConfig, {"hidden": 32, "n_heads": 2, "attention_hidden": 8}, "model")
+    assert from_dict(SASRecConfig, to_dict(config)) == config
+    with pytest.raises(ConfigError, match=r"attention_hidden \(9\) must be divisible by n_heads \(2\)"):
+        from_dict(SASRecConfig, {"n_heads": 2, "attention_hidden": 9}, "model")
+    # without the option the state dict is SASRec's as it always was: models saved before it load unchanged
+    plain = set(make_model().state_dict())
+    assert not any("attention" in key or ".qk." in key for key in plain)
+    assert {"attention_emb.weight", "attention_pos_emb.weight", "blocks.0.attn.qk.weight"} <= set(
+        make_model(attention_hidden=8).state_dict())
+
+
+def test_decoupled_model_round_trips_through_its_state_dict(tmp_path) -> None:
+    model = make_model(attention_hidden=8)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    again = SASRec(N_ITEMS, SASRecConfig.model_validate(to_dict(model.config)))
+    again.load_state_dict(torch.load(tmp_path / "weights.pt"))
+    items = torch.randint(0, N_ITEMS + 1, (3, 10))
+    assert torch.equal(again.eval().score(items), model.score(items))
