@@ -107,6 +107,19 @@ def run_child(model_name: str, max_len: int, args: argparse.Namespace) -> dict:
     return {"model": model_name, "max_len": max_len, "status": f"{status}: {last[:300]}"}
 
 
+def flat_metrics(rows: list[dict]) -> dict:
+    """The headline figures as one flat name -> number mapping (the README table's form): per model and
+    max_len, the epoch estimate, the widest batch's seconds and the peak RSS; None for a run that failed."""
+    metrics: dict = {}
+    for r in rows:
+        ok = r.get("status") == "ok"
+        prefix = f"{r['model']}_{r['max_len']}"
+        metrics[f"{prefix}_epoch_s"] = round(r["epoch_s"], 1) if ok else None
+        metrics[f"{prefix}_widest_batch_s"] = round(r["widest_batch"]["s"], 2) if ok else None
+        metrics[f"{prefix}_peak_rss_mb"] = round(r["peak_rss_mb"]) if ok else None
+    return metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-1m")
@@ -131,8 +144,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     write_result("long_histories", {
-        "benchmark": "long_histories", "dataset": "ml-1m", "preset": "papers", "model": args.models,
-        "metrics": rows, "seeds": [args.seed], "wall_s": round(time.perf_counter() - started, 1),
+        "benchmark": "long_histories", "dataset": "ml-1m", "preset": "papers", "model": " vs ".join(args.models),
+        "metrics": flat_metrics(rows), "runs": rows, "seeds": [args.seed], "wall_s": round(time.perf_counter() - started, 1),
         "memory_cap_gb": args.memory_gb, **provenance()})
 
 
