@@ -152,6 +152,56 @@ class DataConfig(ConfigModel):
         return separator
 
 
+Augmentation = Literal["crop", "mask", "reorder"]
+"""One of CL4SRec's history augmentations (see data.augment)."""
+
+
+class ContrastiveConfig(ConfigModel):
+    """Contrastive self-supervision beside the next-item loss (training.contrastive): two augmented views of
+    every training history, encoded to user vectors, pulled together against the batch's other views by
+    InfoNCE. Written as the method alone (`trainer.contrastive=cl4srec`) or as a mapping."""
+
+    shorthand_key = "method"
+
+    method: Literal["none", "cl4srec", "mclrec"] = "none"
+    """'none': next-item loss alone; 'cl4srec': plus InfoNCE between two augmented views (Xie et al., ICDE
+    2022); 'mclrec': plus learnable augmenters over the views' vectors, updated in alternation with the
+    model (Qin et al., SIGIR 2023)."""
+    weight: Annotated[float, Field(ge=0)] = 0.1
+    """lambda: weight of the InfoNCE loss between the two views, added to the next-item loss (CL4SRec: 0.1)."""
+    temperature: PositiveFloat = 1.0
+    """tau: InfoNCE logits are similarities divided by it (CL4SRec and MCLRec: 1 with dot products)."""
+    similarity: Literal["dot", "cosine"] = "dot"
+    """Similarity of two views' vectors in InfoNCE: dot product (the papers' code) or cosine."""
+    augmentations: Annotated[tuple[Augmentation, ...], Strict(False)] = ("crop", "mask", "reorder")  # YAML: a list
+    """Each view applies one of these, drawn uniformly per history (CL4SRec's random choice among the three)."""
+    crop_ratio: Share = 0.6
+    """eta: crop keeps a random contiguous floor(eta * n) of a history's n items (at least 1)."""
+    mask_ratio: Probability = 0.3
+    """gamma: mask hides floor(gamma * n) random items, with the model's mask token, or for models without one
+    (the shift objective) by dropping them (the history stays left-padded, as every model reads it)."""
+    reorder_ratio: Probability = 0.6
+    """beta: reorder shuffles a random contiguous window of floor(beta * n) items (their timestamps stay)."""
+    meta_weight: Annotated[float, Field(ge=0)] = 0.1
+    """mclrec: weight (MCLRec's beta) of the augmenters' contrastive terms in the model's loss."""
+    regularizer_weight: Annotated[float, Field(ge=0)] = 0.1
+    """mclrec: weight of MCLRec's margin regulariser, which keeps the positive pair's similarity from running away
+    from the hardest negative's (so the augmented views stay informative)."""
+    augmenter_hidden: Annotated[tuple[Positive, Positive], Strict(False)] = (32, 16)  # YAML: a list
+    """mclrec: widths of each augmenter MLP's two hidden layers (dim -> a -> b -> dim, GELU, unit-length output)."""
+    augmenter_lr: PositiveFloat | None = None
+    """mclrec: learning rate of the augmenters' AdamW (None: trainer.lr)."""
+
+    @field_validator("augmentations")
+    @classmethod
+    def _some_distinct_augmentations(cls, augmentations: tuple[str, ...]) -> tuple[str, ...]:
+        if not augmentations:
+            raise ValueError("needs at least one of 'crop', 'mask', 'reorder'")
+        if len(set(augmentations)) != len(augmentations):
+            raise ValueError(f"lists an augmentation twice: {list(augmentations)}")
+        return augmentations
+
+
 class TrainerConfig(ConfigModel):
     """How to train: optimisation, stopping, devices, seeds."""
 
@@ -212,6 +262,8 @@ class TrainerConfig(ConfigModel):
     """Fraction (a float) or number (an integer) of training batches per epoch, for quick runs."""
     progress_bar: bool = True
     """Show a progress bar."""
+    contrastive: ContrastiveConfig = ContrastiveConfig()
+    """Contrastive self-supervision added to the model's loss: off ('none') by default; 'cl4srec' or 'mclrec'."""
 
     @model_validator(mode="after")
     def _cooldown_is_its_own_decay(self) -> TrainerConfig:

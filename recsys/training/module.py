@@ -3,7 +3,10 @@
 The model is a `recsys.models.base.SequenceModel`: this module calls `encode` for the states, scores them
 against `item_vectors()` at the positions that have a target (the batches decide which: shift, mask or last),
 and hands the timestamps a batch carries (`input_times`, `query_times`) to the model as they are.
-Validation ranks the full catalogue for every validation user with the shared evaluator.
+Validation ranks the full catalogue for every validation user with the shared evaluator. With
+`trainer.contrastive` (CL4SRec or MCLRec, `recsys.training.contrastive`) a contrastive loss between two
+augmented views of each training history joins the next-item loss; MCLRec's alternating updates of the model
+and its augmenters make that mode's optimisation manual (`_mclrec_step`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
+
 from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator
 from recsys.evaluation.runner import query_time
 from recsys.models.base import SequenceModel
 from recsys.models.losses import LossConfig, compute_loss
 from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
+from recsys.training.contrastive import Augmenter, ContrastiveViews
 
 VAL_MONITOR = "val_ndcg@10"
 
@@ -53,6 +59,26 @@ class RecommenderModule(L.LightningModule):
         self.cooldown_epochs = 0
         # [n_items + 1] added to the training logits (popularity_correction); None: plain logits.
         self.register_buffer("log_popularity", log_popularity, persistent=False)
+        self._init_contrastive()
+
+    def _init_contrastive(self) -> None:
+        """The contrastive option's parts; with trainer.contrastive 'none' nothing (no module, no random draw)."""
+        self.contrastive = self.cfg.contrastive
+        self._views: ContrastiveViews | None = None
+        self._view_generator: torch.Generator | None = None
+        self.augmenters: nn.ModuleList | None = None
+        if self.contrastive.method == "none":
+            return
+        objective = self.model.objective()
+        # The clean history of a "mask" batch is rebuilt from its targets (see _history); views are masked
+        # with the model's own [MASK], or, for a model without one, by dropping items (data.augment.mask).
+        self._mask_batches = objective.batches == "mask"
+        self._views = ContrastiveViews(self.contrastive, objective.mask_token if self._mask_batches else 0)
+        if self.contrastive.method == "mclrec":
+            dim = int(self.model.item_vectors().shape[1])  # user vectors live in the item vectors' space
+            self.augmenters = nn.ModuleList(Augmenter(dim, self.contrastive.augmenter_hidden) for _ in range(2))
+            # Two optimisers stepping in turn on one batch: Lightning leaves that to the module.
+            self.automatic_optimization = False
 
     def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """Full-catalogue next-item scores `[batch, n_items + 1]` for left-padded histories."""
@@ -67,8 +93,24 @@ class RecommenderModule(L.LightningModule):
         # Models whose item vectors are a cache of an encoder being trained (Recformer's full mode) re-encode
         # them between epochs, as Recformer's two-stage fine-tuning does; within an epoch they stay fixed.
         self.model.refresh_item_cache()
+        if self._views is not None:
+            # Views draw from a generator of their own, seeded per (seed, epoch, process) like the global RNG
+            # above: the same views whatever the dropout draws, the DataLoader workers or a resume do.
+            self._view_generator = torch.Generator().manual_seed(
+                (self.cfg.seed * 100_003 + self.current_epoch + 1_000_000 * self.global_rank) ^ 0x5EED_C0DE)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if self.augmenters is not None:
+            self._mclrec_step(batch)
+            return None
+        loss = self._next_item_loss(batch)
+        if self._views is not None:
+            contrastive = self._views.cl4srec_loss(*self._view_vectors(batch))
+            self._log_train("train_contrastive_loss", contrastive, batch)
+            loss = loss + self.contrastive.weight * contrastive
+        return loss
+
+    def _next_item_loss(self, batch: dict[str, torch.Tensor], log: bool = True) -> torch.Tensor:
         hidden = self.model.encode(batch["input"], batch.get("input_times"), batch.get("query_times"))
         has_target = batch["target"] > 0  # [batch, seq_len]
         # Only positions with a target reach the output layer: padded positions would cost a full
@@ -81,9 +123,69 @@ class RecommenderModule(L.LightningModule):
         if self.loss is None:
             raise ValueError(f"{type(self.model).__name__} has no loss to train with (its objective has none)")
         loss = compute_loss(self.loss, hidden, batch["target"][has_target], items)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=int(has_target.sum()), sync_dist=True)
+        if log:
+            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                     batch_size=int(has_target.sum()), sync_dist=True)
         return loss
+
+    # -- contrastive self-supervision (trainer.contrastive) -------------------------------------------------
+    def _history(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's histories as the data gave them: [batch, seq_len], left-padded."""
+        if self._mask_batches:  # the targets hold the items that [MASK] hides
+            return torch.where(batch["target"] > 0, batch["target"], batch["input"])
+        return batch["input"]
+
+    def _draw_views(self, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        assert self._views is not None
+        if self._view_generator is None:  # a step outside fit's epochs (a test calling training_step)
+            self._view_generator = torch.Generator().manual_seed(self.cfg.seed)
+        return self._views.draw(self._history(batch), batch.get("input_times"), self._view_generator)
+
+    def _view_vectors(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._views is not None
+        return self._views.encode(self.model, self._draw_views(batch))
+
+    def _log_train(self, name: str, value: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        self.log(name, value, on_step=False, on_epoch=True, batch_size=int(batch["input"].shape[0]), sync_dist=True)
+
+    def _mclrec_step(self, batch: dict[str, torch.Tensor]) -> None:
+        """MCLRec's three updates on one batch (see training.contrastive): the model, the augmenters with the
+        model fixed, the model again. The views are drawn once, so all three steps see the same ones (as the
+        authors' precomputed views are), with fresh dropout each time."""
+        assert self._views is not None and self.augmenters is not None
+        model_optimizer, augmenter_optimizer = self.optimizers()  # type: ignore[misc]
+        views = self._draw_views(batch)
+        self._model_update(batch, views, model_optimizer, log=True)
+        with torch.no_grad():
+            h1, h2 = self._views.encode(self.model, views)
+        self.augmenters.requires_grad_(True)
+        augmenter_loss = self._views.mclrec_terms(h1, h2, self.augmenters)
+        self._step(augmenter_optimizer, augmenter_loss)
+        self._log_train("train_augmenter_loss", augmenter_loss, batch)
+        self._model_update(batch, views, model_optimizer, log=False)
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            scheduler.step()  # type: ignore[union-attr]
+
+    def _model_update(self, batch: dict[str, torch.Tensor], views: list[tuple[torch.Tensor, torch.Tensor | None]],
+                      optimizer: torch.optim.Optimizer, log: bool) -> None:
+        assert self._views is not None and self.augmenters is not None
+        self.augmenters.requires_grad_(False)  # frozen: the model's step leaves them as they are
+        cfg = self.contrastive
+        next_item = self._next_item_loss(batch, log=log)
+        h1, h2 = self._views.encode(self.model, views)
+        contrastive = self._views.cl4srec_loss(h1, h2)
+        loss = next_item + cfg.weight * contrastive + cfg.meta_weight * self._views.mclrec_terms(h1, h2, self.augmenters)
+        self._step(optimizer, loss)
+        if log:
+            self._log_train("train_contrastive_loss", contrastive, batch)
+
+    def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.cfg.grad_clip is not None:  # manual optimisation: Lightning's own clipping is off (train._trainer)
+            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
 
     # -- validation -----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -110,9 +212,18 @@ class RecommenderModule(L.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
+        main = self._model_optimizer()
+        if self.augmenters is None:
+            return main
         cfg = self.cfg
-        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                      weight_decay=cfg.weight_decay)
+        augmenter_optimizer = torch.optim.AdamW(self.augmenters.parameters(), lr=cfg.contrastive.augmenter_lr or cfg.lr,
+                                                betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return [main if isinstance(main, dict) else {"optimizer": main}, {"optimizer": augmenter_optimizer}]
+
+    def _model_optimizer(self) -> Any:
+        cfg = self.cfg
+        parameters = self.model.parameters() if self.augmenters is not None else self.parameters()
+        optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         if self.cooldown_epochs:
             scheduler = self._cooldown(optimizer)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

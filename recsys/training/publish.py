@@ -52,7 +52,8 @@ def log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, sp
                            for split, share in repeated_target_shares(dataset).items()},
                         "split.n_valid": split.valid.height, "split.n_test": split.test.height})
     tags = {"model": cfg.model_name, "dataset": cfg.data.name, "preset": cfg.data.preset,
-            "split": split.kind, "loss": loss, "run_dir": str(run_dir.resolve()),
+            "split": split.kind, "loss": loss, "contrastive": cfg.trainer.contrastive.method,
+            "run_dir": str(run_dir.resolve()),
             "mlflow.note.content": _description(cfg, dataset, split, loss)}
     commit = git_commit()
     if commit:
@@ -67,7 +68,8 @@ def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split, loss: s
     return (f"{cfg.model_name} on {dataset.name} (preset {dataset.preset}: {dataset.n_users:,} users, "
             f"{dataset.n_items:,} items, {dataset.n_interactions:,} interactions), {split.kind} split, "
             f"full ranking over all items, seen items excluded{time_context_label(cfg, '; ')}; "
-            + (f"loss {loss}." if loss else "no loss (counted)."))
+            + (f"loss {loss}" if loss else "no loss (counted)")
+            + (f", contrastive {cfg.trainer.contrastive.method}." if cfg.trainer.contrastive.method != "none" else "."))
 
 
 def time_context_label(cfg: RunConfig, lead: str = "") -> str:

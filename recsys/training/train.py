@@ -47,6 +47,7 @@ class TrainResult:
     metrics: dict[str, float]
     registered_version: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch (see EpochHistory)
+    contrastive: str = "none"  # the contrastive option that trained it (trainer.contrastive.method)
 
 
 def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | Path | None = None,
@@ -79,6 +80,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     say(f"building the model: {cfg.model_name} over {dataset.n_items:,} items "
         f"({dataset.n_users:,} users, {dataset.n_interactions:,} interactions)")
     model = build_model(cfg.model_name, cfg.model, dataset.n_items)
+    _check_contrastive(cfg, model)
     _hand_over_item_texts(model, dataset)
 
     run_dir = Path(resume) if resume is not None else claim_run_dir(cfg)
@@ -135,7 +137,19 @@ def _finish(cfg: RunConfig, trainer: Any, module: Any, datamodule: Any, history:
     model_dir = save_run_model(cfg, module.model, dataset, split, metrics, run_dir, tracker)
     version = finish_tracking(tracker, cfg, metrics, history, run_dir, model_dir, after_logging)
     return TrainResult(run_dir, model_dir, tracker.run_id if tracker else None, tracking_uri, metrics, version,
-                       history)
+                       history, cfg.trainer.contrastive.method)
+
+
+def _check_contrastive(cfg: RunConfig, model: SequenceModel) -> None:
+    """A contrastive loss needs gradient steps to join: a counting model has none to add it to."""
+    method = cfg.trainer.contrastive.method
+    if method == "none":
+        return
+    if model.objective().batches == "count":
+        raise ConfigError(f"trainer.contrastive: {method} needs a model trained by gradient steps; {cfg.model_name} "
+                          "is fitted by counting (use trainer.contrastive=none)")
+    say(f"contrastive self-supervision: {method} (weight {cfg.trainer.contrastive.weight:g}, temperature "
+        f"{cfg.trainer.contrastive.temperature:g}, augmentations {', '.join(cfg.trainer.contrastive.augmentations)})")
 
 
 def _mark_failed(run_dir: Path, tracker: Tracker | None, exc: BaseException, keep: bool) -> None:
@@ -254,7 +268,8 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any], max_epochs: in
         devices=cfg.trainer.devices,
         strategy=cfg.trainer.strategy,
         precision=_precision(cfg.trainer.precision),
-        gradient_clip_val=cfg.trainer.grad_clip,
+        # MCLRec's steps are manual (training.module), where Lightning refuses to clip: the module clips itself.
+        gradient_clip_val=None if cfg.trainer.contrastive.method == "mclrec" else cfg.trainer.grad_clip,
         check_val_every_n_epoch=cfg.trainer.val_every,
         limit_train_batches=cfg.trainer.limit_train_batches,
         callbacks=callbacks,
