@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +46,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
                         help="folder holding the dataset's raw files (<data>/<dataset>)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
-    parser.add_argument("overrides", nargs="*", help="more config overrides for every method (say so in the README)")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="train nothing: rewrite the result file's summary from the runs it holds")
+    parser.add_argument("overrides", nargs="*",
+                        help="more config overrides for every method, after -- (say so in the README)")
     args = parser.parse_args()
+    if args.summarize_only:
+        add_run(args.results_dir, args.dataset, None, None)
+        return
 
     from recsys.run_config import load_run_config
 
-    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="recsys-contrastive-"))
     config_file = ROOT / "configs" / f"sasrec_{args.dataset}.yaml"
     for method in args.methods:
@@ -61,12 +65,13 @@ def main() -> None:
                 f"data.path={args.data / args.dataset}", *PROTOCOL[args.dataset], *args.overrides,
                 f"trainer.contrastive={method}", f"trainer.seed={seed}", "trainer.progress_bar=false",
                 f"tracking.output_dir={work / 'runs'}", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}"])
-            run = {"method": method, **run_seed(cfg, None)}
-            add_run(args.results_dir, args.dataset, cfg.to_dict(), run, time.perf_counter() - started)
+            run = {"method": method, **run_seed(cfg, None), "command": command(), "commit": commit()}
+            add_run(args.results_dir, args.dataset, cfg.to_dict(), run)
 
 
-def add_run(directory: Path, dataset: str, config: dict[str, Any], run: dict[str, Any], wall_s: float) -> None:
-    """Put `run` into contrastive_<dataset>.json (replacing a run of its method and seed) and rewrite it."""
+def add_run(directory: Path, dataset: str, config: dict[str, Any] | None, run: dict[str, Any] | None) -> None:
+    """Put `run` into contrastive_<dataset>.json (replacing a run of its method and seed) and rewrite it;
+    with None, only rewrite the summary (the config then is the file's own)."""
     from filelock import FileLock
 
     name = f"contrastive_{dataset}"
@@ -74,12 +79,15 @@ def add_run(directory: Path, dataset: str, config: dict[str, Any], run: dict[str
     with FileLock(str(Path(tempfile.gettempdir()) / f"recsys-{name}.lock")):
         path = directory / f"{name}.json"
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        runs = [r for r in old.get("runs", []) if (r["method"], r["seed"]) != (run["method"], run["seed"])]
-        runs = sorted([*runs, run], key=lambda r: (METHODS.index(r["method"]), r["seed"]))
-        write_result(name, summarize(dataset, config, runs, old.get("wall_s", 0.0) + wall_s), directory)
+        runs = [r for r in old.get("runs", []) if run is None or (r["method"], r["seed"]) != (run["method"], run["seed"])]
+        runs = sorted([*runs, *([run] if run else [])], key=lambda r: (METHODS.index(r["method"]), r["seed"]))
+        if config is None:  # the file's config, with the contrastive defaults it keeps apart
+            config = {**old["config"], "trainer": {**old["config"]["trainer"],
+                                                   "contrastive": {"method": "none", **old["contrastive_defaults"]}}}
+        write_result(name, summarize(dataset, config, runs), directory)
 
 
-def summarize(dataset: str, config: dict[str, Any], runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+def summarize(dataset: str, config: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     metrics: dict[str, float | None] = {}
     for method in METHODS:
         mine = [r for r in runs if r["method"] == method]
@@ -104,10 +112,11 @@ def summarize(dataset: str, config: dict[str, Any], runs: list[dict[str, Any]], 
         "contrastive_defaults": {k: v for k, v in config["trainer"]["contrastive"].items() if k != "method"},
         "runs": runs,
         "seeds": sorted({r["seed"] for r in runs}),
-        "wall_s": wall_s,
+        "wall_s": sum(r["wall_s"] for r in runs),  # of all runs, one after the other (two ran side by side)
         "machine": machine(),
-        "command": command(),
-        "commit": commit(),
+        # the invocations that ran the runs (e.g. two side by side), else this one
+        "command": " & ".join(sorted({r["command"] for r in runs if "command" in r})) or command(),
+        "commit": " & ".join(sorted({r["commit"] for r in runs if r.get("commit")})) or commit(),  # the runs' own
     }
 
 
