@@ -84,7 +84,10 @@ def add_run(directory: Path, dataset: str, config: dict[str, Any] | None, run: d
         if config is None:  # the file's config, with the contrastive defaults it keeps apart
             config = {**old["config"], "trainer": {**old["config"]["trainer"],
                                                    "contrastive": {"method": "none", **old["contrastive_defaults"]}}}
-        write_result(name, summarize(dataset, config, runs), directory)
+        result = summarize(dataset, config, runs)
+        if old.get("note"):  # a note added by hand (how the runs were made) stays
+            result["note"] = old["note"]
+        write_result(name, result, directory)
 
 
 def summarize(dataset: str, config: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
