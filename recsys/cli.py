@@ -283,7 +283,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:  # type: ig
 
 def run_train(args: argparse.Namespace) -> int:
     from recsys.run_config import load_run_config
-    from recsys.training.publish import time_context_label
+    from recsys.training.publish import seen_label, time_context_label
     from recsys.training.resume import latest_run_dir, resume_config
     from recsys.training.train import train
 
@@ -314,14 +314,28 @@ def run_train(args: argparse.Namespace) -> int:
     if result.registered_version:
         print(f"registered:   models:/{cfg.tracking.register_as}/{result.registered_version}")
     print("test metrics: " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in result.metrics.items()
-                                        if k.startswith("test_") and k.endswith("@10") and "_time_" not in k)
-          + time_context_label(cfg, "; "))
+                                        if k.startswith("test_") and k.endswith("@10") and "_time_" not in k
+                                        and not k.startswith(("test_repeat_", "test_explore_")))
+          + "; " + seen_label(cfg) + time_context_label(cfg, "; "))
+    if "test_repeat_share" in result.metrics:
+        print(_repeat_line(result.metrics, "test_"))
     if "test_time_none_ndcg@10" in result.metrics:
         print("by time context: " + ", ".join(
             f"{context} ndcg@10={result.metrics[f'test_time_{context}_ndcg@10']:.4f} "
             f"hr@10={result.metrics[f'test_time_{context}_hr@10']:.4f}" for context in ("none", "target")))
     print(f"saved model:  {result.model_dir}")
     return 0
+
+
+def _repeat_line(metrics: dict[str, float], prefix: str) -> str:
+    """Metrics @10 over repeat targets (in the user's history) and explore targets (new to the user)."""
+    share = metrics[f"{prefix}repeat_share"]
+    parts = [f"repeat targets {share:.1%}"]
+    for group in ("repeat", "explore"):
+        if f"{prefix}{group}_ndcg@10" in metrics:
+            parts.append(f"{group} ndcg@10={metrics[f'{prefix}{group}_ndcg@10']:.4f} "
+                         f"hr@10={metrics[f'{prefix}{group}_hr@10']:.4f}")
+    return "by target:    " + ", ".join(parts)
 
 
 def _is_override(value: str | None) -> bool:
@@ -363,8 +377,9 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:  # type:
     )
     evaluate.add_argument("--model", required=True, metavar="DIR", help="saved model directory")
     evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="which split to score")
-    evaluate.add_argument("--include-seen", action="store_true",
-                          help="keep items of the user's history in the ranking (default: excluded)")
+    evaluate.add_argument("--include-seen", action="store_const", const=True, default=None,
+                          help="keep items of the user's history in the ranking (evaluation.exclude_seen: false); "
+                          "default: the model's evaluation.exclude_seen")
     evaluate.add_argument("--time-context", choices=("none", "target"), default=None,
                           help="for a time-aware model (hstu): ask at the last interaction (none) or at the target's "
                           "timestamp (target: information a request has only as its own time); default: the "
@@ -380,7 +395,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from recsys.evaluation.runner import evaluate_saved_model
 
-    result = evaluate_saved_model(args.model, split=args.split, exclude_history=not args.include_seen,
+    result = evaluate_saved_model(args.model, split=args.split,
+                                  exclude_history=None if args.include_seen is None else False,
                                   batch_size=args.batch_size, data_path=args.data_path,
                                   time_context=args.time_context)
     if args.format == "json":
@@ -388,12 +404,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 0
     context = f", {_time_context_words(result['time_context'])}" if "time_context" in result else ""
     print(f"{args.split} split of {args.model} ({int(result['n_users'])} users, full ranking, "
-          f"seen items {'kept' if args.include_seen else 'excluded'}{context})")
+          f"seen items {'excluded' if result['exclude_history'] else 'kept'}{context})")
     ks = sorted({int(k.split("@")[1]) for k in result if "@" in k})
     print(f"{'K':>4}  {'HR':>8}  {'NDCG':>8}  {'MRR':>8}  {'coverage':>8}")
     for k in ks:
         print(f"{k:>4}  {result[f'hr@{k}']:8.4f}  {result[f'ndcg@{k}']:8.4f}  {result[f'mrr@{k}']:8.4f}  "
               f"{result[f'coverage@{k}']:8.4f}")
+    if "repeat_share" in result:
+        print(_repeat_line(result, ""))
     return 0
 
 
@@ -423,7 +441,8 @@ def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type
         help="top-k items for a known user or a list of items, from a saved model",
         description="Recommend the next items for a known user (their saved history) or for any sequence of "
         "item ids (oldest first), from a model directory or an MLflow URI (runs:/<run_id>/model, "
-        "models:/<name>/<version>). Items the user has seen are left out unless --include-seen.",
+        "models:/<name>/<version>). Items the user has seen are left out unless --include-seen (or the model's "
+        "evaluation.exclude_seen is false).",
         formatter_class=_formatter,
     )
     _add_model_source_options(recommend)
@@ -440,8 +459,9 @@ def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type
     recommend.add_argument("-k", type=int, default=10, help="number of items to recommend")
     recommend.add_argument("--format", choices=("table", "json"), default="table",
                            help="a readable table, or JSON for scripts")
-    recommend.add_argument("--include-seen", action="store_true",
-                           help="allow items of the history in the results (default: left out)")
+    recommend.add_argument("--include-seen", action="store_const", const=False, default=None,
+                           dest="exclude_seen", help="allow items of the history in the results (default: as the "
+                           "model's evaluation.exclude_seen says, left out unless it was trained for repeats)")
     recommend.add_argument("--on-unknown", choices=("skip", "error"), default="skip",
                            help="item ids the model does not know: skip them (with a warning) or fail")
     recommend.set_defaults(handler=run_recommend)
@@ -459,7 +479,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.user is not None:
         if args.timestamps is not None:
             raise ConfigError("--timestamps go with --items; a known user's come from the saved model")
-        recs = rec.recommend(user=args.user, k=args.k, exclude_seen=not args.include_seen, at=args.at)
+        recs = rec.recommend(user=args.user, k=args.k, exclude_seen=args.exclude_seen, at=args.at)
     else:
         items = [item.strip() for item in args.items.split(",") if item.strip()]
         times = None if args.timestamps is None else _timestamps_option(args.timestamps, len(items))
@@ -470,7 +490,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         history = known if known and args.on_unknown == "skip" else items
         if times is not None and history is known:  # the kept items keep their own times
             times = [times[position] for position in rec.known_positions(items)]
-        recs = rec.recommend(history=history, k=args.k, exclude_seen=not args.include_seen,
+        recs = rec.recommend(history=history, k=args.k, exclude_seen=args.exclude_seen,
                              on_unknown=args.on_unknown, timestamps=times, at=args.at)
     if args.format == "json":
         rows = [{"rank": rank, "item_id": r.item_id, "title": r.title, "score": r.score}

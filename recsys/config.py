@@ -135,6 +135,22 @@ class DataConfig(ConfigModel):
     """custom: column of timestamps (numbers, or ISO dates)."""
     rating_column: str | None = None
     """custom: optional column of ratings (needed for min_rating)."""
+    order_column: str | None = None
+    """custom, basket logs: column of the order (basket, session) id, read to check that one order's rows share
+    one time. Items of one order keep the order of the file's rows (Instacart: add_to_cart_order)."""
+    order_number_column: str | None = None
+    """custom, basket logs without timestamps: column of each user's order number (1, 2, ...). Set, it replaces
+    timestamp_column: the timeline is built from order numbers and gaps (see days_since_prior_column)."""
+    days_since_prior_column: str | None = None
+    """custom, with order_number_column: days since the user's previous order (empty in the first). The timeline
+    is then the running sum of the gaps in days (as seconds), plus hour_column's hour; without it, one day per
+    order number. Each user's timeline starts at 0, so a global temporal split means nothing on it."""
+    hour_column: str | None = None
+    """custom, with order_number_column: hour of the day (0-23) of the order, added to its day."""
+    duplicates: Literal["drop_exact", "keep"] = "drop_exact"
+    """'drop_exact': rows repeating an earlier row's user, item and timestamp are one event logged twice and
+    dropped (repeats at other times are always kept); 'keep': keep them too (a log where one item is bought
+    twice in one basket at one time)."""
     text_columns: Annotated[tuple[str, ...], Strict(False)] = ()  # not strict: YAML gives a list
     """custom: item-table columns that describe an item in words (for text models)."""
     separator: str = ","
@@ -303,6 +319,13 @@ class EvaluationConfig(ConfigModel):
     ('at'); it uses the target's timestamp, information the history does not have, and every result says
     so. Validation (model selection) and the test metrics use it; the test is also scored the other way, as
     test_time_none_* / test_time_target_*. Only for models that read timestamps."""
+    exclude_seen: bool = True
+    """true: items of the user's history are left out of the ranking (the target never is), so a model is
+    judged on new items. false: every item is ranked, history included, as a log of repeat consumption
+    (groceries, music) needs: "buy again" is then a fair answer. Validation, the test, `recsys evaluate`
+    (whose --include-seen sets it false) and every result line say which. Either way the metrics are also
+    split into repeat targets (the target is in the user's history: repeat_*) and explore targets (new to
+    the user: explore_*), with repeat_share, the share of repeat targets."""
 
 
 # The sections of a run config that are plain config classes, in the order help lists them (the model

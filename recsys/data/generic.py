@@ -1,5 +1,8 @@
 """A user's own interaction log: CSV (optionally gzipped) or Parquet, with configurable column names.
 
+A basket log without timestamps (order numbers and days between orders, as Instacart's) or a JSON file of
+baskets per user (Ta-Feng's) is read through recsys.data.baskets: see order_number_column.
+
 Ids may be integers (kept as Int64) or any text (kept as String). Timestamps may be numbers (seconds;
 fractions are dropped, equal seconds keep file order), Parquet datetimes/dates, or ISO-8601 strings such as
 '2024-05-01T12:30:00' or '2024-05-01' (one format per file; the first value decides it).
@@ -13,6 +16,7 @@ import polars as pl
 
 from recsys.config import DataConfig
 from recsys.data import schema
+from recsys.data.baskets import check_one_order_per_id, is_basket_json, order_timeline, read_basket_json
 from recsys.data.io import Member
 from recsys.data.raw import INTERACTION_COLUMNS, RawData
 from recsys.errors import DataError
@@ -40,20 +44,40 @@ def read_custom(cfg: DataConfig) -> RawData:
 
 
 def read_interactions(member: Member, cfg: DataConfig) -> pl.DataFrame:
-    """user_id, item_id, rating, timestamp, row from the configured columns of one file."""
-    wanted = {cfg.user_column: schema.USER_ID, cfg.item_column: schema.ITEM_ID, cfg.timestamp_column: schema.TIMESTAMP}
+    """user_id, item_id, rating, timestamp, row from the configured columns of one file. A basket log
+    (order_number_column set) gets its timestamps from order numbers and gaps (recsys.data.baskets)."""
+    wanted = {cfg.user_column: schema.USER_ID, cfg.item_column: schema.ITEM_ID}
+    basket = {name: column for name, column in (("order_number", cfg.order_number_column),
+                                                ("days", cfg.days_since_prior_column), ("hour", cfg.hour_column),
+                                                ("order", cfg.order_column)) if column}
+    if cfg.order_number_column is None:
+        wanted[cfg.timestamp_column] = schema.TIMESTAMP
+        basket.pop("order", None)  # checked only together with a timeline from order numbers
     if cfg.rating_column:
         wanted[cfg.rating_column] = schema.RATING
-    frame = _require_rows(_read_table(member, cfg, list(wanted)), member).rename(wanted).with_row_index(schema.ROW)
+    read = {**wanted, **{column: f"_{name}" for name, column in basket.items()}}
+    frame = _require_rows(_read_table(member, cfg, list(read)), member).rename(read).with_row_index(schema.ROW)
     first_line = 1 if _is_parquet(member) else 2  # CSV line numbers count the header
+    users = _ids(frame[schema.USER_ID], member, cfg.user_column, first_line)
     columns = {
-        schema.USER_ID: _ids(frame[schema.USER_ID], member, cfg.user_column, first_line),
+        schema.USER_ID: users,
         schema.ITEM_ID: _ids(frame[schema.ITEM_ID], member, cfg.item_column, first_line),
         schema.RATING: _ratings(frame, member, cfg.rating_column, first_line),
-        schema.TIMESTAMP: parse_timestamps(frame[schema.TIMESTAMP], member, cfg.timestamp_column, first_line),
+        schema.TIMESTAMP: _basket_times(frame, users, member, cfg) if cfg.order_number_column
+        else parse_timestamps(frame[schema.TIMESTAMP], member, cfg.timestamp_column, first_line),
         schema.ROW: frame[schema.ROW],
     }
     return pl.DataFrame(columns).select(INTERACTION_COLUMNS)
+
+
+def _basket_times(frame: pl.DataFrame, users: pl.Series, member: Member, cfg: DataConfig) -> pl.Series:
+    """Timestamps of a basket log from its order numbers, gaps and hours (recsys.data.baskets)."""
+    if cfg.order_column:
+        check_one_order_per_id(users, frame["_order_number"], frame["_order"], member.label, cfg.order_column)
+    return order_timeline(
+        users, frame["_order_number"], frame["_days"] if cfg.days_since_prior_column else None,
+        frame["_hour"] if cfg.hour_column else None, member.label,
+        (str(cfg.order_number_column), cfg.days_since_prior_column, cfg.hour_column))
 
 
 def read_items(member: Member, cfg: DataConfig, id_dtype: pl.DataType) -> pl.DataFrame:
@@ -130,7 +154,9 @@ def _ratings(frame: pl.DataFrame, member: Member, column: str | None, first_line
 def _read_table(member: Member, cfg: DataConfig, columns: list[str] | None) -> pl.DataFrame:
     """Read `columns` (None: all) of a CSV (as text, converted later) or Parquet file."""
     try:
-        if _is_parquet(member):
+        if is_basket_json(member):
+            frame = read_basket_json(member)
+        elif _is_parquet(member):
             frame = pl.read_parquet(member.polars_input())
         else:
             frame = pl.read_csv(

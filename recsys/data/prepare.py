@@ -119,11 +119,12 @@ def fingerprint(cfg: DataConfig, members: list[Member], preprocessing: Preproces
     if cfg.name == CUSTOM:
         reading = {
             k: getattr(cfg, k)
-            for k in ("user_column", "item_column", "timestamp_column", "rating_column", "text_columns", "separator")
+            for k in ("user_column", "item_column", "timestamp_column", "rating_column", "text_columns", "separator",
+                      "order_column", "order_number_column", "days_since_prior_column", "hour_column")
         }
     payload = {
         "format": FORMAT_VERSION,
-        "duplicates": DUPLICATES_POLICY,
+        "duplicates": DUPLICATES_POLICY if cfg.duplicates == "drop_exact" else "every row kept",
         "name": cfg.name,
         "preset": cfg.preset,
         "preprocessing": preprocessing.as_dict(),
@@ -174,7 +175,8 @@ def build_dataset(
     interactions, item_table, text_columns = raw.interactions, raw.items, raw.text_columns
     del raw  # let each filter step free the frame before it (matters at ml-25m scale)
     stage("filter")
-    unique = drop_exact_duplicates(interactions)
+    # data.duplicates: keep, for a log where one item really occurs twice at one time (two of it in one basket)
+    unique = drop_exact_duplicates(interactions) if cfg.duplicates == "drop_exact" else interactions
     duplicates = interactions.height - unique.height
     del interactions
     kept = filter_min_rating(unique, preprocessing.min_rating)

@@ -12,7 +12,13 @@ reorder models, Krichene & Rendle, KDD 2020). The rules, in order:
    A model that outputs the same score for everything ranks every target last, not first.
 4. With a single target per user, HR@K (= Recall@K) = [rank <= K], NDCG@K = 1 / log2(rank + 1) if
    rank <= K else 0, MRR@K = 1 / rank if rank <= K else 0. Reported values are means over users.
-5. coverage@K = fraction of the n_items real items that appear in at least one user's top-K list (excluded
+5. Repeat and explore targets: with `repeats` (a [batch] bool, True where the target is in the user's
+   history: `repeat_targets`), the accumulator also reports every metric over the repeat targets alone
+   (repeat_hr@K, ...) and over the others, new to the user (explore_hr@K, ...), and repeat_share, the
+   share of repeat targets. A group with no user has no such keys. With the history excluded (rule 2) a
+   repeat target competes only with items the user has not had; include it (no `history`) to rank
+   repeats against each other, as repeat-consumption logs need.
+6. coverage@K = fraction of the n_items real items that appear in at least one user's top-K list (excluded
    items never do). Ties at the K-th place are broken by `torch.topk`, i.e. arbitrarily.
 
 Pass float32 scores: bfloat16 keeps 8 bits of mantissa, so many items tie with the target and, by rule 3,
@@ -93,11 +99,15 @@ class RankingAccumulator:
     def reset(self) -> None:
         """Forget every batch seen so far."""
         self.n_users = 0
+        self.n_repeat_users = 0
+        self._split = False  # whether any batch said which targets repeat
         self._sums: dict[str, Tensor] = {}
         self._best_position: Tensor | None = None  # [n_items + 1] int64
 
-    def update(self, scores: Tensor, targets: Tensor, history: Exclude = None, inplace: bool = False) -> None:
-        """Add a batch: scores [batch, n_items + 1], targets [batch], history to exclude (or None).
+    def update(self, scores: Tensor, targets: Tensor, history: Exclude = None, inplace: bool = False,
+               repeats: Tensor | None = None) -> None:
+        """Add a batch: scores [batch, n_items + 1], targets [batch], history to exclude (or None), and
+        `repeats` [batch] bool (True: the target is in the user's history; see rule 5) or None.
 
         With `inplace`, `scores` is overwritten by its masked version instead of being copied.
         """
@@ -105,12 +115,22 @@ class RankingAccumulator:
             raise ValueError(
                 f"scores must be [batch, n_items + 1 = {self.n_items + 1}], got {tuple(scores.shape)}"
             )
+        if repeats is not None and tuple(repeats.shape) != (scores.shape[0],):
+            raise ValueError(f"repeats must be [{scores.shape[0]}] (one flag per user), got {tuple(repeats.shape)}")
         masked = mask_scores(scores, targets, history, inplace)
+        groups: list[tuple[str, Tensor | None]] = [("", None)]
+        if repeats is not None:
+            repeats = repeats.to(device=masked.device, dtype=torch.bool)
+            groups += [("repeat_", repeats), ("explore_", ~repeats)]
+            self._split = True
+            self.n_repeat_users += int(repeats.sum())
         for name, values in _metrics_from_ranks(_ranks(masked, targets), self.ks).items():
             if name == "rank":
                 continue
-            total = values.sum()
-            self._sums[name] = self._sums[name] + total if name in self._sums else total
+            for prefix, members in groups:
+                total = (values if members is None else values[members]).sum()
+                key = prefix + name
+                self._sums[key] = self._sums[key] + total if key in self._sums else total
         self._update_coverage(masked)
         self.n_users += int(scores.shape[0])
 
@@ -118,11 +138,20 @@ class RankingAccumulator:
         """Means over users: "hr@K", "ndcg@K", "mrr@K", "coverage@K" for each K, and "n_users"."""
         if self.n_users == 0 or self._best_position is None:
             raise ValueError("no users to evaluate: call update() with at least one batch first")
-        result = {name: float(total) / self.n_users for name, total in self._sums.items()}
+        counts = {"repeat_": self.n_repeat_users, "explore_": self.n_users - self.n_repeat_users}
+        result: dict[str, float] = {}
+        for name, total in self._sums.items():
+            prefix = next((p for p in counts if name.startswith(p)), "")
+            users = counts[prefix] if prefix else self.n_users
+            if users:  # an empty group (no repeat target at all) has no mean to report
+                result[name] = float(total) / users
         real = self._best_position[1:]  # [n_items]
         for k in self.ks:
             result[f"coverage@{k}"] = float((real < k).sum()) / self.n_items
         result["n_users"] = float(self.n_users)
+        if self._split:
+            result["repeat_share"] = self.n_repeat_users / self.n_users
+            result["n_repeat_users"] = float(self.n_repeat_users)
         return result
 
     def _update_coverage(self, masked: Tensor) -> None:
@@ -140,6 +169,11 @@ class RankingAccumulator:
 
     def _never(self) -> int:
         return max(self.ks)  # a position no top-K list with K in ks reaches
+
+
+def repeat_targets(seen: Tensor, targets: Tensor) -> Tensor:
+    """[batch] bool: whether each target is among the user's history items `seen` ([batch, L], 0 = pad)."""
+    return (seen == targets.unsqueeze(1).to(seen.dtype)).any(dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,5 +251,6 @@ __all__ = [
     "RankingAccumulator",
     "mask_scores",
     "rank_metrics",
+    "repeat_targets",
     "target_ranks",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from recsys.evaluation.metrics import DEFAULT_KS, RankingAccumulator
+from recsys.evaluation.metrics import DEFAULT_KS, RankingAccumulator, repeat_targets
 from recsys.models.base import SequenceModel
 
 
@@ -24,7 +24,8 @@ def evaluate_loader(
     exclude_history: bool = True,
     time_context: str = "none",
 ) -> dict[str, float]:
-    """Full-ranking metrics over batches of `EvaluationRows` (history, target, seen).
+    """Full-ranking metrics over batches of `EvaluationRows` (history, target, seen), the seen items left out
+    of the ranking when `exclude_history` (evaluation.exclude_seen), split into repeat and explore targets.
 
     The model's `score` ranks the catalogue (with the history's timestamps where the batches carry them, and
     asked at the time `time_context` says: `query_time`); it is run in eval mode without gradients, on
@@ -40,8 +41,9 @@ def evaluate_loader(
                 times, at = batch.get("history_times"), query_time(batch, time_context)
                 scores = model.score(batch["history"].to(device), None if times is None else times.to(device),
                                      None if at is None else at.to(device)).float()
-                seen = batch["seen"].to(device) if exclude_history else None
-                accumulator.update(scores, batch["target"].to(device), seen, inplace=True)
+                seen, target = batch["seen"].to(device), batch["target"].to(device)
+                accumulator.update(scores, target, seen if exclude_history else None, inplace=True,
+                                   repeats=repeat_targets(seen, target))
     finally:
         model.train(was_training)
     return accumulator.compute()
@@ -62,13 +64,14 @@ def query_time(batch: dict[str, torch.Tensor], time_context: str) -> torch.Tenso
 def evaluate_saved_model(
     model_dir: str | Path,
     split: str = "test",
-    exclude_history: bool = True,
+    exclude_history: bool | None = None,
     batch_size: int = 512,
     data_path: str | None = None,
     time_context: str | None = None,
 ) -> dict[str, Any]:
     """Re-create the split a saved model was trained on and score the model on it, asked at the time
-    `time_context` says (None: the model's config's `evaluation.time_context`).
+    `time_context` says (None: the model's config's `evaluation.time_context`), with the seen items excluded
+    as `exclude_history` says (None: the config's `evaluation.exclude_seen`).
 
     The data are prepared again from the config saved with the model (the cache makes this cheap); the
     dataset fingerprint must equal the one the model was trained on, so a changed file cannot silently
@@ -89,6 +92,7 @@ def evaluate_saved_model(
     saved = load_model_files(model_dir)
     cfg = run_config_from_dict(saved.config, where=f"{model_dir}/config.yaml")
     time_context = cfg.evaluation.time_context if time_context is None else time_context
+    exclude_history = cfg.evaluation.exclude_seen if exclude_history is None else exclude_history
     if time_context not in TIME_CONTEXTS:
         raise ConfigError(f"--time-context: expected {' or '.join(TIME_CONTEXTS)}, got {time_context!r}")
     if time_context != "none" and not MODELS[cfg.model_name][0].uses_timestamps:

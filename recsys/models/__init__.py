@@ -14,6 +14,7 @@ from typing import Any
 
 from recsys.config import ConfigModel
 from recsys.errors import ConfigError
+from recsys.models.actr import ACTR, ACTRConfig
 from recsys.models.base import Objective, SequenceModel
 from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -22,6 +23,7 @@ from recsys.models.mamba import Mamba, MambaConfig
 from recsys.models.popularity import Popularity, PopularityConfig
 from recsys.models.recformer import Recformer, RecformerConfig
 from recsys.models.recformer_full import RecformerFull, RecformerFullConfig
+from recsys.models.repeat_baselines import PersonalPopularity, RepeatBaselineConfig, RepeatRecent
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 MODELS: dict[str, tuple[type[SequenceModel], type[ConfigModel]]] = {
@@ -31,6 +33,10 @@ MODELS: dict[str, tuple[type[SequenceModel], type[ConfigModel]]] = {
     "hstu": (HSTU, HSTUConfig),
     "mamba": (Mamba, MambaConfig),
     "popularity": (Popularity, PopularityConfig),
+    # Repeat-aware: history items scored on top of the inner product (SequenceModel.history_scores)
+    "personal_popularity": (PersonalPopularity, RepeatBaselineConfig),
+    "repeat_recent": (RepeatRecent, RepeatBaselineConfig),
+    "actr": (ACTR, ACTRConfig),
     # The text models need the text extra, imported only when one is built.
     "recformer": (Recformer, RecformerConfig),
     "recformer_full": (RecformerFull, RecformerFullConfig),
@@ -79,6 +85,11 @@ def build_model(name: str, config: object, n_items: int) -> SequenceModel:
 
 
 __all__ = [
+    "ACTR",
+    "ACTRConfig",
+    "PersonalPopularity",
+    "RepeatBaselineConfig",
+    "RepeatRecent",
     "BERT4Rec",
     "BERT4RecConfig",
     "GRU4Rec",

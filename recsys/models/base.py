@@ -16,6 +16,11 @@ What a model provides:
   not overridden, which is what lets retrieval put the item vectors in an inner-product FAISS index.
 - `objective()`: how it is trained: which batches (next item at every position, masked items, the last
   item only, or counting without an optimiser) and which loss (`recsys.models.losses`).
+- `history_scores(items, timestamps, at)`: optional (None by default), for repeat-aware models: a score
+  per history position, `[batch, seq_len]`, added to the inner product of the item at that position (the
+  same value wherever one item occurs; padding ignored). It changes only the scores of items in the
+  history, so FAISS still finds the best new items exactly and retrieval re-ranks the history items on
+  top (`recsys.retrieval.recommender`); `score` includes it.
 Optional hooks with do-nothing defaults: `refresh_item_cache` (item vectors cached from a trained
 encoder), `bundle`/`from_bundle` (files a saved model carries besides its weights), and for text models
 (`needs_item_texts`) `set_item_texts`/`add_items`; for counting models `fit_counts`.
@@ -119,7 +124,17 @@ class SequenceModel(nn.Module, abc.ABC):
         Column 0 (padding) is a dot product with the zero row, i.e. 0; rankers drop it
         (`recsys.evaluation.metrics` does).
         """
-        return self.user_vector(items, timestamps, at) @ self.item_vectors().T  # [batch, n_items + 1]
+        scores = self.user_vector(items, timestamps, at) @ self.item_vectors().T  # [batch, n_items + 1]
+        extra = self.history_scores(items, timestamps, at)
+        if extra is None:
+            return scores
+        return scores + scatter_history(extra.to(scores.dtype), items, scores.shape[1])
+
+    def history_scores(self, items: Tensor, timestamps: Tensor | None = None,
+                       at: Tensor | None = None) -> Tensor | None:
+        """Repeat-aware models: [batch, seq_len] extra score of each history position's item (see the module
+        docstring); None (the default): the score is the inner product alone."""
+        return None
 
     # -- shared checks --------------------------------------------------------------------------------------
     def check_history(self, items: Tensor, timestamps: Tensor | None = None) -> None:
@@ -160,3 +175,12 @@ class SequenceModel(nn.Module, abc.ABC):
     def add_items(self, attributes: Sequence[Mapping[str, str]]) -> None:
         """Text models: append items described by their texts alone."""
         raise TypeError(f"{type(self).__name__} does not read item texts, so it cannot add items")
+
+
+def scatter_history(values: Tensor, items: Tensor, width: int) -> Tensor:
+    """[batch, seq_len] per-position values -> [batch, width] dense, at each position's item id (an item at
+    several positions carries one value: any of them); column 0 (padding) stays 0."""
+    dense = values.new_zeros(items.shape[0], width)
+    dense.scatter_(1, items.long(), values)
+    dense[:, 0] = 0.0
+    return dense

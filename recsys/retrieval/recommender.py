@@ -8,7 +8,13 @@
 Results are lists of `Recommendation(item_id, title, score)`, best first: `item_id` is the original id,
 `title` None where the item table has none, `score` the inner product `user_vector . item_vector`.
 
-Filtering: seen items (the history) are excluded unless `exclude_seen=False`; `deny` items never appear;
+Repeat-aware models (`history_scores`: the repeat baselines, ACT-R) add a score to the items of the history
+that is no inner product. With seen items included, retrieval is then two stages, and exact: FAISS finds
+the best k items outside the model's input window (their score is the inner product alone), the window's
+items are scored in full (inner product plus their history score), and the two lists are merged.
+
+Filtering: seen items (the history) are excluded unless `exclude_seen=False` (None, the default: as the
+model's config says, `evaluation.exclude_seen`, true unless it was trained for repeat consumption); `deny` items never appear;
 `allow` restricts the results to those items (scored exactly). Asking for more results (k) than items are
 left after filtering is an InvalidRequestError naming both numbers, never a silently short list.
 
@@ -39,6 +45,7 @@ import torch
 from recsys.data import schema
 from recsys.durable import folder_beside, publish_folder
 from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, UnknownIdError
+from recsys.models.base import SequenceModel
 from recsys.retrieval.index import IndexConfig, as_index_config, load_or_build, top_k_filtered
 from recsys.saved_model import FORMAT_VERSION, SavedModel, build_saved_model, load_model_files, read_manifest
 
@@ -133,6 +140,9 @@ class Recommender:
         rec.n_items = saved.n_items
         rec.n_users = saved.user_map.height
         rec.metrics = dict(saved.metrics)
+        rec.exclude_seen_default = bool(cfg.evaluation.exclude_seen)
+        """What `exclude_seen=None` means for this model: its config's evaluation.exclude_seen."""
+        rec._repeat_aware = type(model).history_scores is not SequenceModel.history_scores
         rec._set_tables(saved)
         with torch.no_grad():
             # [n_items, hidden]: row i is item_idx i + 1 (row 0 of item_vectors() is padding, not indexed)
@@ -177,7 +187,7 @@ class Recommender:
     # -- recommending --------------------------------------------------------------------------------------
 
     def recommend(self, user: Any = None, history: Sequence[Any] | None = None, k: int = 10,
-                  exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
+                  exclude_seen: bool | None = None, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
                   on_unknown: OnUnknown = "skip", timestamps: Sequence[float] | None = None,
                   at: float | None = None) -> list[Recommendation]:
         """Top k items for a known `user` (original id) or for a `history` of original item ids, oldest first.
@@ -197,7 +207,7 @@ class Recommender:
                            None if timestamps is None else [timestamps], at)[0]
 
     def recommend_batch(self, users: Sequence[Any] | None = None, histories: Sequence[Sequence[Any]] | None = None,
-                        k: int = 10, exclude_seen: bool = True, allow: Iterable[Any] | None = None,
+                        k: int = 10, exclude_seen: bool | None = None, allow: Iterable[Any] | None = None,
                         deny: Iterable[Any] | None = None, on_unknown: OnUnknown = "skip",
                         timestamps: Sequence[Sequence[float]] | None = None,
                         at: float | Sequence[float] | None = None) -> list[list[Recommendation]]:
@@ -207,13 +217,14 @@ class Recommender:
         return self._batch(users, histories, k, exclude_seen, allow, deny, on_unknown, timestamps, at)
 
     def _batch(self, users: Sequence[Any] | None, histories: Sequence[Sequence[Any]] | None, k: int,
-               exclude_seen: bool, allow: Iterable[Any] | None, deny: Iterable[Any] | None,
+               exclude_seen: bool | None, allow: Iterable[Any] | None, deny: Iterable[Any] | None,
                on_unknown: OnUnknown, timestamps: Sequence[Sequence[float]] | None,
                at: float | Sequence[float] | None) -> list[list[Recommendation]]:
         """Both public methods, which call it directly: the warning's stacklevel 3 names their caller."""
         self._check_loaded()
         if (users is None) == (histories is None):
             raise InvalidRequestError("pass exactly one of users=[...] or histories=[[...], ...]")
+        exclude_seen = self.exclude_seen_default if exclude_seen is None else bool(exclude_seen)
         _check_k(k)
         if on_unknown not in ("skip", "error"):
             raise InvalidRequestError(f"on_unknown must be 'skip' or 'error', got {on_unknown!r}")
@@ -302,6 +313,7 @@ class Recommender:
         deny_idx = self._known_idx(deny) if deny is not None else np.empty(0, dtype=np.int64)
         # Item ids to leave out, per query; may repeat ids (a history can hold an item twice), which the
         # filters below do not mind. Merging with the deny list only when there is one saves a sort per user.
+        terms = None if exclude_seen or not self._repeat_aware else self._history_terms(sequences, times, ats)
         if not exclude_seen:
             filtered = [deny_idx] * len(sequences)
         elif len(deny_idx):
@@ -312,15 +324,79 @@ class Recommender:
             queries = self._encode(sequences, times, ats)  # [batch, hidden]
         if allow is not None:
             scores, labels = self._rank_allowed(queries, filtered, names, k, self._known_idx(allow))
+            if terms is not None:
+                scores, labels = self._with_history(queries, scores, labels, terms, deny_idx, k,
+                                                    self._known_idx(allow))
         else:
             for items, name in zip(filtered, names):
                 if k > self.n_items - len(items):  # only then count the distinct ids exactly
                     _check_left(k, self.n_items - len(np.unique(items)), name, "of the catalogue")
-            scores, labels = top_k_filtered(self.index, self._vectors, queries, k, filtered)
+            if terms is None:
+                scores, labels = top_k_filtered(self.index, self._vectors, queries, k, filtered)
+            else:
+                scores, labels = self._two_stage(queries, terms, deny_idx, k)
         item_ids, titles = self._item_ids, self._titles
         # tolist() turns the arrays into Python numbers in one call instead of one numpy scalar at a time
         return [[Recommendation(item_ids[idx], titles[idx], score) for score, idx in zip(row_scores, row_labels)]
                 for row_scores, row_labels in zip(scores.tolist(), labels.tolist())]
+
+    def _history_terms(self, sequences: list[np.ndarray], times: list[np.ndarray | None] | None,
+                       ats: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, (item_idx of the model's input window, distinct; their history scores)."""
+        from recsys.data.batches import left_pad
+
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        with torch.inference_mode():
+            for start in range(0, len(sequences), ENCODE_BATCH):
+                rows = list(range(start, min(start + ENCODE_BATCH, len(sequences))))
+                length = min(self._max_len, max(len(sequences[row]) for row in rows))
+                items = left_pad([sequences[row] for row in rows], length)
+                history_times = None
+                if times is not None and all(times[row] is not None for row in rows):
+                    history_times = left_pad([np.asarray(times[row]) for row in rows], length)
+                at = None if ats is None else torch.as_tensor(ats[rows])
+                terms = self._model.history_scores(items.to(self._device), None if history_times is None
+                                                   else history_times.to(self._device),
+                                                   None if at is None else at.to(self._device))
+                for item_row, term_row in zip(items.numpy(), terms.float().cpu().numpy()):
+                    idx, first = np.unique(item_row, return_index=True)
+                    keep = idx > 0
+                    out.append((idx[keep], term_row[first[keep]]))
+        return out
+
+    def _two_stage(self, queries: np.ndarray, terms: list[tuple[np.ndarray, np.ndarray]], deny_idx: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top k of a repeat-aware model with seen items included: FAISS over the items outside each
+        window (and the deny list), then the window's items scored in full and merged in."""
+        filtered = [np.concatenate([window, deny_idx]) for window, _ in terms]
+        left = min(self.n_items - len(np.unique(f)) for f in filtered)
+        if left >= k:
+            scores, labels = top_k_filtered(self.index, self._vectors, queries, k, filtered)
+        elif left > 0:  # a tiny catalogue: a query may have fewer than k items outside its window
+            scores, labels = _dense_rows(self._vectors, queries, filtered, min(k, left))
+        else:
+            scores = np.empty((len(queries), 0), dtype=np.float32)
+            labels = np.empty((len(queries), 0), dtype=np.int64)
+        return self._with_history(queries, scores, labels, terms, deny_idx, k, None)
+
+    def _with_history(self, queries: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                      terms: list[tuple[np.ndarray, np.ndarray]], deny_idx: np.ndarray, k: int,
+                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's top k of its candidates (labels) and its window's items at their full scores."""
+        out_scores = np.empty((len(queries), k), dtype=np.float32)
+        out_labels = np.empty((len(queries), k), dtype=np.int64)
+        for row, (window, extra) in enumerate(terms):
+            keep = ~np.isin(window, deny_idx)
+            if allowed is not None:
+                keep &= np.isin(window, allowed)
+            window, extra = window[keep], extra[keep]
+            full = self._vectors[window - 1] @ queries[row] + extra  # [window]
+            outside = ~np.isin(labels[row], window)  # an allow-list ranking scored the window items already
+            items = np.concatenate([labels[row][outside], window])
+            values = np.concatenate([scores[row][outside], full]).astype(np.float32)
+            top = np.argsort(-values, kind="stable")[:k]
+            out_scores[row], out_labels[row] = values[top], items[top]
+        return out_scores, out_labels
 
     def _rank_allowed(self, queries: np.ndarray, filtered: list[np.ndarray], names: list[str], k: int,
                       allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -443,6 +519,16 @@ def _threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _dense_rows(vectors: np.ndarray, queries: np.ndarray, filtered: list[np.ndarray],
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top k per query over all `vectors` (item_idx 1..n) without each query's `filtered` items."""
+    scores = queries @ vectors.T  # [batch, n_items]
+    for row, items in enumerate(filtered):
+        scores[row, items[items > 0] - 1] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, axis=1), top + 1
 
 
 def _timestamps(values: Any, items: Sequence[Any], name: str) -> np.ndarray:

@@ -65,7 +65,8 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of items to return")
-    exclude_seen: bool = Field(True, description="leave out the items of the user's history")
+    exclude_seen: bool | None = Field(None, description="leave out the items of the user's history (null: as the "
+                                      "model's config says, evaluation.exclude_seen)")
     allow: ItemList | None = Field(None, description="only recommend among these item ids")
     deny: ItemList | None = Field(None, description="never recommend these item ids")
     on_unknown: Literal["skip", "error"] = Field("skip", description="unknown history items: skip or 404")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from recsys.config import TrainerConfig
-from recsys.evaluation.metrics import RankingAccumulator
+from recsys.evaluation.metrics import RankingAccumulator, repeat_targets
 from recsys.evaluation.runner import query_time
 from recsys.models.base import SequenceModel
 from recsys.models.losses import LossConfig, compute_loss
@@ -46,6 +46,7 @@ class RecommenderModule(L.LightningModule):
         ks: tuple[int, ...] = (1, 5, 10, 20, 50),
         log_popularity: torch.Tensor | None = None,
         time_context: str = "none",
+        exclude_seen: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -54,6 +55,7 @@ class RecommenderModule(L.LightningModule):
         self.cfg = trainer_config
         self.ks = ks
         self.time_context = time_context  # when validation asks a time-aware model (evaluation.time_context)
+        self.exclude_seen = exclude_seen  # evaluation.exclude_seen: whether validation ranks the history too
         self._val: RankingAccumulator | None = None
         # > 0 once training has reached its cool-down (trainer.cooldown_epochs): the next fit anneals the rate.
         self.cooldown_epochs = 0
@@ -195,11 +197,13 @@ class RecommenderModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         at = query_time(batch, self.time_context)
         scores = self.model.score(batch["history"], batch.get("history_times"), at).float()
-        self._accumulator().update(scores, batch["target"], batch["seen"], inplace=True)
+        seen, target = batch["seen"], batch["target"]
+        self._accumulator().update(scores, target, seen if self.exclude_seen else None, inplace=True,
+                                   repeats=repeat_targets(seen, target))
 
     def on_validation_epoch_end(self) -> None:
         for name, value in self._accumulator().compute().items():
-            if name != "n_users":
+            if name not in ("n_users", "n_repeat_users"):
                 # Each process scores ALL validation users (no distributed sampler on validation), so
                 # every process holds the same exact numbers and nothing needs reducing.
                 self.log(f"val_{name}", value, prog_bar=(name == "ndcg@10"), sync_dist=False)

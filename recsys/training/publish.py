@@ -67,9 +67,16 @@ def log_run_start(tracker: Tracker, cfg: RunConfig, dataset: PreparedDataset, sp
 def _description(cfg: RunConfig, dataset: PreparedDataset, split: Split, loss: str) -> str:
     return (f"{cfg.model_name} on {dataset.name} (preset {dataset.preset}: {dataset.n_users:,} users, "
             f"{dataset.n_items:,} items, {dataset.n_interactions:,} interactions), {split.kind} split, "
-            f"full ranking over all items, seen items excluded{time_context_label(cfg, '; ')}; "
+            f"full ranking over all items, {seen_label(cfg)}{time_context_label(cfg, '; ')}; "
             + (f"loss {loss}" if loss else "no loss (counted)")
             + (f", contrastive {cfg.trainer.contrastive.method}." if cfg.trainer.contrastive.method != "none" else "."))
+
+
+def seen_label(cfg: RunConfig) -> str:
+    """Whether the results ranked the user's history items (evaluation.exclude_seen), as every result says."""
+    if cfg.evaluation.exclude_seen:
+        return "seen items excluded (evaluation.exclude_seen: true)"
+    return "seen items ranked too (evaluation.exclude_seen: false)"
 
 
 def time_context_label(cfg: RunConfig, lead: str = "") -> str:

@@ -207,6 +207,7 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
         log_popularity=log_popularity(split.train[schema.ITEMS].to_list(), dataset.n_items)
         if cfg.trainer.popularity_correction else None,
         time_context=cfg.evaluation.time_context,
+        exclude_seen=cfg.evaluation.exclude_seen,
     )
     if objective.batches == "count":
         return _fit_counts(model, split, datamodule, module, start_tracker)
@@ -389,10 +390,11 @@ def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, fl
     # Lightning hands the model back on the CPU after fitting; scoring every user is worth a GPU if there is one.
     gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     model = module.model.to("cuda" if gpu else "cpu").eval()
-    context = cfg.evaluation.time_context
+    context, exclude = cfg.evaluation.time_context, cfg.evaluation.exclude_seen
     metrics: dict[str, float] = {}
     for stage, loader in (("valid", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):
-        for key, value in evaluate_loader(model, loader, module.n_items, time_context=context).items():
+        scored = evaluate_loader(model, loader, module.n_items, exclude_history=exclude, time_context=context)
+        for key, value in scored.items():
             metrics[f"{stage}_{key}"] = value
     if model.uses_timestamps:
         # Both protocols, so that a time-aware model's figure with the target's timestamp is never read
@@ -400,7 +402,7 @@ def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, fl
         headline = {key[len("test_"):]: value for key, value in metrics.items() if key.startswith("test_")}
         for other in TIME_CONTEXTS:
             scored = headline if other == context else evaluate_loader(
-                model, datamodule.test_dataloader(), module.n_items, time_context=other)
+                model, datamodule.test_dataloader(), module.n_items, exclude_history=exclude, time_context=other)
             metrics.update({f"test_time_{other}_{key}": value for key, value in scored.items()})
     model.to("cpu")  # saved weights and later users expect CPU tensors
     return metrics

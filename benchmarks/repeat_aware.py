@@ -1,0 +1,82 @@
+"""Repeat-aware benchmark: repeat baselines, ACT-R memory and SASRec on the repeat datasets.
+
+    python benchmarks/repeat_aware.py --dataset instacart-sample tafeng
+
+For each dataset, every model of MODELS below is trained from its configs/<model>_<dataset>.yaml (which
+read ../shared/data: run from the repository root) and scored on the test split with seen items ranked
+(evaluation.exclude_seen: false): overall, repeat targets (in the user's history) and explore targets (new
+to the user) NDCG@10 and HR@10. SASRec runs 3 seeds, bounded by its config's trainer.max_minutes; the counting
+models (popularity, personal_popularity, repeat_recent, actr) have no randomness (no initialisation, no
+sampling: the same counts give the same scores), so they run once, and their results say seeds [42].
+Each dataset's result goes to benchmarks/results/repeat_<dataset>.json, rewritten after every model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import provenance, write_result  # noqa: E402
+
+MODELS = ("popularity", "personal_popularity", "repeat_recent", "actr", "sasrec")
+COUNTING = {"popularity", "personal_popularity", "repeat_recent", "actr"}
+SEEDS = (42, 43, 44)
+REPORTED = [f"{group}{metric}@10" for group in ("", "repeat_", "explore_") for metric in ("ndcg", "hr")]
+
+
+def run(config: Path, seed: int, out: Path) -> dict[str, float]:
+    from recsys.run_config import load_run_config
+    from recsys.training.train import train
+
+    cfg = load_run_config(config, [f"trainer.seed={seed}", "tracking.enabled=false", f"tracking.output_dir={out}",
+                                   "trainer.progress_bar=false"])
+    return train(cfg).metrics
+
+
+def summarize(model: str, dataset: str, config: Path, runs: list[dict[str, float]], seeds: list[int],
+              wall_s: float) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    for key in REPORTED + ["repeat_share"]:
+        values = [r[f"test_{key}"] for r in runs if f"test_{key}" in r]
+        if values:
+            metrics[key] = {"mean": statistics.mean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return {"model": model, "config": str(config), "seeds": seeds, "metrics": metrics,
+            "epochs_run": [r.get("epochs_run") for r in runs], "fit_s": [r.get("fit_s") for r in runs],
+            "wall_s": wall_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", nargs="+", default=["instacart-sample", "tafeng"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    args = parser.parse_args()
+    root = Path(__file__).resolve().parent.parent
+    for dataset in args.dataset:
+        result: dict[str, Any] = {"benchmark": "repeat_aware", "dataset": dataset, "preset": "raw",
+                                  "protocol": "leave-one-out over the item sequence, full ranking, seen items "
+                                  "ranked (evaluation.exclude_seen: false), test split", "models": [],
+                                  **provenance()}
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="repeat-aware-") as tmp:
+            for model in args.models:
+                config = Path("configs") / f"{model}_{dataset}.yaml"
+                seeds = [SEEDS[0]] if model in COUNTING else list(SEEDS)
+                model_started = time.perf_counter()
+                runs = [run(root / config, seed, Path(tmp)) for seed in seeds]
+                result["models"].append(summarize(model, dataset, config, runs, seeds,
+                                                  time.perf_counter() - model_started))
+                result["wall_s"] = time.perf_counter() - started
+                print(f"{dataset} {model}: " + ", ".join(
+                    f"{k}={v['mean']:.4f}" for k, v in result["models"][-1]["metrics"].items()), flush=True)
+                write_result(f"repeat_{dataset}", result)
+
+
+if __name__ == "__main__":
+    main()
