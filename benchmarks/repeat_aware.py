@@ -52,17 +52,47 @@ def summarize(model: str, dataset: str, config: Path, runs: list[dict[str, float
             "wall_s": wall_s}
 
 
+def with_flat_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """The fields every result file has (benchmarks/table.py reads them): model, metrics (flat, means:
+    `<model>_<metric>`), headline (each model's NDCG@10), seeds; the per-model details stay in `models`."""
+    flat = {f"{entry['model']}_{key}": value["mean"] for entry in result["models"]
+            for key, value in entry["metrics"].items()}
+    result.update(model=", ".join(entry["model"] for entry in result["models"]), metrics=flat,
+                  headline=[f"{entry['model']}_ndcg@10" for entry in result["models"]] + ["sasrec_repeat_share"],
+                  seeds=sorted({seed for entry in result["models"] for seed in entry["seeds"]}))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", nargs="+", default=["instacart-sample", "tafeng"])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--refresh", action="store_true",
+                        help="only rewrite the flat fields of existing results (after a format change)")
     args = parser.parse_args()
+    if args.refresh:
+        import json
+
+        from common import RESULTS
+
+        for dataset in args.dataset:
+            path = RESULTS / f"repeat_{dataset}.json"
+            write_result(path.stem, with_flat_fields(json.loads(path.read_text(encoding="utf-8"))))
+        return
     root = Path(__file__).resolve().parent.parent
     for dataset in args.dataset:
         result: dict[str, Any] = {"benchmark": "repeat_aware", "dataset": dataset, "preset": "raw",
                                   "protocol": "leave-one-out over the item sequence, full ranking, seen items "
                                   "ranked (evaluation.exclude_seen: false), test split", "models": [],
                                   **provenance()}
+        from common import RESULTS
+
+        earlier = RESULTS / f"repeat_{dataset}.json"
+        if earlier.is_file():  # a run of some models keeps the other models' entries
+            import json
+
+            kept = [e for e in json.loads(earlier.read_text(encoding="utf-8"))["models"] if e["model"] not in args.models]
+            result["models"] = kept
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="repeat-aware-") as tmp:
             for model in args.models:
@@ -75,7 +105,7 @@ def main() -> None:
                 result["wall_s"] = time.perf_counter() - started
                 print(f"{dataset} {model}: " + ", ".join(
                     f"{k}={v['mean']:.4f}" for k, v in result["models"][-1]["metrics"].items()), flush=True)
-                write_result(f"repeat_{dataset}", result)
+                write_result(f"repeat_{dataset}", with_flat_fields(result))
 
 
 if __name__ == "__main__":
