@@ -63,13 +63,36 @@ def with_flat_fields(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The README's table: one row per dataset and model, mean (± std over seeds where there are several)."""
+    lines = ["| dataset | model | NDCG@10 | HR@10 | repeat NDCG@10 | repeat HR@10 | explore NDCG@10 | explore HR@10 "
+             "| seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        for entry in result["models"]:
+            cells = []
+            for key in REPORTED:
+                value = entry["metrics"].get(key)
+                std = f" ± {value['std']:.4f}" if value and len(value["values"]) > 1 else ""
+                cells.append(f"{value['mean']:.4f}{std}" if value else "-")
+            lines.append(f"| {result['dataset']} | {entry['model']} | {' | '.join(cells)} | {len(entry['seeds'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", nargs="+", default=["instacart-sample", "tafeng"])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--refresh", action="store_true",
                         help="only rewrite the flat fields of existing results (after a format change)")
+    parser.add_argument("--table", action="store_true", help="only print the README table of existing results")
     args = parser.parse_args()
+    if args.table:
+        import json
+
+        from common import RESULTS
+
+        print(markdown([json.loads((RESULTS / f"repeat_{d}.json").read_text(encoding="utf-8")) for d in args.dataset]))
+        return
     if args.refresh:
         import json
 
