@@ -78,7 +78,7 @@ def test_config_show_lists_every_key_of_every_model(capsys: pytest.CaptureFixtur
     text = capsys.readouterr().out
     assert "  model.loss.n_negatives = 9  (int >= 1; default: 256)" in text and "(model.name: sasrec)" not in text
     assert main(["config", "show", "sasrek"]) == 2
-    assert capsys.readouterr().err.startswith("error: config show: unknown model 'sasrek' (known: bert4rec, ")
+    assert capsys.readouterr().err.startswith("error: config show: unknown model 'sasrek' (known: actr, bert4rec, ")
 
 
 def test_data_options_are_the_data_config_keys() -> None:
