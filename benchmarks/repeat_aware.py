@@ -57,7 +57,7 @@ def with_flat_fields(result: dict[str, Any]) -> dict[str, Any]:
     `<model>_<metric>`), headline (each model's NDCG@10), seeds; the per-model details stay in `models`."""
     flat = {f"{entry['model']}_{key}": value["mean"] for entry in result["models"]
             for key, value in entry["metrics"].items()}
-    result.update(model=", ".join(entry["model"] for entry in result["models"]), metrics=flat,
+    result.update(model=" / ".join(entry["model"] for entry in result["models"]), metrics=flat,
                   headline=[f"{entry['model']}_ndcg@10" for entry in result["models"]] + ["sasrec_repeat_share"],
                   seeds=sorted({seed for entry in result["models"] for seed in entry["seeds"]}))
     return result
