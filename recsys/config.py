@@ -313,7 +313,7 @@ class EvaluationConfig(ConfigModel):
     """How validation and test score a model."""
 
     time_context: TimeContext = "none"
-    """When a time-aware model (hstu) is asked for the next item at evaluation. 'none': at the history's last
+    """When a model that reads timestamps (hstu, actr) is asked for the next item at evaluation. 'none': at the history's last
     interaction, with nothing known of the target (what a request knows without its own clock; the honest
     default). 'target': at the target interaction's timestamp, as a served request is asked at its own time
     ('at'); it uses the target's timestamp, information the history does not have, and every result says

@@ -22,6 +22,7 @@ from recsys.data.splits import make_split
 from recsys.errors import ConfigError
 from recsys.evaluation.metrics import DEFAULT_KS, RankingAccumulator
 from recsys.evaluation.runner import evaluate_loader, evaluate_saved_model, query_time
+from recsys.models import MODELS
 from recsys.run_config import load_run_config
 from recsys.saved_model import build_saved_model, load_model_files
 from recsys.training.datamodule import SequenceDataModule
@@ -50,12 +51,14 @@ def target_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 
 def test_the_default_is_no_time_context() -> None:
     assert load_run_config(None, ["model.name=hstu"]).evaluation.time_context == "none"
-    assert load_run_config(None).to_dict()["evaluation"] == {"time_context": "none"}
+    assert load_run_config(None).to_dict()["evaluation"]["time_context"] == "none"
 
 
 def test_a_model_that_reads_no_timestamps_refuses_a_time_context() -> None:
-    with pytest.raises(ConfigError, match=r"^config: evaluation.time_context: target needs a model that reads "
-                                          r"timestamps \(hstu\); sasrec does not$"):
+    readers = ", ".join(name for name, (cls, _) in sorted(MODELS.items()) if cls.uses_timestamps)
+    assert "hstu" in readers.split(", ") and "sasrec" not in readers.split(", ")
+    with pytest.raises(ConfigError, match=rf"^config: evaluation.time_context: target needs a model that reads "
+                                          rf"timestamps \({readers}\); sasrec does not$"):
         load_run_config(None, ["evaluation.time_context=target"])
     with pytest.raises(ConfigError, match=r"evaluation.time_context"):
         load_run_config(None, ["model.name=hstu", "evaluation.time_context=tomorrow"])
