@@ -5,7 +5,8 @@
 For each dataset, every model of MODELS below is trained from its configs/<model>_<dataset>.yaml (which
 read ../shared/data: run from the repository root) and scored on the test split with seen items ranked
 (evaluation.exclude_seen: false): overall, repeat targets (in the user's history) and explore targets (new
-to the user) NDCG@10 and HR@10. SASRec runs 3 seeds, bounded by its config's trainer.max_minutes; the counting
+to the user) NDCG@10 and HR@10. SASRec and SASRec + ACT-R memory (sasrec_actr, the learnt combination) run 3
+seeds, bounded by their configs' trainer.max_minutes or by --max-minutes (the same for both); the counting
 models (popularity, personal_popularity, repeat_recent, actr) have no randomness (no initialisation, no
 sampling: the same counts give the same scores), so they run once, and their results say seeds [42].
 Each dataset's result goes to benchmarks/results/repeat_<dataset>.json, rewritten after every model.
@@ -24,30 +25,34 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from common import provenance, write_result  # noqa: E402
 
-MODELS = ("popularity", "personal_popularity", "repeat_recent", "actr", "sasrec")
+MODELS = ("popularity", "personal_popularity", "repeat_recent", "actr", "sasrec", "sasrec_actr")
 COUNTING = {"popularity", "personal_popularity", "repeat_recent", "actr"}
 SEEDS = (42, 43, 44)
 REPORTED = [f"{group}{metric}@10" for group in ("", "repeat_", "explore_") for metric in ("ndcg", "hr")]
 
 
-def run(config: Path, seed: int, out: Path) -> dict[str, float]:
+def run(config: Path, seed: int, out: Path, overrides: list[str]) -> dict[str, float]:
     from recsys.run_config import load_run_config
     from recsys.training.train import train
 
     cfg = load_run_config(config, [f"trainer.seed={seed}", "tracking.enabled=false", f"tracking.output_dir={out}",
-                                   "trainer.progress_bar=false"])
-    return train(cfg).metrics
+                                   "trainer.progress_bar=false", *overrides])
+    metrics = train(cfg).metrics
+    print(f"{config.stem} seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                      if k.startswith("test_") and "@10" in k), flush=True)
+    return metrics
 
 
 def summarize(model: str, dataset: str, config: Path, runs: list[dict[str, float]], seeds: list[int],
-              wall_s: float) -> dict[str, Any]:
+              wall_s: float, overrides: list[str]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for key in REPORTED + ["repeat_share"]:
         values = [r[f"test_{key}"] for r in runs if f"test_{key}" in r]
         if values:
             metrics[key] = {"mean": statistics.mean(values),
                             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
-    return {"model": model, "config": str(config), "seeds": seeds, "metrics": metrics,
+    return {"model": model, "config": str(config), "overrides": overrides, "seeds": seeds, "metrics": metrics,
+            "best_epoch": [r.get("best_epoch") for r in runs],
             "epochs_run": [r.get("epochs_run") for r in runs], "fit_s": [r.get("fit_s") for r in runs],
             "wall_s": wall_s}
 
@@ -85,6 +90,8 @@ def main() -> None:
     parser.add_argument("--refresh", action="store_true",
                         help="only rewrite the flat fields of existing results (after a format change)")
     parser.add_argument("--table", action="store_true", help="only print the README table of existing results")
+    parser.add_argument("--max-minutes", type=float,
+                        help="training budget per seed of the trained models (trainer.max_minutes; default: the config's)")
     args = parser.parse_args()
     if args.table:
         import json
@@ -121,10 +128,12 @@ def main() -> None:
             for model in args.models:
                 config = Path("configs") / f"{model}_{dataset}.yaml"
                 seeds = [SEEDS[0]] if model in COUNTING else list(SEEDS)
+                overrides = [] if model in COUNTING or args.max_minutes is None else [
+                    f"trainer.max_minutes={args.max_minutes:g}"]
                 model_started = time.perf_counter()
-                runs = [run(root / config, seed, Path(tmp)) for seed in seeds]
+                runs = [run(root / config, seed, Path(tmp), overrides) for seed in seeds]
                 result["models"].append(summarize(model, dataset, config, runs, seeds,
-                                                  time.perf_counter() - model_started))
+                                                  time.perf_counter() - model_started, overrides))
                 result["wall_s"] = time.perf_counter() - started
                 print(f"{dataset} {model}: " + ", ".join(
                     f"{k}={v['mean']:.4f}" for k, v in result["models"][-1]["metrics"].items()), flush=True)

@@ -25,6 +25,7 @@ from recsys.models.recformer import Recformer, RecformerConfig
 from recsys.models.recformer_full import RecformerFull, RecformerFullConfig
 from recsys.models.repeat_baselines import PersonalPopularity, RepeatBaselineConfig, RepeatRecent
 from recsys.models.sasrec import SASRec, SASRecConfig
+from recsys.models.sasrec_actr import SASRecACTR, SASRecACTRConfig
 
 MODELS: dict[str, tuple[type[SequenceModel], type[ConfigModel]]] = {
     "sasrec": (SASRec, SASRecConfig),
@@ -37,6 +38,7 @@ MODELS: dict[str, tuple[type[SequenceModel], type[ConfigModel]]] = {
     "personal_popularity": (PersonalPopularity, RepeatBaselineConfig),
     "repeat_recent": (RepeatRecent, RepeatBaselineConfig),
     "actr": (ACTR, ACTRConfig),
+    "sasrec_actr": (SASRecACTR, SASRecACTRConfig),  # learnt: SASRec plus ACT-R memory, trained together
     # The text models need the text extra, imported only when one is built.
     "recformer": (Recformer, RecformerConfig),
     "recformer_full": (RecformerFull, RecformerFullConfig),

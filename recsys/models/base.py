@@ -21,6 +21,11 @@ What a model provides:
   same value wherever one item occurs; padding ignored). It changes only the scores of items in the
   history, so FAISS still finds the best new items exactly and retrieval re-ranks the history items on
   top (`recsys.retrieval.recommender`); `score` includes it.
+- `history_logits(items, timestamps, query_times, states)`: optional (None by default), for repeat-aware
+  models that learn their memory term with the sequence model: `[batch, seq_len, seq_len]`, the extra logit
+  at position t's prediction of the item at history position j, nonzero only for j <= t and at one position
+  of each distinct item (training adds it to the softmax: `recsys.models.losses.HistoryLogits`). It must
+  agree with `history_scores` at the last position.
 Optional hooks with do-nothing defaults: `refresh_item_cache` (item vectors cached from a trained
 encoder), `bundle`/`from_bundle` (files a saved model carries besides its weights), and for text models
 (`needs_item_texts`) `set_item_texts`/`add_items`; for counting models `fit_counts`.
@@ -134,6 +139,13 @@ class SequenceModel(nn.Module, abc.ABC):
                        at: Tensor | None = None) -> Tensor | None:
         """Repeat-aware models: [batch, seq_len] extra score of each history position's item (see the module
         docstring); None (the default): the score is the inner product alone."""
+        return None
+
+    def history_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
+                       states: Tensor) -> Tensor | None:
+        """Repeat-aware models trained with their memory term: [batch, seq_len, seq_len] extra logits of each
+        position's history items (see the module docstring), from `encode`'s `states`; None (the default):
+        training scores the inner product alone."""
         return None
 
     # -- shared checks --------------------------------------------------------------------------------------

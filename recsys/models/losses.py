@@ -17,6 +17,10 @@ Negatives are drawn uniformly from 1..n_items with replacement, from `generator`
 seeded generator reproduces them) or else from torch's global RNG. A negative that happens to equal the
 position's target is dropped (masked), never counted as a negative.
 
+Repeat-aware models that train their memory term with the sequence model (`SequenceModel.history_logits`)
+pass `history`: a `HistoryLogits` of extra logits on the items of each position's history, added to the
+inner products before the softmax (only the softmax losses, `ce` and `sampled_ce`, take it).
+
 `LOSSES` registers them by the name a config gives (`model.loss.name`); `LossConfig` is that config, the loss
 and its options, defined once here for every model (`loss: ce`, or `loss: {name: sampled_ce, n_negatives: 512}`).
 """
@@ -33,20 +37,66 @@ from torch import Tensor
 from recsys.config import ConfigModel, Positive, Probability
 
 
-def full_ce(hidden: Tensor, targets: Tensor, item_table: Tensor) -> Tensor:
+@dataclasses.dataclass(frozen=True)
+class HistoryLogits:
+    """Extra logits on a few items per position: at position r, item `ids[r, j]` gets `values[r, j]` added
+    to its logit (ids [n, L] in 0..n_items, values [n, L]; an id 0 is padding and its value is ignored; an
+    item listed twice in a row gets both values). Repeat-aware models give one value per distinct
+    history item (`SequenceModel.history_logits`)."""
+
+    ids: Tensor
+    values: Tensor
+
+    def __post_init__(self) -> None:
+        if self.ids.shape != self.values.shape or self.ids.dim() != 2:
+            raise ValueError(f"history ids and values must both be [n, L], got {tuple(self.ids.shape)} and "
+                             f"{tuple(self.values.shape)}")
+
+    def at(self, candidates: Tensor) -> Tensor:
+        """The extra logit of each candidate: candidates [n, C] (or [C], the same for every row) -> [n, C].
+
+        Rows go in chunks so that the [rows, L, C] comparison stays small."""
+        n = self.ids.shape[0]
+        shared = candidates.dim() == 1
+        values = self.values.masked_fill(self.ids == 0, 0.0)
+        out = []
+        for start in range(0, n, HISTORY_CHUNK):
+            ids, vals = self.ids[start:start + HISTORY_CHUNK], values[start:start + HISTORY_CHUNK]  # [c, L]
+            cands = candidates if shared else candidates[start:start + HISTORY_CHUNK]
+            match = ids.unsqueeze(2) == cands.view(1 if shared else cands.shape[0], 1, -1)  # [c, L, C]
+            out.append((vals.unsqueeze(2) * match.to(vals.dtype)).sum(dim=1))
+        return torch.cat(out) if out else values.new_zeros(0, candidates.shape[-1])
+
+
+HISTORY_CHUNK = 256
+"""Rows per chunk of `HistoryLogits.at` (256 x 50 history items x 257 candidates: 13 MB of floats)."""
+
+
+def full_ce(hidden: Tensor, targets: Tensor, item_table: Tensor, history: HistoryLogits | None = None) -> Tensor:
     """Softmax cross-entropy over all real items 1..n_items; the padding row never enters the softmax.
 
     Computes logits [n, n_items] against item_table[1:] (cheaper than masking column 0 of a full product)
-    and shifts the targets down by one.
+    and shifts the targets down by one. `history` adds its extra logits first.
     """
     _check_inputs(hidden, targets, item_table)
     if hidden.device.type == "cpu" and hidden.dtype == torch.float32:
         chunk = cross_entropy_chunk(item_table.shape[0])
+        if history is not None:
+            return FusedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk, history.ids,
+                                           history.values)
         if torch.is_grad_enabled() and (hidden.requires_grad or item_table.requires_grad):
             return FusedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk)
         return chunked_cross_entropy_value(hidden, item_table[1:], targets - 1, chunk)
     logits = hidden @ item_table[1:].T  # [n, n_items]
+    if history is not None:
+        logits = add_history_logits(logits, history.ids, history.values)
     return F.cross_entropy(logits, targets - 1)
+
+
+def add_history_logits(logits: Tensor, ids: Tensor, values: Tensor) -> Tensor:
+    """logits [n, n_items] over items 1..n_items plus `values` [n, L] at columns `ids - 1` (ids 0: none)."""
+    real = ids > 0
+    return logits.scatter_add(1, (ids - 1).clamp(min=0), values.masked_fill(~real, 0.0).to(logits.dtype))
 
 
 def cross_entropy_chunk(n_items: int) -> int:
@@ -84,14 +134,21 @@ class FusedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, table: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    def forward(ctx: Any, hidden: Tensor, table: Tensor, targets: Tensor, chunk: int,
+                history_ids: Tensor | None = None, history_values: Tensor | None = None) -> Tensor:
         n = hidden.shape[0]
         loss = hidden.new_zeros(())
         grad_hidden = torch.empty_like(hidden)  # [n, d]
         grad_table = torch.zeros_like(table)  # [n_items, d]
+        # HistoryLogits: a value's gradient is its item's logit gradient (the logit is a sum of values)
+        grad_values = None if history_values is None else torch.zeros_like(history_values)  # [n, L]
         for start in range(0, n, chunk):
             rows, wanted = hidden[start:start + chunk], targets[start:start + chunk]  # [c, d], [c]
             logits = rows @ table.T  # [c, n_items]
+            if history_ids is not None:
+                ids = history_ids[start:start + chunk]
+                columns = (ids - 1).clamp(min=0)  # [c, L]
+                logits = add_history_logits(logits, ids, history_values[start:start + chunk].detach())
             picked = torch.arange(rows.shape[0], device=rows.device)
             # torch's softmax kernel makes one pass over each row where logsumexp-then-exp makes five (2.7x
             # faster here); the loss then comes from the target's probability, -log p = lse - logit.
@@ -106,15 +163,18 @@ class FusedCrossEntropy(torch.autograd.Function):
             probs[picked, wanted] -= 1.0  # d loss_row / d logits
             grad_hidden[start:start + chunk] = probs @ table
             grad_table.addmm_(probs.T, rows)
-        ctx.save_for_backward(grad_hidden, grad_table)
+            if grad_values is not None:
+                grad_values[start:start + chunk] = probs.gather(1, columns).masked_fill(ids == 0, 0.0)
+        ctx.save_for_backward(grad_hidden, grad_table, *(() if grad_values is None else (grad_values,)))
         ctx.n = n
         return loss / n
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
-        grad_hidden, grad_table = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad_hidden, grad_table, *grad_values = ctx.saved_tensors
         scale = grad / ctx.n
-        return grad_hidden * scale, grad_table * scale, None, None
+        values = grad_values[0] * scale if grad_values else None
+        return grad_hidden * scale, grad_table * scale, None, None, None, values
 
 
 def sampled_ce(
@@ -124,18 +184,23 @@ def sampled_ce(
     n_negatives: int,
     generator: torch.Generator | None = None,
     negatives: Tensor | None = None,
+    history: HistoryLogits | None = None,
 ) -> Tensor:
     """Softmax cross-entropy over the target and `n_negatives` uniform negatives shared by every position.
 
     Sharing the negatives makes the negative logits one [n, N] matmul instead of gathering N vectors per
     position. A negative equal to a position's target gets logit -inf at that position, so the target is
-    never its own negative. `negatives` ([N] item ids) overrides the sampling, e.g. for tests.
+    never its own negative. `negatives` ([N] item ids) overrides the sampling, e.g. for tests. `history`
+    adds its extra logits to the target's and the negatives'.
     """
     _check_inputs(hidden, targets, item_table)
     if negatives is None:
         negatives = sample_items(item_table.shape[0] - 1, (n_negatives,), item_table.device, generator)
     pos_logits = (hidden * item_table[targets]).sum(-1, keepdim=True)  # [n, 1]
     neg_logits = hidden @ item_table[negatives].T  # [n, N]
+    if history is not None:
+        pos_logits = pos_logits + history.at(targets.unsqueeze(1)).to(pos_logits.dtype)
+        neg_logits = neg_logits + history.at(negatives).to(neg_logits.dtype)
     hits = negatives.unsqueeze(0) == targets.unsqueeze(1)  # [n, N]
     neg_logits = neg_logits.masked_fill(hits, float("-inf"))
     logits = torch.cat([pos_logits, neg_logits], dim=1)  # [n, 1 + N]; the target is class 0
@@ -237,24 +302,30 @@ def per_position_logits(hidden: Tensor, item_table: Tensor, ids: Tensor) -> Tens
 class Loss:
     """A registered loss: how to compute it from a `LossConfig`, and whether it is a softmax over items."""
 
-    compute: Callable[[Tensor, Tensor, Tensor, "LossConfig", "torch.Generator | None"], Tensor]
+    compute: Callable[[Tensor, Tensor, Tensor, "LossConfig", "torch.Generator | None", "HistoryLogits | None"],
+                      Tensor]
     softmax: bool
-    """A softmax over the target and other items (what BERT4Rec and Recformer train with), not a sigmoid per item."""
+    """A softmax over the target and other items (what BERT4Rec and Recformer train with), not a sigmoid per
+    item; only these take `HistoryLogits`."""
 
 
-def _full_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
-    return full_ce(hidden, targets, table)
+def _full_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
+             history: HistoryLogits | None) -> Tensor:
+    return full_ce(hidden, targets, table, history)
 
 
-def _sampled_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
-    return sampled_ce(hidden, targets, table, loss.n_negatives, generator)
+def _sampled_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
+                history: HistoryLogits | None) -> Tensor:
+    return sampled_ce(hidden, targets, table, loss.n_negatives, generator, history=history)
 
 
-def _bce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
+def _bce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
+         history: HistoryLogits | None) -> Tensor:
     return bce(hidden, targets, table, generator)
 
 
-def _gbce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any) -> Tensor:
+def _gbce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
+          history: HistoryLogits | None) -> Tensor:
     return gbce(hidden, targets, table, loss.n_negatives, loss.gbce_t, generator)
 
 
@@ -301,9 +372,14 @@ def compute_loss(
     targets: Tensor,
     item_table: Tensor,
     generator: torch.Generator | None = None,
+    history: HistoryLogits | None = None,
 ) -> Tensor:
-    """The loss `loss` names, with its options: hidden [n, dim], targets [n], item_table [n_items + 1, dim]."""
-    return LOSSES[loss.name].compute(hidden, targets, item_table, loss, generator)
+    """The loss `loss` names, with its options: hidden [n, dim], targets [n], item_table [n_items + 1, dim];
+    `history`: extra logits on history items (softmax losses only, ValueError otherwise)."""
+    entry = LOSSES[loss.name]
+    if history is not None and not entry.softmax:
+        raise ValueError(f"loss {loss.name!r} cannot add history logits; use a softmax loss (ce, sampled_ce)")
+    return entry.compute(hidden, targets, item_table, loss, generator, history)
 
 
 def sample_items(

@@ -22,7 +22,7 @@ from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator, repeat_targets
 from recsys.evaluation.runner import query_time
 from recsys.models.base import SequenceModel
-from recsys.models.losses import LossConfig, compute_loss
+from recsys.models.losses import HistoryLogits, LossConfig, compute_loss
 from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
 from recsys.training.contrastive import Augmenter, ContrastiveViews
 
@@ -113,22 +113,34 @@ class RecommenderModule(L.LightningModule):
         return loss
 
     def _next_item_loss(self, batch: dict[str, torch.Tensor], log: bool = True) -> torch.Tensor:
-        hidden = self.model.encode(batch["input"], batch.get("input_times"), batch.get("query_times"))
+        inputs, input_times, query_times = batch["input"], batch.get("input_times"), batch.get("query_times")
+        states = self.model.encode(inputs, input_times, query_times)
         has_target = batch["target"] > 0  # [batch, seq_len]
+        history = self._history_logits(inputs, input_times, query_times, states, has_target)
         # Only positions with a target reach the output layer: padded positions would cost a full
         # [positions, n_items] logit row each for nothing.
-        hidden, items = hidden[has_target], self.model.item_vectors()
+        hidden, items = states[has_target], self.model.item_vectors()
         if self.log_popularity is not None:
             # One more dimension, 1 on the state side and log popularity on the item side, adds log p(item) to
             # every logit without any loss knowing about it.
             hidden, items = with_unit_column(hidden), with_bias_column(items, self.log_popularity)
         if self.loss is None:
             raise ValueError(f"{type(self.model).__name__} has no loss to train with (its objective has none)")
-        loss = compute_loss(self.loss, hidden, batch["target"][has_target], items)
+        loss = compute_loss(self.loss, hidden, batch["target"][has_target], items, history=history)
         if log:
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                      batch_size=int(has_target.sum()), sync_dist=True)
         return loss
+
+    def _history_logits(self, inputs: torch.Tensor, input_times: torch.Tensor | None,
+                        query_times: torch.Tensor | None, states: torch.Tensor,
+                        has_target: torch.Tensor) -> HistoryLogits | None:
+        """A repeat-aware model's memory logits at the positions with a target (None for the others)."""
+        extra = self.model.history_logits(inputs, input_times, query_times, states)  # [batch, L, L]
+        if extra is None:
+            return None
+        ids = inputs.unsqueeze(1).expand(-1, inputs.shape[1], -1)  # [batch, L, L]: position t's history
+        return HistoryLogits(ids[has_target], extra[has_target])
 
     # -- contrastive self-supervision (trainer.contrastive) -------------------------------------------------
     def _history(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
