@@ -19,6 +19,7 @@ from recsys.models.base import Objective, SequenceModel
 from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
 from recsys.models.hstu import HSTU, HSTUConfig
+from recsys.models.hstu_actr import HSTUACTR, HSTUACTRConfig
 from recsys.models.mamba import Mamba, MambaConfig
 from recsys.models.popularity import Popularity, PopularityConfig
 from recsys.models.recformer import Recformer, RecformerConfig
@@ -39,6 +40,7 @@ MODELS: dict[str, tuple[type[SequenceModel], type[ConfigModel]]] = {
     "repeat_recent": (RepeatRecent, RepeatBaselineConfig),
     "actr": (ACTR, ACTRConfig),
     "sasrec_actr": (SASRecACTR, SASRecACTRConfig),  # learnt: SASRec plus ACT-R memory, trained together
+    "hstu_actr": (HSTUACTR, HSTUACTRConfig),  # learnt: HSTU plus ACT-R memory, trained together
     # The text models need the text extra, imported only when one is built.
     "recformer": (Recformer, RecformerConfig),
     "recformer_full": (RecformerFull, RecformerFullConfig),

@@ -1,158 +1,41 @@
-"""SASRec with ACT-R memory: a sequence model and a model of human memory, combined by learning.
+"""SASRec with ACT-R memory: SASRec's inner product plus a learnt ACT-R term on the items of the history.
 
-After PISA (Tran et al., "Transformers Meet ACT-R: Repeat-Aware and Sequential Listening Session
-Recommendation", RecSys 2024): a transformer says what comes next in general, and ACT-R's base-level
-learning says how available each item the user already had is in their memory now (recsys.models.actr
-has the formula and the memory-only model). Here both are one model, trained end to end by the softmax
-over the whole catalogue (or a sampled one):
-
-    logit(i | t) = h_t . e_i                                    every item (SASRec's inner product)
-                 + a(h_t) * B_i(t) + b(h_t)                     items already in the history up to t
-
-    B_i(t) = ln sum_j (age_j(t) + offset)^(-d)                  over i's uses j at or before position t
-
-with age_j(t) the time from use j to when position t's prediction is asked (in training, the target's
-timestamp; at inference `at`, or the last interaction), in `time_unit_s` units. What is learnt, not set
-by hand: the weight a >= 0 (softplus) and the repeat bias b, both linear in the user's state, so a user
-whose history reads as "buys again" weighs memory more than one who explores (`gate: state`, or one pair
-of scalars for everyone: `gate: global`); and the decay d itself (`learn_decay`, from `decay`). a starts
-at softplus(0) = 0.69 and b at 0: training begins as SASRec plus a modest memory term.
-
-Serving: the memory term changes only the scores of history items, so it is the contract's
-`history_scores`, re-ranked on top of FAISS's inner-product search (recsys.retrieval.recommender), and
-`history_logits` is the same term at every training position. Where a target never repeats (MovieLens),
-training can drive b down and memory out of the ranking of new items: it cannot hurt what it cannot
-explain. ACT-R's spreading term (co-occurrence with the last basket) stays in the memory-only `actr` model.
+PISA's combination (Tran et al., "Transformers Meet ACT-R: Repeat-Aware and Sequential Listening Session
+Recommendation", RecSys 2024) over SASRec (Kang & McAuley 2018): the formula, what is learnt and how it is
+served are in recsys.models.actr_memory; the sequence model is recsys.models.sasrec, unchanged.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Literal
+from torch import Tensor
 
-import torch
-import torch.nn.functional as F
-from pydantic import Field
-from torch import Tensor, nn
-
-from recsys.config import PositiveFloat
+from recsys.models.actr_memory import ACTRMemory, ACTRMemoryConfig
 from recsys.models.losses import SoftmaxLossConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
 
 
-GATE_SCALE = 10.0
-"""The gate's outputs (and the decay's softplus argument) are this times their parameters. Adam moves a parameter by about the learning rate a step
-whatever its gradient, and the memory term must reach the size of the inner products (units, not
-hundredths) within an epoch or two: measured on the Instacart sample, an unscaled global gate had moved
-0.24 after 11 epochs and memory had no say in the ranking."""
-
-
-class SASRecACTRConfig(SASRecConfig):
-    """SASRec's hyperparameters plus the ACT-R memory term's (see the module docstring)."""
+class SASRecACTRConfig(SASRecConfig, ACTRMemoryConfig):
+    """SASRec's hyperparameters plus the ACT-R memory term's."""
 
     loss: SoftmaxLossConfig = SoftmaxLossConfig()
     """Training loss: a softmax ('ce' over the catalogue, or 'sampled_ce'), which the memory logits join."""
-    decay: Annotated[float, Field(gt=0)] = 0.5
-    """d, how fast a use fades (ACT-R's customary 0.5); the starting value when learn_decay is on."""
-    learn_decay: bool = True
-    """Fit d by gradient descent with the rest of the model (False: keep `decay`)."""
-    time_unit_s: PositiveFloat = 86_400.0
-    """Seconds per unit of age (86400: days). Histories without timestamps count one unit per position."""
-    offset: PositiveFloat = 1.0
-    """Added to every age, in time units, so that a use at the query time stays finite."""
-    gate: Literal["state", "global"] = "state"
-    """'state': the memory weight a and repeat bias b are linear in the user's state (learnt per user);
-    'global': two learnt scalars for everyone."""
 
 
 class SASRecACTR(SASRec):
     """SASRec plus a learnt ACT-R memory term on history items (contract: recsys.models.base)."""
 
     config: SASRecACTRConfig  # type: ignore[assignment]
-    uses_timestamps = True
+    uses_timestamps = True  # the memory's ages; SASRec's blocks still read items and positions only
 
     def __init__(self, n_items: int, config: SASRecACTRConfig) -> None:
         super().__init__(n_items, config)
-        # [a_raw, b] from the state; zero weights: everyone starts with softplus(0) and 0
-        self.memory_gate = nn.Linear(config.hidden, 2)
-        nn.init.zeros_(self.memory_gate.weight)
-        nn.init.zeros_(self.memory_gate.bias)
-        if config.gate == "global":
-            self.memory_gate.weight.requires_grad_(False)
-        raw_decay = torch.tensor(math.log(math.expm1(config.decay)) / GATE_SCALE)  # softplus(scale * raw) = decay
-        if config.learn_decay:
-            self.raw_decay = nn.Parameter(raw_decay)
-        else:
-            self.register_buffer("raw_decay", raw_decay)
+        self.memory = ACTRMemory(config.hidden, config)
 
-    @property
-    def decay(self) -> Tensor:
-        """The current d (> 0)."""
-        return F.softplus(self.raw_decay * GATE_SCALE)  # scaled like the gate, so that d can travel too
-
-    # -- the memory term ------------------------------------------------------------------------------------
     def history_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
                        states: Tensor) -> Tensor:
-        """[batch, L, L]: at position t, a(h_t) * B + b(h_t) on the last use (at or before t) of each
-        history item, 0 elsewhere (each distinct item counted once, as HistoryLogits wants)."""
-        items = items.long()
-        times = self._times(items, timestamps)  # [batch, L] in time units
-        if query_times is None:
-            asked = times
-        else:  # positions without a target have query time 0: ask them at their own time
-            asked = torch.where(query_times > 0, query_times.to(times.dtype) / self.config.time_unit_s, times)
-        positions = torch.arange(items.shape[1], device=items.device)
-        base = self._base_level(items, times, asked, positions)  # [batch, L(t), L(j)]
-        real = items > 0
-        later = torch.triu(torch.ones(items.shape[1], items.shape[1], dtype=torch.bool, device=items.device), 1)
-        same = (items.unsqueeze(2) == items.unsqueeze(1)) & real.unsqueeze(1)  # [batch, j, k]
-        # next use of j's item after j (L if none): j is the last use up to t while t < next use
-        next_use = torch.where(same & later, positions, items.shape[1]).amin(dim=2)  # [batch, L]
-        last_use = (positions.view(1, 1, -1) <= positions.view(1, -1, 1)) \
-            & (positions.view(1, -1, 1) < next_use.unsqueeze(1)) & real.unsqueeze(1)  # [batch, t, j]
-        weight, bias = self._gate(states)  # [batch, L] each
-        value = weight.unsqueeze(2) * base + bias.unsqueeze(2)
-        return torch.where(last_use, value, torch.zeros_like(value))
+        return self.memory.training_logits(items, timestamps, query_times, states)
 
     def history_scores(self, items: Tensor, timestamps: Tensor | None = None,
                        at: Tensor | None = None) -> Tensor:
-        """[batch, L]: a(h) * B + b for each history position's item, asked at `at` (None: the last
-        interaction's time); the same value at every use of one item; 0 at padding."""
         self.check_history(items, timestamps)
-        items = items.long()
-        times = self._times(items, timestamps)
-        real = items > 0
-        if at is None or timestamps is None:
-            now = times.masked_fill(~real, float("-inf")).amax(dim=1)
-            now = torch.where(torch.isfinite(now), now, torch.zeros_like(now))  # an all-padding history
-        else:
-            now = at.to(times.dtype) / self.config.time_unit_s
-        last = torch.full((1,), items.shape[1] - 1, device=items.device)
-        base = self._base_level(items, times, now.unsqueeze(1), last).squeeze(1)  # [batch, L]
-        weight, bias = self._gate(self.user_vector(items, timestamps, at).unsqueeze(1))
-        value = weight * base + bias
-        return torch.where(real, value, torch.zeros_like(value))
-
-    def _times(self, items: Tensor, timestamps: Tensor | None) -> Tensor:
-        """Each position's time in time units, float64 (a day count of 1e4 keeps its seconds)."""
-        if timestamps is None:
-            return torch.arange(items.shape[1], device=items.device, dtype=torch.float64).expand(items.shape[0], -1)
-        return timestamps.to(torch.float64) / self.config.time_unit_s
-
-    def _base_level(self, items: Tensor, times: Tensor, asked: Tensor, positions: Tensor) -> Tensor:
-        """B [batch, T, L]: for each query (asked [batch, T] at sequence positions `positions` [T]) and
-        history position j, ln of the sum of (age + offset)^(-d) over the uses k <= that position of j's
-        item; 0 where the sum is empty."""
-        real = items > 0
-        age = (asked.unsqueeze(2) - times.unsqueeze(1)).clamp(min=0.0).float() + self.config.offset  # [b, T, L]
-        seen = (torch.arange(items.shape[1], device=items.device).view(1, 1, -1) <= positions.view(1, -1, 1)) \
-            & real.unsqueeze(1)  # [batch, T, L(k)]: use k happened by the query's position
-        strength = torch.where(seen, age.pow(-self.decay), torch.zeros_like(age))
-        same = ((items.unsqueeze(2) == items.unsqueeze(1)) & real.unsqueeze(1)).to(strength.dtype)  # [b, j, k]
-        total = strength @ same.transpose(1, 2)  # [batch, T, L(j)]: sum over k of strength[t, k] * same[j, k]
-        return torch.where(total > 0, total.clamp(min=torch.finfo(total.dtype).tiny).log(), torch.zeros_like(total))
-
-    def _gate(self, states: Tensor) -> tuple[Tensor, Tensor]:
-        """(a >= 0, b) per state: states [..., hidden] -> two [...] tensors."""
-        raw = self.memory_gate(states) * GATE_SCALE
-        return F.softplus(raw[..., 0]), raw[..., 1]
+        return self.memory.serving_scores(items, timestamps, at, self.user_vector(items, timestamps, at))

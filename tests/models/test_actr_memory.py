@@ -1,6 +1,7 @@
-"""SASRec + ACT-R memory: the memory logits, their training loss and their serving form agree.
+"""Sequence models with ACT-R memory (sasrec_actr, hstu_actr): the memory logits, their training loss and
+their serving form agree.
 
-The hand computations below follow the formula in recsys/models/sasrec_actr.py's docstring, one item at a
+The hand computations below follow the formula in recsys/models/actr_memory.py's docstring, one item at a
 time, so that the batched tensor code is checked against something written differently.
 """
 
@@ -13,20 +14,33 @@ import torch
 import torch.nn.functional as F
 
 from recsys.models.losses import HistoryLogits, full_ce, sampled_ce
+from recsys.models.hstu_actr import HSTUACTR, HSTUACTRConfig
 from recsys.models.sasrec_actr import SASRecACTR, SASRecACTRConfig
 
 DAY = 86_400.0
 TOL = 1e-5  # float32 arithmetic on values of order 1
 
 
-def _model(**overrides) -> SASRecACTR:
+BUILDERS = {
+    "sasrec_actr": lambda **o: SASRecACTR(12, SASRecACTRConfig(max_len=6, hidden=8, n_layers=1, n_heads=1,
+                                                                dropout=0.0, **o)),
+    "hstu_actr": lambda **o: HSTUACTR(12, HSTUACTRConfig(max_len=6, hidden=8, n_layers=1, n_heads=1, dropout=0.0,
+                                                          attention_dim=8, linear_dim=8, **o)),
+}
+
+
+@pytest.fixture(params=sorted(BUILDERS))
+def name(request) -> str:
+    return request.param
+
+
+def _model(name: str, **overrides):
     torch.manual_seed(0)
-    cfg = SASRecACTRConfig(max_len=6, hidden=8, n_layers=1, n_heads=1, dropout=0.0, **overrides)
-    model = SASRecACTR(12, cfg).eval()
+    model = BUILDERS[name](**overrides).eval()
     with torch.no_grad():  # a non-trivial gate, so that a and b differ per state
-        if cfg.gate == "state":
-            model.memory_gate.weight.normal_(0.0, 0.5)
-        model.memory_gate.bias.copy_(torch.tensor([0.3, -0.2]))
+        if model.config.gate == "state":
+            model.memory.gate.weight.normal_(0.0, 0.5)
+        model.memory.gate.bias.copy_(torch.tensor([0.3, -0.2]))
     return model
 
 
@@ -42,16 +56,16 @@ def _hand_base(item: int, t: int, asked_day: float, d: float) -> float:
     return math.log(sum(terms))
 
 
-def test_history_logits_are_the_formula_on_the_last_use_of_each_item_up_to_each_position() -> None:
-    model = _model()
+def test_history_logits_are_the_formula_on_the_last_use_of_each_item_up_to_each_position(name) -> None:
+    model = _model(name)
     query = TIMES.clone()
     query[0, :-1] = TIMES[0, 1:]  # training asks each position at the next item's time
     query[0, -1] = TIMES[0, -1] + 2 * DAY
     with torch.no_grad():
         states = model.encode(ITEMS, TIMES)
         logits = model.history_logits(ITEMS, TIMES, query, states)[0]  # [t, j]
-        a, b = model._gate(states[0])
-    d = float(model.decay.detach())
+        a, b = model.memory.weights(states[0])
+    d = float(model.memory.decay.detach())
     for t in range(1, 6):
         asked = float((query[0, t] - 1.7e9) / DAY)
         for j in range(6):
@@ -61,8 +75,8 @@ def test_history_logits_are_the_formula_on_the_last_use_of_each_item_up_to_each_
             assert float(logits[t, j]) == pytest.approx(want, abs=TOL), (t, j)
 
 
-def test_a_position_never_sees_later_items() -> None:
-    model = _model()
+def test_a_position_never_sees_later_items(name) -> None:
+    model = _model(name)
     changed = ITEMS.clone()
     changed[0, 4:] = torch.tensor([9, 3])  # rewrite positions 4 and 5
     with torch.no_grad():
@@ -71,13 +85,12 @@ def test_a_position_never_sees_later_items() -> None:
     torch.testing.assert_close(before[0, :4], after[0, :4], atol=TOL, rtol=0)
 
 
-def test_serving_scores_equal_the_training_logits_at_the_last_position() -> None:
-    model = _model()
+def test_serving_scores_equal_the_training_logits_at_the_last_position(name) -> None:
+    model = _model(name)
     at = TIMES[:, -1] + 3 * DAY
-    query = torch.zeros_like(TIMES)
-    query[0, -1] = at
+    query = torch.cat([TIMES[:, 1:], at.unsqueeze(1)], dim=1)  # each position asked at the next item, the last at `at`
     with torch.no_grad():
-        train = model.history_logits(ITEMS, TIMES, query, model.encode(ITEMS, TIMES))[0, -1]  # [j]
+        train = model.history_logits(ITEMS, TIMES, query, model.encode(ITEMS, TIMES, query))[0, -1]  # [j]
         serve = model.history_scores(ITEMS, TIMES, at)[0]
     for j in range(1, 6):
         last = max(k for k in range(6) if ITEMS[0, k] == ITEMS[0, j])
@@ -137,8 +150,8 @@ def test_sampled_ce_adds_history_logits_to_the_target_and_the_negatives() -> Non
     assert float(got) == pytest.approx(float(want), abs=1e-5)
 
 
-def test_training_moves_the_decay_and_the_gate() -> None:
-    model = _model()
+def test_training_moves_the_decay_and_the_gate(name) -> None:
+    model = _model(name)
     model.train()
     query = torch.zeros_like(TIMES)
     query[0, :-1] = TIMES[0, 1:]
@@ -150,17 +163,18 @@ def test_training_moves_the_decay_and_the_gate() -> None:
     loss = full_ce(states[has_target], targets, model.item_vectors(), HistoryLogits(ids[has_target],
                                                                                  extra[has_target]))
     loss.backward()
-    assert model.raw_decay.grad is not None and float(model.raw_decay.grad.abs()) > 0
-    assert float(model.memory_gate.bias.grad.abs().sum()) > 0
+    assert model.memory.raw_decay.grad is not None and float(model.memory.raw_decay.grad.abs()) > 0
+    assert float(model.memory.gate.bias.grad.abs().sum()) > 0
 
 
-def test_a_fixed_decay_and_a_global_gate_stay_as_configured() -> None:
-    model = _model(learn_decay=False, gate="global", decay=0.8)
-    assert "raw_decay" not in dict(model.named_parameters())
-    assert float(model.decay) == pytest.approx(0.8, abs=1e-6)
-    assert not model.memory_gate.weight.requires_grad
+def test_a_fixed_decay_and_a_global_gate_stay_as_configured(name) -> None:
+    model = _model(name, learn_decay=False, gate="global", decay=0.8)
+    assert "memory.raw_decay" not in dict(model.named_parameters())
+    assert float(model.memory.decay) == pytest.approx(0.8, abs=1e-6)
+    assert not model.memory.gate.weight.requires_grad
 
 
-def test_only_softmax_losses_are_accepted() -> None:
+@pytest.mark.parametrize("config", [SASRecACTRConfig, HSTUACTRConfig])
+def test_only_softmax_losses_are_accepted(config) -> None:
     with pytest.raises(ValueError, match="loss"):
-        SASRecACTRConfig(loss="bce")
+        config(loss="bce")
