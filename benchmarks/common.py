@@ -10,6 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# Before anything here imports torch (machine() does): `import recsys` asks OpenMP for passive waiting, which
+# it reads once, when torch loads (recsys.cpus). A script that called machine() before training ran with
+# spinning threads: SASRec on the Instacart sample took 41-65 s an epoch that way beside other sessions' work,
+# 6-8 s with passive waiting at the same time (2 shared cores, 2026-12-04).
+import recsys  # noqa: E402,F401
+
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -5,8 +5,9 @@
 For each dataset, every model of MODELS below is trained from its configs/<model>_<dataset>.yaml (which
 read ../shared/data: run from the repository root) and scored on the test split with seen items ranked
 (evaluation.exclude_seen: false): overall, repeat targets (in the user's history) and explore targets (new
-to the user) NDCG@10 and HR@10. SASRec and SASRec + ACT-R memory (sasrec_actr, the learnt combination) run 3
-seeds, bounded by their configs' trainer.max_minutes or by --max-minutes (the same for both); the counting
+to the user) NDCG@10 and HR@10. The trained models (SASRec and HSTU, each alone and with the learnt ACT-R
+memory term: sasrec_actr, hstu_actr) run 3 seeds, bounded by their configs' trainer.max_minutes or by
+--max-minutes, and by --set overrides (the same for every trained model); the counting
 models (popularity, personal_popularity, repeat_recent, actr) have no randomness (no initialisation, no
 sampling: the same counts give the same scores), so they run once, and their results say seeds [42].
 Each dataset's result goes to benchmarks/results/repeat_<dataset>.json, rewritten after every model.
@@ -25,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from common import provenance, write_result  # noqa: E402
 
-MODELS = ("popularity", "personal_popularity", "repeat_recent", "actr", "sasrec", "sasrec_actr")
+MODELS = ("popularity", "personal_popularity", "repeat_recent", "actr", "sasrec", "sasrec_actr", "hstu", "hstu_actr")
 COUNTING = {"popularity", "personal_popularity", "repeat_recent", "actr"}
 SEEDS = (42, 43, 44)
 REPORTED = [f"{group}{metric}@10" for group in ("", "repeat_", "explore_") for metric in ("ndcg", "hr")]
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only print the README table of existing results")
     parser.add_argument("--max-minutes", type=float,
                         help="training budget per seed of the trained models (trainer.max_minutes; default: the config's)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the trained models (e.g. trainer.max_epochs=20), the same for both")
     args = parser.parse_args()
     if args.table:
         import json
@@ -128,8 +131,8 @@ def main() -> None:
             for model in args.models:
                 config = Path("configs") / f"{model}_{dataset}.yaml"
                 seeds = [SEEDS[0]] if model in COUNTING else list(SEEDS)
-                overrides = [] if model in COUNTING or args.max_minutes is None else [
-                    f"trainer.max_minutes={args.max_minutes:g}"]
+                overrides = [] if model in COUNTING else (
+                    ([] if args.max_minutes is None else [f"trainer.max_minutes={args.max_minutes:g}"]) + args.set)
                 model_started = time.perf_counter()
                 runs = [run(root / config, seed, Path(tmp), overrides) for seed in seeds]
                 result["models"].append(summarize(model, dataset, config, runs, seeds,
