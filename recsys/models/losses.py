@@ -55,10 +55,13 @@ class HistoryLogits:
     def at(self, candidates: Tensor) -> Tensor:
         """The extra logit of each candidate: candidates [n, C] (or [C], the same for every row) -> [n, C].
 
-        Rows go in chunks so that the [rows, L, C] comparison stays small."""
+        Shared candidates go through a slot table (item -> its column), so the cost is [n, L] + [n, C]
+        whatever C; per-row ones go in chunks so that the [rows, L, C] comparison stays small."""
         n = self.ids.shape[0]
         shared = candidates.dim() == 1
         values = self.values.masked_fill(self.ids == 0, 0.0)
+        if shared:
+            return self._at_shared(candidates, values)
         out = []
         for start in range(0, n, HISTORY_CHUNK):
             ids, vals = self.ids[start:start + HISTORY_CHUNK], values[start:start + HISTORY_CHUNK]  # [c, L]
@@ -66,6 +69,17 @@ class HistoryLogits:
             match = ids.unsqueeze(2) == cands.view(1 if shared else cands.shape[0], 1, -1)  # [c, L, C]
             out.append((vals.unsqueeze(2) * match.to(vals.dtype)).sum(dim=1))
         return torch.cat(out) if out else values.new_zeros(0, candidates.shape[-1])
+
+    def _at_shared(self, candidates: Tensor, values: Tensor) -> Tensor:
+        """`at` for one candidate list [C] shared by every row: [n, C]. Sampled negatives may repeat an item,
+        so values are summed per distinct candidate and then spread back to every column that holds it."""
+        distinct, column = candidates.unique(return_inverse=True)  # [U], [C]
+        size = int(max(int(distinct.max()) if distinct.numel() else 0, int(self.ids.max()) if self.ids.numel() else 0)) + 1
+        slot = torch.full((size,), distinct.numel(), dtype=torch.long, device=candidates.device)  # U: no candidate
+        slot[distinct] = torch.arange(distinct.numel(), device=candidates.device)
+        where = slot[self.ids]  # [n, L]: each history item's candidate slot, U if it is not a candidate
+        sums = values.new_zeros(self.ids.shape[0], distinct.numel() + 1).scatter_add_(1, where, values)  # [n, U + 1]
+        return sums[:, column]
 
 
 HISTORY_CHUNK = 256

@@ -178,3 +178,20 @@ def test_a_fixed_decay_and_a_global_gate_stay_as_configured(name) -> None:
 def test_only_softmax_losses_are_accepted(config) -> None:
     with pytest.raises(ValueError, match="loss"):
         config(loss="bce")
+
+
+def test_history_logits_at_shared_candidates_sum_per_item_with_repeats_and_gradients() -> None:
+    # The slot-table path (shared negatives, which may repeat an item) against a comparison written out.
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(0, 15, (9, 6), generator=g)
+    ids[0] = torch.tensor([0, 4, 4, 9, 0, 2])  # an item listed twice gets both values
+    values = torch.randn(9, 6, generator=g, requires_grad=True)
+    candidates = torch.tensor([4, 7, 4, 2, 14, 9])  # 4 twice; 7 and 14 maybe in no history
+    got = HistoryLogits(ids, values).at(candidates)
+    want = torch.stack([torch.stack([sum((values[r, j] for j in range(6) if ids[r, j] == c and c > 0),
+                                         torch.tensor(0.0)) for c in candidates.tolist()]) for r in range(9)])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    weights = torch.randn(9, 6, generator=g)
+    grad_got, = torch.autograd.grad((got * weights).sum(), values)
+    grad_want, = torch.autograd.grad((want * weights).sum(), values)
+    torch.testing.assert_close(grad_got, grad_want, atol=1e-6, rtol=0)
