@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import recsys  # noqa: F401  (first: OpenMP's passive waiting must be asked for before torch loads, recsys.cpus)
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import recsys  # noqa: F401  (first: OpenMP's passive waiting must be asked for before torch loads, recsys.cpus)
 import lightning as L
 
 sys.path.insert(0, str(Path(__file__).parent))
