@@ -85,10 +85,10 @@ class ACTRMemory(nn.Module):
         return F.softplus(self.raw_decay * GATE_SCALE)  # scaled like the gate, so that d can travel too
 
     def training_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
-                        states: Tensor) -> Tensor:
-        """The contract's `history_logits`, [batch, L, L]: at position t, a(h_t) * B + b(h_t) on the last use
-        (at or before t) of each history item, 0 elsewhere (each distinct item counted once, as
-        recsys.models.losses.HistoryLogits wants)."""
+                        states: Tensor) -> tuple[Tensor, Tensor]:
+        """The contract's `history_logits`, ([batch, L, L] values, where they apply): at position t,
+        a(h_t) * B + b(h_t) on the last use (at or before t) of each history item, 0 elsewhere (each
+        distinct item counted once, as recsys.models.losses.HistoryLogits wants)."""
         items = items.long()
         times = self._times(items, timestamps)  # [batch, L] in time units
         if query_times is None:
@@ -106,7 +106,7 @@ class ACTRMemory(nn.Module):
             & (positions.view(1, -1, 1) < next_use.unsqueeze(1)) & real.unsqueeze(1)  # [batch, t, j]
         weight, bias = self.weights(states)  # [batch, L] each
         value = weight.unsqueeze(2) * base + bias.unsqueeze(2)
-        return torch.where(last_use, value, torch.zeros_like(value))
+        return torch.where(last_use, value, torch.zeros_like(value)), last_use
 
     def serving_scores(self, items: Tensor, timestamps: Tensor | None, at: Tensor | None,
                        user_state: Tensor) -> Tensor:

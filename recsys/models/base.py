@@ -22,10 +22,11 @@ What a model provides:
   history, so FAISS still finds the best new items exactly and retrieval re-ranks the history items on
   top (`recsys.retrieval.recommender`); `score` includes it.
 - `history_logits(items, timestamps, query_times, states)`: optional (None by default), for repeat-aware
-  models that learn their memory term with the sequence model: `[batch, seq_len, seq_len]`, the extra logit
-  at position t's prediction of the item at history position j, nonzero only for j <= t and at one position
-  of each distinct item (training adds it to the softmax: `recsys.models.losses.HistoryLogits`). It must
-  agree with `history_scores` at the last position.
+  models that learn their memory term with the sequence model: `(values, applies)`, both `[batch, seq_len,
+  seq_len]`: the extra logit at position t's prediction of the item at history position j, and where it
+  applies: only j <= t and one position of each distinct item (training adds it to the softmax, and a
+  sampled softmax also ranks the target against those items: `recsys.models.losses.HistoryLogits`). It
+  must agree with `history_scores` at the last position.
 Optional hooks with do-nothing defaults: `refresh_item_cache` (item vectors cached from a trained
 encoder), `bundle`/`from_bundle` (files a saved model carries besides its weights), and for text models
 (`needs_item_texts`) `set_item_texts`/`add_items`; for counting models `fit_counts`.
@@ -142,10 +143,10 @@ class SequenceModel(nn.Module, abc.ABC):
         return None
 
     def history_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
-                       states: Tensor) -> Tensor | None:
-        """Repeat-aware models trained with their memory term: [batch, seq_len, seq_len] extra logits of each
-        position's history items (see the module docstring), from `encode`'s `states`; None (the default):
-        training scores the inner product alone."""
+                       states: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Repeat-aware models trained with their memory term: ([batch, seq_len, seq_len] extra logits of each
+        position's history items, the same shape of bool: where they apply), from `encode`'s `states` (see
+        the module docstring); None (the default): training scores the inner product alone."""
         return None
 
     # -- shared checks --------------------------------------------------------------------------------------

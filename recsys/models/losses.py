@@ -19,7 +19,11 @@ position's target is dropped (masked), never counted as a negative.
 
 Repeat-aware models that train their memory term with the sequence model (`SequenceModel.history_logits`)
 pass `history`: a `HistoryLogits` of extra logits on the items of each position's history, added to the
-inner products before the softmax (only the softmax losses, `ce` and `sampled_ce`, take it).
+inner products before the softmax (only the softmax losses, `ce` and `sampled_ce`, take it). `sampled_ce`
+then also ranks the target against each position's own history items (`loss.history_negatives`): those
+are the terms of the full softmax that the memory makes largest, and uniform negatives almost never draw
+them (on the Instacart sample, 4 of 256 would be history items), so without them the model learns that
+history items rank high but hardly how to order them, which is what a repeat target needs.
 
 `LOSSES` registers them by the name a config gives (`model.loss.name`); `LossConfig` is that config, the loss
 and its options, defined once here for every model (`loss: ce`, or `loss: {name: sampled_ce, n_negatives: 512}`).
@@ -69,6 +73,10 @@ class HistoryLogits:
             match = ids.unsqueeze(2) == cands.view(1 if shared else cands.shape[0], 1, -1)  # [c, L, C]
             out.append((vals.unsqueeze(2) * match.to(vals.dtype)).sum(dim=1))
         return torch.cat(out) if out else values.new_zeros(0, candidates.shape[-1])
+
+    def count(self, candidates: Tensor) -> Tensor:
+        """How often each shared candidate [C] is among each row's history ids: [n, C]."""
+        return self._at_shared(candidates, (self.ids > 0).to(torch.float32))
 
     def _at_shared(self, candidates: Tensor, values: Tensor) -> Tensor:
         """`at` for one candidate list [C] shared by every row: [n, C]. Sampled negatives may repeat an item,
@@ -199,25 +207,34 @@ def sampled_ce(
     generator: torch.Generator | None = None,
     negatives: Tensor | None = None,
     history: HistoryLogits | None = None,
+    history_negatives: bool = True,
 ) -> Tensor:
     """Softmax cross-entropy over the target and `n_negatives` uniform negatives shared by every position.
 
     Sharing the negatives makes the negative logits one [n, N] matmul instead of gathering N vectors per
     position. A negative equal to a position's target gets logit -inf at that position, so the target is
     never its own negative. `negatives` ([N] item ids) overrides the sampling, e.g. for tests. `history`
-    adds its extra logits to the target's and the negatives'.
+    adds its extra logits to the target's and the negatives'; with `history_negatives`, each position's
+    history items (ids > 0, each distinct, as HistoryLogits holds them) are negatives too, every item
+    counted once (a shared negative that is also in the position's history is masked there).
     """
     _check_inputs(hidden, targets, item_table)
     if negatives is None:
         negatives = sample_items(item_table.shape[0] - 1, (n_negatives,), item_table.device, generator)
     pos_logits = (hidden * item_table[targets]).sum(-1, keepdim=True)  # [n, 1]
     neg_logits = hidden @ item_table[negatives].T  # [n, N]
-    if history is not None:
-        pos_logits = pos_logits + history.at(targets.unsqueeze(1)).to(pos_logits.dtype)
-        neg_logits = neg_logits + history.at(negatives).to(neg_logits.dtype)
     hits = negatives.unsqueeze(0) == targets.unsqueeze(1)  # [n, N]
-    neg_logits = neg_logits.masked_fill(hits, float("-inf"))
-    logits = torch.cat([pos_logits, neg_logits], dim=1)  # [n, 1 + N]; the target is class 0
+    columns = [pos_logits, neg_logits]
+    if history is not None:
+        columns[0] = pos_logits + history.at(targets.unsqueeze(1)).to(pos_logits.dtype)
+        columns[1] = neg_logits + history.at(negatives).to(neg_logits.dtype)
+        if history_negatives:
+            hits = hits | (history.count(negatives) > 0)  # counted once, in the history columns below
+            own = per_position_logits(hidden, item_table, history.ids) + history.values.to(hidden.dtype)  # [n, L]
+            none = (history.ids == 0) | (history.ids == targets.unsqueeze(1))
+            columns.append(own.masked_fill(none, float("-inf")))
+    columns[1] = columns[1].masked_fill(hits, float("-inf"))
+    logits = torch.cat(columns, dim=1)  # [n, 1 + N (+ L)]; the target is class 0
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
@@ -330,7 +347,8 @@ def _full_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, g
 
 def _sampled_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
                 history: HistoryLogits | None) -> Tensor:
-    return sampled_ce(hidden, targets, table, loss.n_negatives, generator, history=history)
+    return sampled_ce(hidden, targets, table, loss.n_negatives, generator, history=history,
+                      history_negatives=loss.history_negatives)
 
 
 def _bce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
@@ -370,6 +388,9 @@ class LossConfig(ConfigModel):
     ('bce' always draws 1 per position, 'ce' none)."""
     gbce_t: Probability = 0.75
     """gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully corrects the overconfidence negative sampling causes."""
+    history_negatives: bool = True
+    """Repeat-aware models ('sampled_ce' with a memory term, e.g. sasrec_actr): also rank the target against
+    each position's own history items, not only the uniform negatives (see recsys.models.losses)."""
 
 
 class SoftmaxLossConfig(LossConfig):

@@ -32,7 +32,7 @@ class SASRecACTR(SASRec):
         self.memory = ACTRMemory(config.hidden, config)
 
     def history_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
-                       states: Tensor) -> Tensor:
+                       states: Tensor) -> tuple[Tensor, Tensor]:
         return self.memory.training_logits(items, timestamps, query_times, states)
 
     def history_scores(self, items: Tensor, timestamps: Tensor | None = None,

@@ -136,11 +136,13 @@ class RecommenderModule(L.LightningModule):
                         query_times: torch.Tensor | None, states: torch.Tensor,
                         has_target: torch.Tensor) -> HistoryLogits | None:
         """A repeat-aware model's memory logits at the positions with a target (None for the others)."""
-        extra = self.model.history_logits(inputs, input_times, query_times, states)  # [batch, L, L]
-        if extra is None:
+        memory = self.model.history_logits(inputs, input_times, query_times, states)
+        if memory is None:
             return None
-        ids = inputs.unsqueeze(1).expand(-1, inputs.shape[1], -1)  # [batch, L, L]: position t's history
-        return HistoryLogits(ids[has_target], extra[has_target])
+        values, applies = memory  # [batch, L, L] each
+        # position t's history, id 0 (none) where the term does not apply: later items, earlier uses of an item
+        ids = inputs.unsqueeze(1).expand(-1, inputs.shape[1], -1).masked_fill(~applies, 0)
+        return HistoryLogits(ids[has_target], values[has_target])
 
     # -- contrastive self-supervision (trainer.contrastive) -------------------------------------------------
     def _history(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -63,7 +63,7 @@ def test_history_logits_are_the_formula_on_the_last_use_of_each_item_up_to_each_
     query[0, -1] = TIMES[0, -1] + 2 * DAY
     with torch.no_grad():
         states = model.encode(ITEMS, TIMES)
-        logits = model.history_logits(ITEMS, TIMES, query, states)[0]  # [t, j]
+        logits, applies = (part[0] for part in model.history_logits(ITEMS, TIMES, query, states))  # [t, j]
         a, b = model.memory.weights(states[0])
     d = float(model.memory.decay.detach())
     for t in range(1, 6):
@@ -73,6 +73,7 @@ def test_history_logits_are_the_formula_on_the_last_use_of_each_item_up_to_each_
             last_use = item > 0 and j <= t and all(int(ITEMS[0, k]) != item for k in range(j + 1, t + 1))
             want = float(a[t]) * _hand_base(item, t, asked, d) + float(b[t]) if last_use else 0.0
             assert float(logits[t, j]) == pytest.approx(want, abs=TOL), (t, j)
+            assert bool(applies[t, j]) == last_use, (t, j)
 
 
 def test_a_position_never_sees_later_items(name) -> None:
@@ -80,8 +81,8 @@ def test_a_position_never_sees_later_items(name) -> None:
     changed = ITEMS.clone()
     changed[0, 4:] = torch.tensor([9, 3])  # rewrite positions 4 and 5
     with torch.no_grad():
-        before = model.history_logits(ITEMS, TIMES, None, model.encode(ITEMS, TIMES))
-        after = model.history_logits(changed, TIMES, None, model.encode(changed, TIMES))
+        before = model.history_logits(ITEMS, TIMES, None, model.encode(ITEMS, TIMES))[0]
+        after = model.history_logits(changed, TIMES, None, model.encode(changed, TIMES))[0]
     torch.testing.assert_close(before[0, :4], after[0, :4], atol=TOL, rtol=0)
 
 
@@ -90,7 +91,7 @@ def test_serving_scores_equal_the_training_logits_at_the_last_position(name) -> 
     at = TIMES[:, -1] + 3 * DAY
     query = torch.cat([TIMES[:, 1:], at.unsqueeze(1)], dim=1)  # each position asked at the next item, the last at `at`
     with torch.no_grad():
-        train = model.history_logits(ITEMS, TIMES, query, model.encode(ITEMS, TIMES, query))[0, -1]  # [j]
+        train = model.history_logits(ITEMS, TIMES, query, model.encode(ITEMS, TIMES, query))[0][0, -1]  # [j]
         serve = model.history_scores(ITEMS, TIMES, at)[0]
     for j in range(1, 6):
         last = max(k for k in range(6) if ITEMS[0, k] == ITEMS[0, j])
@@ -142,12 +143,37 @@ def test_sampled_ce_adds_history_logits_to_the_target_and_the_negatives() -> Non
     targets = torch.randint(1, n_items + 1, (n,), generator=g)
     negatives = torch.tensor([2, 7, 11, 19])
     history = _history(n, n_items, 6, seed=6)
-    got = sampled_ce(hidden, targets, table, 4, negatives=negatives, history=history)
+    got = sampled_ce(hidden, targets, table, 4, negatives=negatives, history=history, history_negatives=False)
     dense = _dense_reference(hidden, table, history)  # [n, n_items] over items 1..n
     logits = torch.cat([dense.gather(1, (targets - 1).unsqueeze(1)), dense[:, negatives - 1]], dim=1)
     logits[:, 1:] = logits[:, 1:].masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     want = F.cross_entropy(logits, torch.zeros_like(targets))
     assert float(got) == pytest.approx(float(want), abs=1e-5)
+
+
+def test_sampled_ce_also_ranks_the_target_against_each_positions_own_history_items_once() -> None:
+    g = torch.Generator().manual_seed(7)
+    n, n_items, dim, width = 25, 30, 4, 6
+    hidden = torch.randn(n, dim, generator=g, requires_grad=True)
+    table = torch.randn(n_items + 1, dim, generator=g)
+    targets = torch.randint(1, n_items + 1, (n,), generator=g)
+    ids = torch.stack([torch.randperm(n_items, generator=g)[:width] + 1 for _ in range(n)])  # distinct per row
+    ids[:, :2] = 0  # padding
+    ids[0, 3] = targets[0]  # a repeat target: it stays class 0, not a negative of itself
+    negatives = torch.tensor([int(ids[1, 4]), 5, 9, 5])  # one of row 1's history items; 5 drawn twice
+    history = HistoryLogits(ids, torch.randn(n, width, generator=g))
+    got = sampled_ce(hidden, targets, table, 4, negatives=negatives, history=history)
+    dense = _dense_reference(hidden, table, history)  # [n, n_items]
+    losses = []
+    for r in range(n):  # the softmax over {target} + negatives not in the row's history + the row's history
+        own = [int(i) for i in ids[r] if i > 0 and i != targets[r]]
+        shared = [int(i) for i in negatives if i != targets[r] and int(i) not in ids[r].tolist()]
+        row = dense[r, [int(targets[r]) - 1] + [i - 1 for i in shared + own]]
+        losses.append(torch.logsumexp(row, 0) - row[0])
+    want = torch.stack(losses).mean()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(got, hidden)[0], torch.autograd.grad(want, hidden)[0],
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_training_moves_the_decay_and_the_gate(name) -> None:
@@ -156,10 +182,10 @@ def test_training_moves_the_decay_and_the_gate(name) -> None:
     query = torch.zeros_like(TIMES)
     query[0, :-1] = TIMES[0, 1:]
     states = model.encode(ITEMS, TIMES, query)
-    extra = model.history_logits(ITEMS, TIMES, query, states)
+    extra, applies = model.history_logits(ITEMS, TIMES, query, states)
     has_target = torch.tensor([[False, True, True, True, True, False]])
     targets = torch.tensor([5, 3, 7, 5])  # items 3 and 5 come back: memory helps
-    ids = ITEMS.unsqueeze(1).expand(-1, 6, -1)
+    ids = ITEMS.unsqueeze(1).expand(-1, 6, -1).masked_fill(~applies, 0)
     loss = full_ce(states[has_target], targets, model.item_vectors(), HistoryLogits(ids[has_target],
                                                                                  extra[has_target]))
     loss.backward()
