@@ -95,6 +95,9 @@ def main() -> None:
                         help="training budget per seed of the trained models (trainer.max_minutes; default: the config's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for the trained models (e.g. trainer.max_epochs=20), the same for both")
+    parser.add_argument("--label", default="",
+                        help="appended to the models' names in the results (a variant, e.g. ' no history negatives' with "
+                        "--set model.loss.history_negatives=false), so that it sits beside the default entry")
     args = parser.parse_args()
     if args.table:
         import json
@@ -124,7 +127,8 @@ def main() -> None:
         if earlier.is_file():  # a run of some models keeps the other models' entries
             import json
 
-            kept = [e for e in json.loads(earlier.read_text(encoding="utf-8"))["models"] if e["model"] not in args.models]
+            mine = {model + args.label for model in args.models}
+            kept = [e for e in json.loads(earlier.read_text(encoding="utf-8"))["models"] if e["model"] not in mine]
             result["models"] = kept
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="repeat-aware-") as tmp:
@@ -135,7 +139,7 @@ def main() -> None:
                     ([] if args.max_minutes is None else [f"trainer.max_minutes={args.max_minutes:g}"]) + args.set)
                 model_started = time.perf_counter()
                 runs = [run(root / config, seed, Path(tmp), overrides) for seed in seeds]
-                result["models"].append(summarize(model, dataset, config, runs, seeds,
+                result["models"].append(summarize(model + args.label, dataset, config, runs, seeds,
                                                   time.perf_counter() - model_started, overrides))
                 result["wall_s"] = time.perf_counter() - started
                 print(f"{dataset} {model}: " + ", ".join(
