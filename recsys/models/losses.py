@@ -19,7 +19,8 @@ mean over the n positions.
 - `gbce`: generalised BCE with k negatives per position (Petrov & Macdonald, "gSASRec: Reducing Overconfidence in Sequential
   Recommendation Trained with Negative Sampling", RecSys 2023).
 
-Negatives are drawn uniformly from 1..n_items with replacement, from `generator` when one is given (so a
+Negatives are drawn uniformly from 1..n_items with replacement (or, for `sampled_ce` with a
+`PopularitySampler`, by popularity), from `generator` when one is given (so a
 seeded generator reproduces them) or else from torch's global RNG. A negative that happens to equal the
 position's target is dropped (masked), never counted as a negative.
 

@@ -130,7 +130,8 @@ class RecommenderModule(L.LightningModule):
         if self.loss is None:
             raise ValueError(f"{type(self.model).__name__} has no loss to train with (its objective has none)")
         sampler = None if self.negative_log_q is None else PopularitySampler(self.negative_log_q)
-        loss = compute_loss(self.loss, hidden, batch["target"][has_target], items, history=history, sampler=sampler)
+        loss = compute_loss(self.loss, hidden, batch["target"][has_target], items, history=history,
+                            sampler=sampler)
         if log:
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                      batch_size=int(has_target.sum()), sync_dist=True)
