@@ -77,7 +77,9 @@ def test_shorthand_dict_and_flat_loss_keys_are_one_loss_config(tmp_path) -> None
         loss_of("model:\n  name: popularity\n  n_negatives: 4\n")
     # written back, the loss is one mapping, and it reads back the same
     cfg = run_config_from_dict({"model": {"loss": "gbce", "n_negatives": 7}})
-    assert cfg.to_dict()["model"]["loss"] == {"name": "gbce", "n_negatives": 7, "gbce_t": 0.75}
+    assert cfg.to_dict()["model"]["loss"] == {"name": "gbce", "n_negatives": 7, "gbce_t": 0.75,
+                                              "history_negatives": True, "negatives": "uniform", "logq_correction": True,
+                                              "chunk_mb": 1024}
     assert "n_negatives" not in cfg.to_dict()["model"]
     assert run_config_from_dict(cfg.to_dict()) == cfg
 

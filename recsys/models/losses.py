@@ -7,13 +7,20 @@ row 0 padding). The logit of item i at a position is `hidden @ item_table[i]`. E
 mean over the n positions.
 
 - `full_ce`: softmax cross-entropy over the whole catalogue (BERT4Rec's loss; for SASRec: Klenitskiy &
-  Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023).
-- `sampled_ce`: softmax over the target and N uniform negatives shared by the batch (same paper, Sec. 3).
+  Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys 2023). Exact, and
+  memory-bounded on every device: the [n, n_items] logits are never held, only a chunk of rows of them
+  (`FusedCrossEntropy`, sized by `cross_entropy_chunk` from a memory budget). `materialised_ce` is the
+  plain reference that holds them all.
+- `sampled_ce`: softmax over the target and N negatives shared by the batch (same paper, Sec. 3): uniform,
+  or drawn by training popularity (`PopularitySampler`) with the logQ correction (Yi et al., "Sampling-Bias-
+  Corrected Neural Modeling for Large Corpus Item Recommendations", RecSys 2019), which makes it a consistent
+  estimate of the full softmax.
 - `bce`: binary cross-entropy with one uniform negative per position (SASRec, Kang & McAuley, ICDM 2018).
 - `gbce`: generalised BCE with k negatives per position (Petrov & Macdonald, "gSASRec: Reducing Overconfidence in Sequential
   Recommendation Trained with Negative Sampling", RecSys 2023).
 
-Negatives are drawn uniformly from 1..n_items with replacement, from `generator` when one is given (so a
+Negatives are drawn uniformly from 1..n_items with replacement (or, for `sampled_ce` with a
+`PopularitySampler`, by popularity), from `generator` when one is given (so a
 seeded generator reproduces them) or else from torch's global RNG. A negative that happens to equal the
 position's target is dropped (masked), never counted as a negative.
 
@@ -32,13 +39,16 @@ and its options, defined once here for every model (`loss: ce`, or `loss: {name:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recsys.config import ConfigModel, Positive, Probability
+from pydantic import model_validator
+
+from recsys.config import ConfigModel, FieldError, Positive, Probability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,21 +104,31 @@ HISTORY_CHUNK = 256
 """Rows per chunk of `HistoryLogits.at` (256 x 50 history items x 257 candidates: 13 MB of floats)."""
 
 
-def full_ce(hidden: Tensor, targets: Tensor, item_table: Tensor, history: HistoryLogits | None = None) -> Tensor:
+def full_ce(hidden: Tensor, targets: Tensor, item_table: Tensor, history: HistoryLogits | None = None,
+            chunk_mb: int | None = None) -> Tensor:
     """Softmax cross-entropy over all real items 1..n_items; the padding row never enters the softmax.
 
-    Computes logits [n, n_items] against item_table[1:] (cheaper than masking column 0 of a full product)
-    and shifts the targets down by one. `history` adds its extra logits first.
+    Exact, on any device and in any float dtype (the softmax is taken in float32), without the [n, n_items]
+    logits: a chunk of rows at a time (`cross_entropy_chunk`, `chunk_mb` the accelerator's budget for one
+    chunk, default `CE_CHUNK_MB`). Scores against item_table[1:] (cheaper than masking column 0 of a full
+    product) and shifts the targets down by one. `history` adds its extra logits first.
     """
     _check_inputs(hidden, targets, item_table)
-    if hidden.device.type == "cpu" and hidden.dtype == torch.float32:
-        chunk = cross_entropy_chunk(item_table.shape[0])
-        if history is not None:
-            return FusedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk, history.ids,
-                                           history.values)
-        if torch.is_grad_enabled() and (hidden.requires_grad or item_table.requires_grad):
-            return FusedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk)
-        return chunked_cross_entropy_value(hidden, item_table[1:], targets - 1, chunk)
+    chunk = cross_entropy_chunk(item_table.shape[0] - 1, hidden.device, CE_CHUNK_MB if chunk_mb is None else chunk_mb)
+    if history is not None:
+        return FusedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk, history.ids, history.values)
+    if torch.is_grad_enabled() and (hidden.requires_grad or item_table.requires_grad):
+        return FusedCrossEntropy.apply(hidden, item_table[1:], targets - 1, chunk)
+    return chunked_cross_entropy_value(hidden, item_table[1:], targets - 1, chunk)
+
+
+def materialised_ce(hidden: Tensor, targets: Tensor, item_table: Tensor,
+                    history: HistoryLogits | None = None) -> Tensor:
+    """`full_ce` the plain way: the whole [n, n_items] logit matrix, then F.cross_entropy. The reference the
+    chunked path is tested against, and the baseline of benchmarks/large_catalogue.py; it needs about three
+    [n, n_items] float tensors at once (logits, log-softmax, their gradient), which a large catalogue cannot
+    afford (1M items x 25,600 positions: 100 GB each)."""
+    _check_inputs(hidden, targets, item_table)
     logits = hidden @ item_table[1:].T  # [n, n_items]
     if history is not None:
         logits = add_history_logits(logits, history.ids, history.values)
@@ -121,21 +141,41 @@ def add_history_logits(logits: Tensor, ids: Tensor, values: Tensor) -> Tensor:
     return logits.scatter_add(1, (ids - 1).clamp(min=0), values.masked_fill(~real, 0.0).to(logits.dtype))
 
 
-def cross_entropy_chunk(n_items: int) -> int:
-    """Rows of logits per chunk: about 2 MB of them (a chunk's logits, softmax and gradient stay in the
-    last-level cache). Measured on a 2-core AMD EPYC: 128-row chunks of 3,706 items ran the logit product
-    15% faster than 282-row ones, and 1024-row ones 20% slower."""
-    return max(32, min(1024, (1 << 19) // n_items))
+CE_CHUNK_MB = 1024
+"""Default memory budget, in MB, for one chunk of `full_ce` on an accelerator (`model.loss.chunk_mb`)."""
+
+CHUNK_BYTES_PER_LOGIT = 12
+"""What one logit of a chunk costs at once: its float32 value, its float32 softmax probability (the
+gradient is written over it) and a matmul's output in the input dtype, 4 bytes each."""
+
+
+def cross_entropy_chunk(n_items: int, device: torch.device | str = "cpu", budget_mb: int = CE_CHUNK_MB) -> int:
+    """Rows of logits per chunk of `full_ce`: as many as `budget_mb` holds (at least one row), and on the CPU
+    also about 2 MB of them, so that a chunk's logits, softmax and gradient stay in the last-level cache.
+    Measured on a 2-core AMD EPYC: 128-row chunks of 3,706 items ran the logit product 15% faster than
+    282-row ones, and 1024-row ones 20% slower. An accelerator wants the opposite, chunks as large as the
+    budget allows, so that each matmul keeps it busy."""
+    budget_rows = max(1, (budget_mb << 20) // (max(n_items, 1) * CHUNK_BYTES_PER_LOGIT))
+    if torch.device(device).type != "cpu":
+        return budget_rows
+    return min(budget_rows, max(32, min(1024, (1 << 19) // max(n_items, 1))))
 
 
 def chunked_cross_entropy_value(hidden: Tensor, table: Tensor, targets: Tensor, chunk: int) -> Tensor:
     """The mean cross-entropy of `hidden @ table.T` against `targets`, a chunk of rows at a time, with no
     gradient: what `FusedCrossEntropy` returns, for callers that do not train on it."""
-    lse = torch.empty(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)  # [n]
+    lse = torch.empty(hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32),
+                      device=hidden.device)  # [n]
     for start in range(0, hidden.shape[0], chunk):
-        lse[start:start + chunk] = torch.logsumexp(hidden[start:start + chunk] @ table.T, dim=1)
-    target_logits = (hidden * table[targets]).sum(dim=1)  # [n]
+        lse[start:start + chunk] = torch.logsumexp(at_least_float32(hidden[start:start + chunk] @ table.T), dim=1)
+    target_logits = at_least_float32((hidden * table[targets]).sum(dim=1))  # [n]
     return (lse - target_logits).mean()
+
+
+def at_least_float32(values: Tensor) -> Tensor:
+    """`values` in float32 if they are in a narrower float (bf16, fp16), else as they are: softmax sums over
+    a large catalogue need float32's precision."""
+    return values if torch.finfo(values.dtype).bits >= 32 else values.float()
 
 
 TINY_PROBABILITY = 1e-30
@@ -146,27 +186,33 @@ class FusedCrossEntropy(torch.autograd.Function):
     """Mean softmax cross-entropy of `hidden @ table.T` against `targets`, with its gradients computed in
     the same pass as the loss. The loss is linear in the incoming gradient, so the forward pass computes
     d loss / d hidden and d loss / d table for a gradient of 1 and the backward pass only scales them.
-    Rows go through in chunks that stay in the CPU cache and the [n, n_items] logit matrix is never held:
-    each chunk's logits are computed once, turned into a softmax in place and used for both gradients.
-    On CPU memory traffic, not arithmetic, is the cost: against computing the logits a second time in the
-    backward pass (what a plain autograd function must do to save memory) this saves one of the four
-    [n, n_items] products and one exponential pass. Values and
-    gradients equal F.cross_entropy's on materialised logits up to float rounding (tested). GPUs use the
-    plain path. Only for losses that are backpropagated: `chunked_cross_entropy_value` otherwise.
+    Rows go through in chunks of `chunk` and the [n, n_items] logit matrix is never held: each chunk's
+    logits are computed once, turned into a softmax in place and used for both gradients. What it holds
+    beyond one chunk is what any backward pass needs anyway: a gradient the size of `hidden` and one the
+    size of `table`, computed ahead.
+
+    Against an autograd function that recomputes the logits in its backward pass (what Cut Cross-Entropy,
+    Wijmans et al. 2025, does, to save memory the same way) this saves one of the four [n, n_items] products
+    and one exponential pass, and against plain CE (three products) it adds none, so on a GPU too it costs
+    no more arithmetic than the materialised loss. The softmax and the loss are taken in float32 whatever
+    the input dtype (bf16 logits of a million items would lose the target's probability); the gradients
+    are then formed in the table's dtype. Values and gradients equal F.cross_entropy's on materialised
+    logits up to float rounding (tested, on the CPU and, where one is present, on CUDA). Only for losses
+    that are backpropagated: `chunked_cross_entropy_value` otherwise.
     """
 
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, table: Tensor, targets: Tensor, chunk: int,
                 history_ids: Tensor | None = None, history_values: Tensor | None = None) -> Tensor:
         n = hidden.shape[0]
-        loss = hidden.new_zeros(())
+        loss = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         grad_hidden = torch.empty_like(hidden)  # [n, d]
         grad_table = torch.zeros_like(table)  # [n_items, d]
         # HistoryLogits: a value's gradient is its item's logit gradient (the logit is a sum of values)
         grad_values = None if history_values is None else torch.zeros_like(history_values)  # [n, L]
         for start in range(0, n, chunk):
             rows, wanted = hidden[start:start + chunk], targets[start:start + chunk]  # [c, d], [c]
-            logits = rows @ table.T  # [c, n_items]
+            logits = at_least_float32(rows @ table.T)  # [c, n_items]
             if history_ids is not None:
                 ids = history_ids[start:start + chunk]
                 columns = (ids - 1).clamp(min=0)  # [c, L]
@@ -174,17 +220,20 @@ class FusedCrossEntropy(torch.autograd.Function):
             picked = torch.arange(rows.shape[0], device=rows.device)
             # torch's softmax kernel makes one pass over each row where logsumexp-then-exp makes five (2.7x
             # faster here); the loss then comes from the target's probability, -log p = lse - logit.
-            probs = torch.softmax(logits, dim=1)  # [c, n_items]
+            probs = torch.softmax(logits, dim=1)  # [c, n_items], float32 (or float64)
             target_probs = probs[picked, wanted]  # [c]
             row_loss = -torch.log(target_probs)
-            underflow = target_probs < TINY_PROBABILITY  # its log is inexact or -inf: count it exactly
+            # Its log is inexact or -inf: count it exactly. (On an accelerator the test waits for the chunk;
+            # against the chunk's three matmuls that pause is noise.)
+            underflow = target_probs < TINY_PROBABILITY
             if underflow.any():
                 exact = torch.logsumexp(logits[underflow], dim=1) - logits[picked, wanted][underflow]
                 row_loss[underflow] = exact
             loss += row_loss.sum()
             probs[picked, wanted] -= 1.0  # d loss_row / d logits
-            grad_hidden[start:start + chunk] = probs @ table
-            grad_table.addmm_(probs.T, rows)
+            coefficients = probs if probs.dtype == table.dtype else probs.to(table.dtype)
+            grad_hidden[start:start + chunk] = coefficients @ table
+            grad_table.addmm_(coefficients.T, rows.to(table.dtype))
             if grad_values is not None:
                 grad_values[start:start + chunk] = probs.gather(1, columns).masked_fill(ids == 0, 0.0)
         ctx.save_for_backward(grad_hidden, grad_table, *(() if grad_values is None else (grad_values,)))
@@ -195,8 +244,31 @@ class FusedCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         grad_hidden, grad_table, *grad_values = ctx.saved_tensors
         scale = grad / ctx.n
-        values = grad_values[0] * scale if grad_values else None
-        return grad_hidden * scale, grad_table * scale, None, None, None, values
+        values = grad_values[0] * scale.to(grad_values[0].dtype) if grad_values else None
+        return (grad_hidden * scale.to(grad_hidden.dtype), grad_table * scale.to(grad_table.dtype), None, None,
+                None, values)
+
+
+@dataclasses.dataclass(frozen=True)
+class PopularitySampler:
+    """Negatives drawn with replacement in proportion to training popularity, and the log-probability
+    log q(item) of each draw that the logQ correction subtracts (`sampled_ce`). `log_q` [n_items + 1] is
+    the add-one-smoothed log share of each item in the training interactions (`recsys.models.prior.log_prior`,
+    what `RecommenderModule` is given), so an item never seen in training is still drawn now and then;
+    entry 0 (padding) is never drawn."""
+
+    log_q: Tensor
+
+    def __post_init__(self) -> None:
+        if self.log_q.dim() != 1 or self.log_q.shape[0] < 2:
+            raise ValueError(f"log_q must be [n_items + 1] with n_items >= 1, got {tuple(self.log_q.shape)}")
+
+    def sample(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        """n item ids in 1..n_items, each drawn with probability q(item), on `device`."""
+        draw_on = generator.device if generator is not None else self.log_q.device
+        probs = self.log_q.to(draw_on).exp()
+        probs[0] = 0.0  # padding: never a negative (its entry of log_q is a placeholder)
+        return torch.multinomial(probs, n, replacement=True, generator=generator).to(device, non_blocking=True)
 
 
 def sampled_ce(
@@ -208,8 +280,11 @@ def sampled_ce(
     negatives: Tensor | None = None,
     history: HistoryLogits | None = None,
     history_negatives: bool = True,
+    sampler: PopularitySampler | None = None,
+    logq_correction: bool = True,
 ) -> Tensor:
-    """Softmax cross-entropy over the target and `n_negatives` uniform negatives shared by every position.
+    """Softmax cross-entropy over the target and `n_negatives` negatives shared by every position: uniform,
+    or drawn by `sampler` (popularity).
 
     Sharing the negatives makes the negative logits one [n, N] matmul instead of gathering N vectors per
     position. A negative equal to a position's target gets logit -inf at that position, so the target is
@@ -217,12 +292,23 @@ def sampled_ce(
     adds its extra logits to the target's and the negatives'; with `history_negatives`, each position's
     history items (ids > 0, each distinct, as HistoryLogits holds them) are negatives too, every item
     counted once (a shared negative that is also in the position's history is masked there).
+
+    With a `sampler` and `logq_correction`, each negative's logit is lowered by log(N q(item)), its expected
+    count in the sample (Yi et al. 2019; Bengio & Senecal 2008): then sum_j exp(s_j - log(N q_j)) is an
+    unbiased estimate of the softmax's sum over the other items, so the loss and its gradient approach full
+    CE's as N grows (tested). Without the correction popular items, drawn often, are pushed down too hard.
+    Uniform negatives are the paper's sampled CE as it is, uncorrected. A position's own history items (with
+    `history_negatives`) are not a sample: they are never corrected.
     """
     _check_inputs(hidden, targets, item_table)
     if negatives is None:
-        negatives = sample_items(item_table.shape[0] - 1, (n_negatives,), item_table.device, generator)
+        negatives = (sampler.sample(n_negatives, item_table.device, generator) if sampler is not None else
+                     sample_items(item_table.shape[0] - 1, (n_negatives,), item_table.device, generator))
     pos_logits = (hidden * item_table[targets]).sum(-1, keepdim=True)  # [n, 1]
     neg_logits = hidden @ item_table[negatives].T  # [n, N]
+    if sampler is not None and logq_correction:
+        expected_count = sampler.log_q.to(negatives.device)[negatives] + math.log(negatives.shape[0])  # [N]
+        neg_logits = neg_logits - expected_count.to(neg_logits.dtype)
     hits = negatives.unsqueeze(0) == targets.unsqueeze(1)  # [n, N]
     columns = [pos_logits, neg_logits]
     if history is not None:
@@ -333,32 +419,45 @@ def per_position_logits(hidden: Tensor, item_table: Tensor, ids: Tensor) -> Tens
 class Loss:
     """A registered loss: how to compute it from a `LossConfig`, and whether it is a softmax over items."""
 
-    compute: Callable[[Tensor, Tensor, Tensor, "LossConfig", "torch.Generator | None", "HistoryLogits | None"],
-                      Tensor]
+    compute: Callable[[Tensor, Tensor, Tensor, "LossConfig", "LossInputs"], Tensor]
     softmax: bool
     """A softmax over the target and other items (what BERT4Rec and Recformer train with), not a sigmoid per
     item; only these take `HistoryLogits`."""
 
 
-def _full_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
-             history: HistoryLogits | None) -> Tensor:
-    return full_ce(hidden, targets, table, history)
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+    """What a loss may draw on beside the states, targets and item table: the generator its negatives come
+    from (None: torch's global RNG), a repeat-aware model's history logits, and the popularity sampler
+    `negatives: popularity` needs."""
+
+    generator: torch.Generator | None = None
+    history: HistoryLogits | None = None
+    sampler: PopularitySampler | None = None
 
 
-def _sampled_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
-                history: HistoryLogits | None) -> Tensor:
-    return sampled_ce(hidden, targets, table, loss.n_negatives, generator, history=history,
-                      history_negatives=loss.history_negatives)
+def _full_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, extra: LossInputs) -> Tensor:
+    return full_ce(hidden, targets, table, extra.history, loss.chunk_mb)
 
 
-def _bce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
-         history: HistoryLogits | None) -> Tensor:
-    return bce(hidden, targets, table, generator)
+def _sampled_ce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, extra: LossInputs) -> Tensor:
+    sampler = None
+    if loss.negatives == "popularity":
+        if extra.sampler is None:
+            raise ValueError("loss.negatives: popularity needs the training items' popularity; train through "
+                             "RecommenderModule with negative_log_q, or pass a PopularitySampler")
+        sampler = extra.sampler
+    return sampled_ce(hidden, targets, table, loss.n_negatives, extra.generator, history=extra.history,
+                      history_negatives=loss.history_negatives, sampler=sampler,
+                      logq_correction=loss.logq_correction)
 
 
-def _gbce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, generator: Any,
-          history: HistoryLogits | None) -> Tensor:
-    return gbce(hidden, targets, table, loss.n_negatives, loss.gbce_t, generator)
+def _bce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, extra: LossInputs) -> Tensor:
+    return bce(hidden, targets, table, extra.generator)
+
+
+def _gbce(hidden: Tensor, targets: Tensor, table: Tensor, loss: LossConfig, extra: LossInputs) -> Tensor:
+    return gbce(hidden, targets, table, loss.n_negatives, loss.gbce_t, extra.generator)
 
 
 LOSSES: dict[str, Loss] = {
@@ -380,25 +479,41 @@ class LossConfig(ConfigModel):
     shorthand_key = "name"
 
     name: LossName = "ce"
-    """'ce': full softmax over the catalogue ("SASRec+", Klenitskiy & Vasilev 2023); 'sampled_ce': softmax over
-    the target and n_negatives uniform negatives; 'bce': the SASRec paper's binary cross-entropy, one negative
-    per position; 'gbce': gSASRec's generalised BCE, n_negatives per position, calibrated by gbce_t."""
+    """'ce': full softmax over the catalogue ("SASRec+", Klenitskiy & Vasilev 2023), exact and memory-bounded
+    on any device; 'sampled_ce': softmax over the target and n_negatives negatives; 'bce': the SASRec paper's
+    binary cross-entropy, one negative per position; 'gbce': gSASRec's generalised BCE, n_negatives per
+    position, calibrated by gbce_t."""
     n_negatives: Positive = 256
-    """Uniform negatives per step: 'sampled_ce' shares them across the batch, 'gbce' draws them per position
+    """Negatives per step: 'sampled_ce' shares them across the batch, 'gbce' draws them per position
     ('bce' always draws 1 per position, 'ce' none)."""
     gbce_t: Probability = 0.75
     """gBCE calibration t in [0, 1]: 0 is plain BCE, 1 fully corrects the overconfidence negative sampling causes."""
     history_negatives: bool = True
     """Repeat-aware models ('sampled_ce' with a memory term, e.g. sasrec_actr): also rank the target against
-    each position's own history items, not only the uniform negatives (see recsys.models.losses)."""
+    each position's own history items, not only the sampled negatives (see recsys.models.losses)."""
+    negatives: Literal["uniform", "popularity"] = "uniform"
+    """How 'sampled_ce' draws its negatives: 'uniform' over the catalogue, or 'popularity' in proportion to the
+    training interactions (add-one smoothed), with logQ correction by default (the other losses draw uniformly)."""
+    logq_correction: bool = True
+    """With negatives 'popularity': lower each negative's logit by log(n_negatives * q(item)) (Yi et al. 2019), so
+    that the sampled softmax estimates the full one; false trains on the popular negatives uncorrected."""
+    chunk_mb: Positive = CE_CHUNK_MB
+    """'ce' on an accelerator: the memory, in MB, one chunk of logits may take (the CPU takes cache-sized chunks
+    within it). Larger chunks keep a GPU busier; the whole [positions, n_items] logit matrix is never held."""
+
+    @model_validator(mode="after")
+    def _popularity_negatives_are_sampled_ce(self) -> LossConfig:
+        if self.negatives != "uniform" and self.name != "sampled_ce":
+            raise FieldError("negatives", f"'{self.negatives}' is only for sampled_ce, got name: {self.name}")
+        return self
 
 
 class SoftmaxLossConfig(LossConfig):
     """A `LossConfig` limited to the softmax losses: for models that train only with those (BERT4Rec, Recformer)."""
 
     name: SoftmaxLossName = "ce"
-    """'ce': full softmax over the catalogue; 'sampled_ce': softmax over the target and n_negatives uniform
-    negatives shared by the batch."""
+    """'ce': full softmax over the catalogue; 'sampled_ce': softmax over the target and n_negatives negatives
+    shared by the batch."""
 
 
 def compute_loss(
@@ -408,13 +523,15 @@ def compute_loss(
     item_table: Tensor,
     generator: torch.Generator | None = None,
     history: HistoryLogits | None = None,
+    sampler: PopularitySampler | None = None,
 ) -> Tensor:
     """The loss `loss` names, with its options: hidden [n, dim], targets [n], item_table [n_items + 1, dim];
-    `history`: extra logits on history items (softmax losses only, ValueError otherwise)."""
+    `history`: extra logits on history items (softmax losses only, ValueError otherwise); `sampler`: the
+    popularity `loss.negatives: popularity` draws from."""
     entry = LOSSES[loss.name]
     if history is not None and not entry.softmax:
         raise ValueError(f"loss {loss.name!r} cannot add history logits; use a softmax loss (ce, sampled_ce)")
-    return entry.compute(hidden, targets, item_table, loss, generator, history)
+    return entry.compute(hidden, targets, item_table, loss, LossInputs(generator, history, sampler))
 
 
 def sample_items(

@@ -22,7 +22,7 @@ from recsys.config import TrainerConfig
 from recsys.evaluation.metrics import RankingAccumulator, repeat_targets
 from recsys.evaluation.runner import query_time
 from recsys.models.base import SequenceModel
-from recsys.models.losses import HistoryLogits, LossConfig, compute_loss
+from recsys.models.losses import HistoryLogits, LossConfig, PopularitySampler, compute_loss
 from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
 from recsys.training.contrastive import Augmenter, ContrastiveViews
 
@@ -47,6 +47,7 @@ class RecommenderModule(L.LightningModule):
         log_popularity: torch.Tensor | None = None,
         time_context: str = "none",
         exclude_seen: bool = True,
+        negative_log_q: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -61,6 +62,8 @@ class RecommenderModule(L.LightningModule):
         self.cooldown_epochs = 0
         # [n_items + 1] added to the training logits (popularity_correction); None: plain logits.
         self.register_buffer("log_popularity", log_popularity, persistent=False)
+        # [n_items + 1] log q(item) that loss.negatives 'popularity' draws sampled_ce's negatives by.
+        self.register_buffer("negative_log_q", negative_log_q, persistent=False)
         self._init_contrastive()
 
     def _init_contrastive(self) -> None:
@@ -126,7 +129,9 @@ class RecommenderModule(L.LightningModule):
             hidden, items = with_unit_column(hidden), with_bias_column(items, self.log_popularity)
         if self.loss is None:
             raise ValueError(f"{type(self.model).__name__} has no loss to train with (its objective has none)")
-        loss = compute_loss(self.loss, hidden, batch["target"][has_target], items, history=history)
+        sampler = None if self.negative_log_q is None else PopularitySampler(self.negative_log_q)
+        loss = compute_loss(self.loss, hidden, batch["target"][has_target], items, history=history,
+                            sampler=sampler)
         if log:
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                      batch_size=int(has_target.sum()), sync_dist=True)

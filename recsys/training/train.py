@@ -208,6 +208,8 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
         if cfg.trainer.popularity_correction else None,
         time_context=cfg.evaluation.time_context,
         exclude_seen=cfg.evaluation.exclude_seen,
+        negative_log_q=log_popularity(split.train[schema.ITEMS].to_list(), dataset.n_items)
+        if objective.loss is not None and objective.loss.negatives == "popularity" else None,
     )
     if objective.batches == "count":
         return _fit_counts(model, split, datamodule, module, start_tracker)

@@ -171,7 +171,8 @@ def test_help_states_each_default_once_and_only_real_ones() -> None:
         ("model.loss.n_negatives=0", "model.loss.n_negatives: must be at least 1, got 0"),
         ("model.n_negatives=0", "model.loss.n_negatives: must be at least 1, got 0"),  # the flat key of 0.1
         ("model.loss.gbce_t=2", "model.loss.gbce_t: must be in [0, 1], got 2.0"),
-        ("model.loss.temperature=2", "model.loss.temperature: unknown key (known: gbce_t, n_negatives, name)"),
+        ("model.loss.temperature=2", "model.loss.temperature: unknown key (known: chunk_mb, gbce_t, "
+                                     "history_negatives, logq_correction, n_negatives, name, negatives)"),
         ("model.loss=5", "model.loss: expected a name or a mapping of keys, got 5"),
         # once silently "all"
         ("trainer.train_windows=every", "trainer.train_windows: 'every' is not one of 'last', 'all'"),
