@@ -91,7 +91,8 @@ class RecsysPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 def predict_frame(recommender: Any, frame: pd.DataFrame, default_k: int = DEFAULT_K) -> pd.DataFrame:
     """Recommendations for every row of `frame` (see the module docstring), batched per (kind, k)."""
     if "user_id" not in frame.columns and "items" not in frame.columns:
-        raise InvalidRequestError(f"input needs a 'user_id' or an 'items' column, got {list(frame.columns)}")
+        raise InvalidRequestError(f"input needs a 'user_id' or an 'items' column (the columns read: "
+                                  f"{', '.join(INPUT_COLUMNS)}), got {list(frame.columns)}")
     # rows asked the same way (user or items, k, with or without timestamps and at) go in one batch
     groups: dict[tuple[str, int, bool, bool], list[tuple[int, Any, Any, Any]]] = {}
     for position, row in enumerate(frame.to_dict("records")):
@@ -161,6 +162,9 @@ def log_pyfunc(model_dir: str | Path, tracking_uri: str | None = None, run_id: s
             name=name,
             run_id=run_id,
             model_id=logged.model_id,
+            # the step of the run's final metrics (recsys training logs them at epochs_run): MLflow links
+            # those to the model, and `runs:/<run_id>/pyfunc` of a resumed run finds the newest model
+            step=int(run.data.metrics.get("epochs_run", 0)),
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: no pickle
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
             code_paths=[_package_copy(Path(tmp) / "code")],

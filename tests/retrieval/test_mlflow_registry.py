@@ -53,6 +53,9 @@ def test_registered_version_is_the_logged_pyfunc_with_a_signature(trained: tuple
     assert logged.source_run_id == result.run_id and logged.experiment_id == run.info.experiment_id
     # what the run page lists under "Logged models"
     assert [output.model_id for output in run.outputs.model_outputs] == [model_id]
+    # at the step of the final metrics, which MLflow then shows on the model's page too
+    assert run.outputs.model_outputs[0].step == int(result.metrics["epochs_run"])
+    assert "test_ndcg_at_10" in {metric.key for metric in logged.metrics or []}
     assert logged.artifact_location.startswith((store / "mlartifacts").as_uri())  # beside the store, not ./mlruns
 
     with using_tracking_uri(uri):
