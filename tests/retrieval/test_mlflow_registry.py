@@ -90,6 +90,54 @@ def test_the_registered_pyfunc_honours_params_k(trained: tuple[Path, object], tm
     assert refused.value.message == f"user_id {UNKNOWN_USER} is not a known user of this model (610 users)"
 
 
+# -- the pyfunc's refusals, on the tiny model (no training) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    ({"user_id": [11, 12]}, "row 0: user_id must be an id (a number or a string), got [11, 12]"),
+    ({"user_id": True}, "row 0: user_id must be an id (a number or a string), got True"),
+    ({"items": "100,110"}, "row 0: items must be a list, got '100,110'"),
+    ({"items": [100], "timestamps": "1"}, "row 0: timestamps must be a list, got '1'"),
+    ({"user_id": 11, "k": "2"}, "row 0: k must be a whole number, got '2'"),
+    ({"user_id": 11, "k": 2.5}, "row 0: k must be a whole number, got 2.5"),
+    ({"k": 2}, "input needs a 'user_id' or an 'items' column (the columns read: user_id, items, k, timestamps, "
+               "at), got ['k']"),
+])
+def test_rows_the_pyfunc_refuses_say_which_and_why(tiny_rec: Recommender, row: dict, reason: str) -> None:
+    from recsys.errors import InvalidRequestError
+    from recsys.retrieval.pyfunc import predict_frame
+
+    with pytest.raises(InvalidRequestError) as refused:
+        predict_frame(tiny_rec, pd.DataFrame([row]))
+    assert str(refused.value) == reason
+
+
+def test_a_gap_in_a_mixed_frame_is_no_value(tiny_rec: Recommender) -> None:
+    """Users and histories in one frame leave NaN in each other's columns (and make user ids floats)."""
+    from recsys.retrieval.pyfunc import predict_frame
+
+    out = predict_frame(tiny_rec, pd.DataFrame([{"user_id": 11, "k": 3}, {"items": [100, 110]}]), default_k=2)
+    assert out.groupby("query").size().tolist() == [3, 2]
+    assert out[out["query"] == 0]["item_id"].tolist() == [r.item_id for r in tiny_rec.recommend(user=11, k=3)]
+
+
+def test_a_refusal_keeps_its_one_line_when_the_scoring_server_rewrites_it() -> None:
+    """MLflow's scoring server prefixes the message of an MlflowException from predict with the whole input
+    frame (mlflow/pyfunc/scoring_server: `e.message = f"Failed to predict data '{data}'. \\nError: ..."`)."""
+    import json
+
+    from recsys.retrieval.pyfunc import RequestRejected
+
+    refused = RequestRejected("user_id 7 is not a known user of this model (5 users)")
+    refused.message = f"Failed to predict data '{pd.DataFrame({'user_id': [7]})}'. \nError: {refused.message}"
+    answer = json.loads(refused.serialize_as_json())
+    assert answer["message"] == "user_id 7 is not a known user of this model (5 users)"
+    assert answer["error_code"] == "INVALID_PARAMETER_VALUE" and refused.get_http_status_code() == 400
+
+
+# -- mlflow models serve ----------------------------------------------------------------------------------------
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
