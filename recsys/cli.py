@@ -345,11 +345,12 @@ def _is_override(value: str | None) -> bool:
     return value is not None and "=" in value and not Path(value).is_dir()
 
 
-def log_pyfunc_flavour(tracking_uri: str, run_id: str, model_dir: object) -> None:
-    """Log the saved model as an MLflow pyfunc too, so `mlflow models serve -m runs:/<run>/pyfunc` works."""
+def log_pyfunc_flavour(tracking_uri: str, run_id: str, model_dir: object) -> str:
+    """Log the saved model as an MLflow pyfunc of the run too (what `--register` registers, so that `mlflow
+    models serve -m models:/NAME/N` works, as does `-m runs:/<run>/pyfunc`); returns its models:/ URI."""
     from recsys.retrieval.pyfunc import log_pyfunc
 
-    log_pyfunc(model_dir, tracking_uri, run_id=run_id)  # type: ignore[arg-type]
+    return log_pyfunc(model_dir, tracking_uri, run_id=run_id)  # type: ignore[arg-type]
 
 
 DEFAULT_CONFIG = "configs/sasrec_ml-latest-small.yaml"

@@ -628,11 +628,23 @@ def _download(uri: str, tracking_uri: str, into: Path) -> Path:
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{uri}: cannot download it from MLflow at {tracking_uri} ({first[:300]})") from None
-    for candidate in (local, *sorted(p for p in local.iterdir() if p.is_dir())) if local.is_dir() else ():
+    # the model directory itself, a folder holding it, or a logged pyfunc (its artifacts/<folder>)
+    for candidate in _folders(local, local / "artifacts"):
         if (candidate / "manifest.json").is_file():
             return candidate
     raise ModelLoadError(f"{uri}: the MLflow artifact at {tracking_uri} is not a recsys model directory "
                          "(no manifest.json); point at the logged model folder, e.g. runs:/<run_id>/model")
+
+
+def _folders(local: Path, *inner: Path) -> list[Path]:
+    """`local`, its sub-folders, and the sub-folders of each of `inner` that exists."""
+    if not local.is_dir():
+        return []
+    found = [local]
+    for folder in (local, *inner):
+        if folder.is_dir():
+            found.extend(sorted(p for p in folder.iterdir() if p.is_dir()))
+    return found
 
 
 def _registry_source(uri: str, tracking_uri: str) -> str:

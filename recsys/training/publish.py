@@ -19,7 +19,8 @@ from recsys.run_config import RunConfig
 from recsys.saved_model import SavedModel, save_model
 from recsys.training.tracking import Tracker, git_commit
 
-AfterLogging = Callable[[str, str, Path], object]
+# (tracking URI, run id, model directory) -> the URI of a model it logged (to register), or None
+AfterLogging = Callable[[str, str, Path], "str | None"]
 MODEL_ARTIFACT = "model"
 
 
@@ -126,8 +127,9 @@ def finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, 
                     history: list[dict[str, float]], run_dir: Path, model_dir: Path,
                     after_logging: AfterLogging | None) -> str | None:
     """Plots into run_dir/plots; then, when tracking is on, the final metrics, plots and model directory
-    logged, `after_logging` called, the model registered when tracking.register_as asks, and the MLflow run
-    closed. Returns the registered version, if any."""
+    logged, `after_logging` called, the model registered when tracking.register_as asks (the model
+    `after_logging` logged, else the model directory), and the MLflow run closed. Returns the registered
+    version, if any."""
     from recsys.training.plots import plot_learning_curves, plot_metrics_at_k
 
     plots = run_dir / "plots"
@@ -144,18 +146,22 @@ def finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, 
     tracker.log_metrics(metrics, step=final_step)
     tracker.log_artifact(plots, "plots")
     tracker.log_artifact(model_dir, MODEL_ARTIFACT)
+    logged = None
     if after_logging is not None:
         try:  # an extra flavour (the CLI's MLflow pyfunc) is a bonus: its failure must not fail the run
-            after_logging(tracker.uri, tracker.run_id, model_dir)
+            logged = after_logging(tracker.uri, tracker.run_id, model_dir)
         except Exception as exc:  # noqa: BLE001 - like Tracker._call: warn, keep the run and the saved model
             warnings.warn(f"could not log an extra model flavour ({str(exc).strip()[:200]}); the model "
-                          "directory is still logged as an artifact", RuntimeWarning, stacklevel=2)
+                          "directory is still logged as an artifact (and registered, if asked, as that: "
+                          "recsys loads it, `mlflow models serve` cannot)", RuntimeWarning, stacklevel=2)
     version = None
     if cfg.tracking.register_as:
         tags = {k.replace("@", "_at_"): f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and "@10" in k}
         description = (f"{cfg.model_name} on {cfg.data.name} (preset {cfg.data.preset}), {cfg.data.split} split, "
                        f"full ranking: test NDCG@10 {metrics.get('test_ndcg@10', float('nan')):.4f}, "
                        f"HR@10 {metrics.get('test_hr@10', float('nan')):.4f}; run folder {run_dir.resolve()}")
-        version = tracker.register_model(cfg.tracking.register_as, MODEL_ARTIFACT, tags, description)
+        # the logged pyfunc when there is one, so that `mlflow models serve -m models:/NAME/N` works
+        source = logged or f"runs:/{tracker.run_id}/{MODEL_ARTIFACT}"
+        version = tracker.register_model(cfg.tracking.register_as, source, tags, description)
     tracker.finish()
     return version

@@ -40,6 +40,27 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / experiment).as_uri()
 
 
+@contextmanager
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri` for the block, then put back as it was, with
+    $MLFLOW_TRACKING_URI (which `mlflow.set_tracking_uri` writes, and unsets for None). For the MLflow calls
+    that read the global store even when given a client: `Model.log`, and the registry's check of a
+    `models:/<model_id>` source."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous, previous_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 def git_commit(package_dir: str | Path | None = None) -> str | None:
     """The commit of the recsys checkout that this code runs from, with '-dirty' when it has uncommitted
     changes; None when the code is not a git checkout's (an installed copy).
@@ -146,9 +167,10 @@ class Tracker:
         return self._call(lambda: self._client.get_metric_history(self.run_id, _metric_key(key)),
                           "read metric history") or []
 
-    def register_model(self, name: str, artifact_path: str, tags: dict[str, str] | None = None,
+    def register_model(self, name: str, source: str, tags: dict[str, str] | None = None,
                        description: str | None = None) -> str | None:
-        """Register `runs:/<run>/<artifact_path>` as a new version of `name`; returns the version."""
+        """Register `source` (a logged model's `models:/<model_id>`, or an artifact folder of this run,
+        `runs:/<run_id>/<path>`) as a new version of `name`, linked to this run; returns the version."""
 
         def register() -> str:
             from mlflow.exceptions import MlflowException
@@ -157,9 +179,12 @@ class Tracker:
                 self._client.create_registered_model(name)
             except MlflowException:
                 pass  # it exists already: add a version
-            source = f"runs:/{self.run_id}/{artifact_path}"
-            version = self._client.create_model_version(name, source, run_id=self.run_id, tags=tags or {},
-                                                        description=description)
+            # models:/<model_id> names a logged model (a registered one is models:/<name>/<version> or @alias)
+            ref = source[len("models:/"):] if source.startswith("models:/") else ""
+            model_id = ref if ref and "/" not in ref and "@" not in ref else None
+            with using_tracking_uri(self.uri):  # the registry looks a models:/ source up in the global store
+                version = self._client.create_model_version(name, source, run_id=self.run_id, tags=tags or {},
+                                                            description=description, model_id=model_id)
             return str(version.version)
 
         return self._call(register, f"register the model as {name!r}")

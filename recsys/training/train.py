@@ -360,11 +360,12 @@ def _precision(value: str) -> str:
 
 
 def _quiet_libraries() -> None:
-    """Lightning's device banners and tips, and MLflow's database set-up notes, say nothing a user of
-    `recsys train` needs; warnings and errors still come through."""
+    """Lightning's device banners and tips, MLflow's database set-up notes and its "Validating input example"
+    (as the pyfunc is logged) say nothing a user of `recsys train` needs; warnings and errors still come
+    through."""
     import logging
 
-    for name in ("lightning.pytorch", "lightning.fabric", "mlflow.store", "alembic"):
+    for name in ("lightning.pytorch", "lightning.fabric", "mlflow.store", "mlflow.pyfunc", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     # MLflow draws a "Downloading artifacts" bar each time it reads back the model it just logged (pyfunc

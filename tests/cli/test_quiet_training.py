@@ -25,3 +25,4 @@ def test_a_tracked_run_prints_no_mlflow_type_hint_warning_and_no_download_bars(t
     assert "registered:   models:/quiet/1" in done.stdout  # the pyfunc flavour and the registry were reached
     assert "type hints" not in output
     assert "Downloading artifacts" not in output
+    assert "Validating input example" not in output  # MLflow's INFO line as the pyfunc is logged

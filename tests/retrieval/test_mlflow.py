@@ -1,14 +1,11 @@
-"""Loading from MLflow (runs:/ and models:/ on a real local store), the pyfunc flavour, `mlflow models serve`,
-and exact retrieval on a really trained model."""
+"""Loading from MLflow (runs:/ and models:/ on a real local store), the pyfunc flavour, and exact retrieval on a
+really trained model."""
 
 from __future__ import annotations
 
 import os
-import socket
-import sys
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +16,6 @@ from recsys.data.batches import left_pad
 from recsys.errors import ModelLoadError
 from recsys.retrieval import Recommender
 from recsys.saved_model import SavedModel, save_model
-from tests.processes import TEST_TIMEOUT_S, answers, running
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +73,10 @@ def test_pyfunc_logged_by_log_pyfunc_predicts(tiny_store: tuple[str, str, Path],
     from recsys.retrieval.pyfunc import log_pyfunc
 
     tracking_uri, _, model_dir = tiny_store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = log_pyfunc(model_dir, tracking_uri, experiment="tiny-pyfunc")
+    assert uri.startswith("models:/m-")  # a logged model
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # set for the call only
     assert not (tmp_path / "mlruns").exists()  # a new experiment's artifacts go beside the store, not into ./mlruns
     assert (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / "tiny-pyfunc").is_dir()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # pyfunc.load_model reads the store from here
@@ -137,33 +136,4 @@ def test_exact_index_equals_torch_topk_on_a_trained_model(trained: tuple[Path, o
     assert mismatch.mean() < 0.01
 
 
-# -- mlflow models serve ------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(TEST_TIMEOUT_S)  # waits up to START_TIMEOUT_S for the server
-def test_mlflow_models_serve_answers_invocations(trained: tuple[Path, object], tmp_path: Path) -> None:
-    store, result = trained
-    port = _free_port()
-    bin_dir = str(Path(sys.executable).parent)  # serve starts `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = tmp_path / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    # `running` stops the whole process group (mlflow and the uvicorn it starts) however the test ends.
-    with running([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"runs:/{result.run_id}/pyfunc",
-                  "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"], log, env=env, cwd=tmp_path,
-                 ready=answers(f"{url}/ping"), what=f"mlflow models serve to answer GET {url}/ping"):
-        body = {"dataframe_records": [{"user_id": 1, "k": 3}, {"items": [1, 2, 3], "k": 2}]}
-        response = httpx.post(f"{url}/invocations", json=body, timeout=30)
-        assert response.status_code == 200, response.text
-        rows = response.json()["predictions"]
-        rec = Recommender.load(result.model_dir)
-        assert [r["item_id"] for r in rows if r["query"] == 0] == [r.item_id for r in rec.recommend(user=1, k=3)]
-        assert [r["rank"] for r in rows if r["query"] == 1] == [1, 2]
+# `mlflow models serve` of the registered version: test_mlflow_registry.py
