@@ -547,9 +547,10 @@ def _shortened(text: str, width: int) -> str:
 def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser(
         "serve",
-        help="serve a saved model over HTTP (POST /recommend, /recommend/batch; GET /health)",
+        help="serve a saved model over HTTP (POST /recommend, /recommend/batch, /events; GET /health)",
         description="Serve recommendations from a saved model over HTTP with FastAPI and uvicorn. Endpoints: "
-        "POST /recommend, POST /recommend/batch, GET /health, GET /items/{item_id}; the OpenAPI description "
+        "POST /recommend, POST /recommend/batch, POST /events (with --history-store), GET /health, "
+        "GET /items/{item_id}; the OpenAPI description "
         "is at /openapi.json and interactive docs at /docs.",
         formatter_class=_formatter,
     )

@@ -163,3 +163,15 @@ def test_a_file_that_is_not_a_store_is_a_one_line_error(tmp_path: Path) -> None:
         HistoryStore(tmp_path / "notes.db")
     with pytest.raises(ConfigError, match="no history store there"):
         HistoryStore(tmp_path / "absent.db", create=False)
+
+
+def test_serve_and_recommend_refuse_store_options_that_cannot_work(model_dir: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from recsys.cli import main
+
+    store = tmp_path / "events.db"
+    assert main(["serve", "--model", str(model_dir), "--history-store", str(store), "--history-max-per-user", "4"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --history-max-per-user 4 is shorter than the model's max_len "
+                                              "8: keep at least as many events as it reads")
+    assert main(["recommend", "--model", str(model_dir), "--items", "100", "--history-store", str(store)]) == 2
+    assert "--history-store goes with --user" in capsys.readouterr().err
