@@ -313,9 +313,23 @@ class GroupCommit:
             self.store.append([event for events, _ in group for event in events])
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error and answers it
             for _, future in group:
-                future.set_exception(exc)
+                _settle(future, None, exc)
             return
         self.commits += 1
         self.events += sum(len(events) for events, _ in group)
         for events, future in group:
-            future.set_result(len(events))
+            _settle(future, len(events), None)
+
+
+def _settle(future: concurrent.futures.Future[int], count: int | None, error: Exception | None) -> None:
+    """Answer a waiting request; one that was cancelled meanwhile (its client went away: its events may or may
+    not be in, it was never acknowledged) is skipped, since setting a cancelled future raises."""
+    if future.cancelled():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(count)  # type: ignore[arg-type]
+    except concurrent.futures.InvalidStateError:  # cancelled between the check and the call
+        pass

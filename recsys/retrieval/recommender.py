@@ -5,6 +5,9 @@
     rec.recommend(history=[1, 260, 1196], k=10)                  # any sequence of original item ids, oldest first
     rec.recommend_batch(users=[1, 2, 3], k=10)                   # one list per user, same as one call each
 
+With a history store (`Recommender.load(..., history_store=PATH)`, `use_history_store`), a user's history is
+their saved one followed by their live events (`recsys.history_store`), and users only the store knows are known.
+
 Results are lists of `Recommendation(item_id, title, score)`, best first: `item_id` is the original id,
 `title` None where the item table has none, `score` the inner product `user_vector . item_vector`.
 
@@ -260,7 +263,7 @@ class Recommender:
                 times = [self._history_times.get(idx) for idx in indices]
                 live: list[int] = []
             else:
-                indices, sequences, times, live = self._live_histories(users)
+                indices, sequences, times, live = self._live_histories(self.history_store, users)
             if self._user_vectors is not None and len(users) and (ats is None or not self._model.uses_timestamps):
                 queries = self._user_vectors[indices]  # a copy; row 0 (zeros) for users only the store knows
                 if live:  # their precomputed vector predates their events: encode them afresh
@@ -313,7 +316,7 @@ class Recommender:
         self._check_loaded()
         if self.history_store is None:
             return [self._item_ids[idx] for idx in self._history_of(user)]
-        _, (sequence,), _, _ = self._live_histories([user])
+        _, (sequence,), _, _ = self._live_histories(self.history_store, [user])
         return [self._item_ids[idx] for idx in sequence]
 
     def known_item_id(self, item_id: Any) -> Any:
@@ -501,20 +504,19 @@ class Recommender:
             raise UnknownIdError(f"user_id {user!r} is not a known user of this model ({self.n_users} users)")
         return int(idx)
 
-    def _live_histories(self, users: Sequence[Any]) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None],
-                                                              list[int]]:
+    def _live_histories(self, store: HistoryStore, users: Sequence[Any]) -> tuple[
+            list[int], list[np.ndarray], list[np.ndarray | None], list[int]]:
         """(user_idx, 0 for users only the store knows; history item_idx; their timestamps or None; the rows
-        with stored events) of `users`: the saved history followed by the stored events."""
-        assert self.history_store is not None
+        with stored events) of `users`: the saved history followed by the events in `store`."""
         keys = [self._store_key(user) for user in users]
-        stored = self.history_store.recent(keys)
+        stored = store.recent(keys)
         indices, sequences, times, live = [], [], [], []
         for row, (user, key) in enumerate(zip(users, keys)):
             idx = self._user_idx_or_none(user)
             events = stored.get(key)
             if idx is None and events is None:
                 raise UnknownIdError(f"user_id {user!r} is neither a user of this model ({self.n_users} users) nor "
-                                     f"in the history store {self.history_store.path}")
+                                     f"in the history store {store.path}")
             saved = self._histories.get(idx, np.empty(0, dtype=np.int64)) if idx is not None else np.empty(0, np.int64)
             saved_times = self._history_times.get(idx) if idx is not None else np.empty(0)
             new, new_times = self._known_events(events)

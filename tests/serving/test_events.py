@@ -175,3 +175,22 @@ def test_serve_and_recommend_refuse_store_options_that_cannot_work(model_dir: Pa
                                               "8: keep at least as many events as it reads")
     assert main(["recommend", "--model", str(model_dir), "--items", "100", "--history-store", str(store)]) == 2
     assert "--history-store goes with --user" in capsys.readouterr().err
+
+
+def test_stored_timestamps_reach_a_model_that_reads_time(tmp_path: Path) -> None:
+    from tests.retrieval.test_time_path import HISTORIES as TIMED, TIMES, time_aware_saved_model
+
+    rec = Recommender.load(save_model(time_aware_saved_model(), tmp_path / "model"))
+    store = HistoryStore(tmp_path / "events.db")
+    rec.use_history_store(store)
+    new_times = [float(TIMES[7][-1] + 3600), float(TIMES[7][-1] + 7200)]
+    store.append([Event("7", "9", new_times[0]), Event("7", "10", new_times[1]), Event("new", "11", 5.0e6)])
+    at = new_times[-1] + 60
+    saved_times = [float(t) for t in TIMES[7]]
+    # ATOL as test_time_path: float32 inner products through FAISS; the same vectors on both sides
+    for user, items, times in (("7", TIMED[7] + [9, 10], saved_times + new_times), ("new", [11], [5.0e6])):
+        got = rec.recommend(user=user, k=5, at=at)
+        want = rec.recommend(history=items, timestamps=times, at=at, k=5)
+        assert [r.item_id for r in got] == [r.item_id for r in want]
+        assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-4)
+    store.close()
