@@ -194,3 +194,25 @@ def test_stored_timestamps_reach_a_model_that_reads_time(tmp_path: Path) -> None
         assert [r.item_id for r in got] == [r.item_id for r in want]
         assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-4)
     store.close()
+
+
+def test_a_store_held_by_another_writer_past_the_timeout_is_a_503_with_nothing_stored(model_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    import sqlite3
+
+    rec = Recommender.load(model_dir)
+    store = HistoryStore(tmp_path / "events.db", HistoryStoreConfig(max_per_user=MAX_LEN, busy_timeout_s=0.2))
+    rec.use_history_store(store)
+    other = sqlite3.connect(tmp_path / "events.db", isolation_level=None)  # another process's writer, say
+    with app_in_thread(create_app(rec), http=JSONFramingErrors) as url:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        response = httpx.post(f"{url}/events", json={"user_id": 1, "item_id": 100}, timeout=30)
+        other.execute("ROLLBACK")
+        assert response.status_code == 503, response.text
+        assert "could not store 1 events (database is locked)" in response.text and "\n" not in response.text
+        assert store.count() == 0
+        # the lock gone, the same server takes events again
+        assert httpx.post(f"{url}/events", json={"user_id": 1, "item_id": 100}, timeout=30).status_code == 200
+    assert store.count() == 1
+    other.close()
+    store.close()
