@@ -465,6 +465,10 @@ def add_recommend_command(commands: argparse._SubParsersAction) -> None:  # type
                            "model's evaluation.exclude_seen says, left out unless it was trained for repeats)")
     recommend.add_argument("--on-unknown", choices=("skip", "error"), default="skip",
                            help="item ids the model does not know: skip them (with a warning) or fail")
+    recommend.add_argument("--history-store", metavar="PATH", default=None,
+                           help="with --user: add the user's live events from this history store (the SQLite "
+                           "file of recsys serve --history-store) to their saved history; users only it knows "
+                           "work too")
     recommend.set_defaults(handler=run_recommend)
 
 
@@ -475,7 +479,10 @@ def run_recommend(args: argparse.Namespace) -> int:
     from recsys.errors import ConfigError
     from recsys.retrieval.recommender import Recommender
 
-    rec = Recommender.load(args.model, index=args.index, tracking_uri=args.tracking_uri)
+    if args.history_store is not None and args.user is None:
+        raise ConfigError("--history-store goes with --user: it holds users' events, not a list of items")
+    rec = Recommender.load(args.model, index=args.index, tracking_uri=args.tracking_uri,
+                           history_store=args.history_store)
     skipped: list[object] = []
     if args.user is not None:
         if args.timestamps is not None:
@@ -541,9 +548,10 @@ def _shortened(text: str, width: int) -> str:
 def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser(
         "serve",
-        help="serve a saved model over HTTP (POST /recommend, /recommend/batch; GET /health)",
+        help="serve a saved model over HTTP (POST /recommend, /recommend/batch, /events; GET /health)",
         description="Serve recommendations from a saved model over HTTP with FastAPI and uvicorn. Endpoints: "
-        "POST /recommend, POST /recommend/batch, GET /health, GET /items/{item_id}; the OpenAPI description "
+        "POST /recommend, POST /recommend/batch, POST /events (with --history-store), GET /health, "
+        "GET /items/{item_id}; the OpenAPI description "
         "is at /openapi.json and interactive docs at /docs.",
         formatter_class=_formatter,
     )
@@ -564,6 +572,14 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
                        help="threads running batches through the model")
     serve.add_argument("--threads", type=_positive, default=defaults.threads, metavar="N",
                        help="torch intra-op threads per worker (1: requests in parallel are the parallelism)")
+    history = _history_defaults()
+    serve.add_argument("--history-store", metavar="PATH", default=None,
+                       help="keep live histories in this SQLite file (created if missing): POST /events appends "
+                       "to a user's history, durably, and the next /recommend for them reads it")
+    serve.add_argument("--history-max-per-user", type=_positive, default=history.max_per_user, metavar="N",
+                       help="newest events kept per user (at least the model's max_len)")
+    serve.add_argument("--history-max-events", type=_positive, default=history.max_events, metavar="N",
+                       help="most events kept in the store; beyond it the oldest are deleted")
     serve.set_defaults(handler=run_serve)
 
 
@@ -571,6 +587,12 @@ def _batching_defaults():  # type: ignore[no-untyped-def]
     from recsys.serving.batching import BatchingConfig  # light: dataclasses only until a batch runs
 
     return BatchingConfig()
+
+
+def _history_defaults():  # type: ignore[no-untyped-def]
+    from recsys.history_store import HistoryStoreConfig  # light: sqlite3 and dataclasses
+
+    return HistoryStoreConfig()
 
 
 def _positive(text: str) -> int:
@@ -608,12 +630,15 @@ def run_serve(args: argparse.Namespace) -> int:
     """`recsys serve`: load the model, then serve it until interrupted."""
     from recsys.serving.http import serve
 
+    from recsys.history_store import HistoryStoreConfig
     from recsys.serving.batching import BatchingConfig
 
     batching = BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms, workers=args.workers,
                               threads=args.threads)
+    history = HistoryStoreConfig(max_per_user=args.history_max_per_user, max_events=args.history_max_events)
     serve(args.model, host=args.host, port=args.port, index=args.index, tracking_uri=args.tracking_uri,
-          precompute_users=args.precompute_users, compile=args.compile, batching=batching)
+          precompute_users=args.precompute_users, compile=args.compile, batching=batching,
+          history_store=args.history_store, history=history)
     return 0
 
 

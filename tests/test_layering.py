@@ -9,6 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "recsys"
 LAYERS = {
     "recsys": 0, "recsys.errors": 0, "recsys.config": 0, "recsys.cpus": 0, "recsys.durable": 0,
+    "recsys.history_store": 0,
     "recsys.data": 1,
     "recsys.models": 2,
     "recsys.saved_model": 3, "recsys.run_config": 3,

@@ -5,6 +5,9 @@
     rec.recommend(history=[1, 260, 1196], k=10)                  # any sequence of original item ids, oldest first
     rec.recommend_batch(users=[1, 2, 3], k=10)                   # one list per user, same as one call each
 
+With a history store (`Recommender.load(..., history_store=PATH)`, `use_history_store`), a user's history is
+their saved one followed by their live events (`recsys.history_store`), and users only the store knows are known.
+
 Results are lists of `Recommendation(item_id, title, score)`, best first: `item_id` is the original id,
 `title` None where the item table has none, `score` the inner product `user_vector . item_vector`.
 
@@ -44,7 +47,8 @@ import torch
 
 from recsys.data import schema
 from recsys.durable import folder_beside, publish_folder
-from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, UnknownIdError
+from recsys.errors import InvalidRequestError, ModelLoadError, NotFittedError, RecsysError, UnknownIdError
+from recsys.history_store import HistoryStore, user_key
 from recsys.models.base import SequenceModel
 from recsys.retrieval.index import IndexConfig, as_index_config, load_or_build, top_k_filtered
 from recsys.saved_model import FORMAT_VERSION, SavedModel, build_saved_model, load_model_files, read_manifest
@@ -98,13 +102,16 @@ class Recommender:
         """Whether batches of COMPILED_MIN_BATCH or more histories are encoded compiled (load(...,
         compile=True) and torch.compile worked)."""
         self._user_vectors: np.ndarray | None = None  # [n_users + 1, hidden] once precompute_user_vectors ran
+        self.history_store: HistoryStore | None = None
+        """Where users' live events are read from (`use_history_store`); None: saved histories only."""
 
     # -- loading ------------------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path_or_uri: str | Path, index: str | IndexConfig = "flat", device: str = "cpu",
              tracking_uri: str | None = None, cache_dir: str | Path | None = None,
-             save_index: bool = True, compile: bool = False) -> "Recommender":
+             save_index: bool = True, compile: bool = False,
+             history_store: str | Path | HistoryStore | None = None) -> "Recommender":
         """Load a saved model: a directory, `runs:/<run_id>/<path>` or `models:/<name>/<version|alias>`.
 
         MLflow URIs are downloaded into `cache_dir` (default: $RECSYS_CACHE or ~/.cache/recsys, under
@@ -114,6 +121,7 @@ class Recommender:
         `compile=True` compiles the encoder with torch.compile (`recsys.retrieval.compiled`): a one-off 5-25 s
         at load for faster encoding of batches on a CPU (1.3-1.7x); smaller batches and single queries run
         eagerly anyway (COMPILED_MIN_BATCH). Worth it for a server or many users, not for one query.
+        `history_store`: read users' live events from it (see `use_history_store`); a path must exist.
         Raises ModelLoadError for a missing, corrupt or incompatible model (or a failed download).
         """
         directory = resolve_model_dir(path_or_uri, tracking_uri=tracking_uri, cache_dir=cache_dir)
@@ -122,7 +130,20 @@ class Recommender:
         rec = cls.from_saved(saved, index=index, device=device, directory=directory, save_index=save_index,
                              compile=compile)
         rec.format_version = int(manifest["format_version"])
+        if history_store is not None:
+            rec.use_history_store(history_store)
         return rec
+
+    def use_history_store(self, store: str | Path | HistoryStore | None) -> None:
+        """Read users' live events from `store` (a HistoryStore, or the path of an existing one; None: stop).
+        A user's history is then their saved history (if the model knows them) followed by their stored
+        events (`recsys.history_store`), read at every request, so a user the model never saw is
+        known once they have events; stored items this model does not know are left out. A precomputed
+        vector is used only for a user with no stored events."""
+        self._check_loaded()
+        if store is not None and not isinstance(store, HistoryStore):
+            store = HistoryStore(store, create=False)
+        self.history_store = store
 
     @classmethod
     def from_saved(cls, saved: SavedModel, index: str | IndexConfig = "flat", device: str = "cpu",
@@ -236,11 +257,18 @@ class Recommender:
             if timestamps is not None:
                 raise InvalidRequestError("timestamps go with histories; a known user's come from the saved model")
             names = [f"user {user!r}" for user in users]
-            indices = [self._user_index(user) for user in users]
-            sequences = [self._history_of(user) for user in users]
-            times = [self._history_times.get(idx) for idx in indices]
+            if self.history_store is None:
+                indices = [self._user_index(user) for user in users]
+                sequences = [self._history_of(user) for user in users]
+                times = [self._history_times.get(idx) for idx in indices]
+                live: list[int] = []
+            else:
+                indices, sequences, times, live = self._live_histories(self.history_store, users)
             if self._user_vectors is not None and len(users) and (ats is None or not self._model.uses_timestamps):
-                queries = self._user_vectors[indices]
+                queries = self._user_vectors[indices]  # a copy; row 0 (zeros) for users only the store knows
+                if live:  # their precomputed vector predates their events: encode them afresh
+                    queries[live] = self._encode([sequences[row] for row in live], [times[row] for row in live],
+                                                 None if ats is None else ats[live])
         else:
             rows = list(histories or [])
             if timestamps is not None and len(timestamps) != len(rows):
@@ -260,7 +288,8 @@ class Recommender:
     def precompute_user_vectors(self) -> None:
         """Encode every known user's saved history once and keep the vectors [n_users, hidden] in memory
         (4 bytes x hidden per user), so that `recommend(user=...)` only searches. Histories in a model
-        directory never change, so the vectors stay valid for the Recommender's life."""
+        directory never change, so the vectors stay valid for the Recommender's life; a user with events in
+        the history store (`use_history_store`) is encoded afresh instead, at every request."""
         self._check_loaded()
         users = sorted(self._histories)
         vectors = np.zeros((max(self._user_idx.values(), default=0) + 1, self._vectors.shape[1]), dtype=np.float32)
@@ -282,9 +311,19 @@ class Recommender:
         return [position for position, item in enumerate(item_ids) if self._lookup_item(item) is not None]
 
     def history(self, user: Any) -> list[Any]:
-        """The saved history of a known user as original item ids, oldest first; UnknownIdError otherwise."""
+        """A known user's history as original item ids, oldest first: the saved one, followed by their stored
+        events when a history store is in use; UnknownIdError for a user neither knows."""
         self._check_loaded()
-        return [self._item_ids[idx] for idx in self._history_of(user)]
+        if self.history_store is None:
+            return [self._item_ids[idx] for idx in self._history_of(user)]
+        _, (sequence,), _, _ = self._live_histories(self.history_store, [user])
+        return [self._item_ids[idx] for idx in sequence]
+
+    def known_item_id(self, item_id: Any) -> Any:
+        """The catalogue's own spelling of `item_id` (42 for "42" in an integer catalogue), None if unknown."""
+        self._check_loaded()
+        idx = self._lookup_item(item_id)
+        return None if idx is None else self._item_ids[idx]
 
     def item(self, item_id: Any) -> dict[str, Any]:
         """The item table's row for an original item id (item_id, title, year, genres, ...); UnknownIdError."""
@@ -295,6 +334,12 @@ class Recommender:
         rows = self._items_table.filter(self._items_table[schema.ITEM_IDX] == idx).to_dicts()
         row = rows[0] if rows else {}
         return {"item_id": self._item_ids[idx], **{k: v for k, v in row.items() if k != schema.ITEM_IDX}}
+
+    @property
+    def max_len(self) -> int:
+        """The most history items the model reads (its config's model.max_len): older ones are cut off."""
+        self._check_loaded()
+        return self._max_len
 
     @property
     def index_kind(self) -> str:
@@ -458,6 +503,56 @@ class Recommender:
         if idx is None:
             raise UnknownIdError(f"user_id {user!r} is not a known user of this model ({self.n_users} users)")
         return int(idx)
+
+    def _live_histories(self, store: HistoryStore, users: Sequence[Any]) -> tuple[
+            list[int], list[np.ndarray], list[np.ndarray | None], list[int]]:
+        """(user_idx, 0 for users only the store knows; history item_idx; their timestamps or None; the rows
+        with stored events) of `users`: the saved history followed by the events in `store`."""
+        keys = [self._store_key(user) for user in users]
+        stored = store.recent(keys)
+        indices, sequences, times, live = [], [], [], []
+        for row, (user, key) in enumerate(zip(users, keys)):
+            idx = self._user_idx_or_none(user)
+            events = stored.get(key)
+            if idx is None and events is None:
+                raise UnknownIdError(f"user_id {user!r} is neither a user of this model ({self.n_users} users) nor "
+                                     f"in the history store {store.path}")
+            saved = self._histories.get(idx, np.empty(0, dtype=np.int64)) if idx is not None else np.empty(0, np.int64)
+            saved_times = self._history_times.get(idx) if idx is not None else np.empty(0)
+            new, new_times = self._known_events(events)
+            if len(saved) + len(new) == 0:
+                why = f" and none of their {len(events.items)} stored events is an item of this model" if events else ""
+                raise InvalidRequestError(f"history is empty: user_id {user!r} has no saved history{why}")
+            indices.append(idx or 0)
+            sequences.append(np.concatenate([saved, new]) if len(new) else saved)
+            # a saved history without times (older model files) leaves the whole history without them
+            times.append(None if saved_times is None and len(saved) else
+                         np.concatenate([saved_times if saved_times is not None else np.empty(0), new_times]))
+            if len(new):
+                live.append(row)
+        return indices, sequences, times, live
+
+    def _known_events(self, events: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(item_idx, timestamps) of the stored events whose items this model knows."""
+        if events is None:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        mapped = [self._lookup_item(item) for item in events.items]
+        keep = [pos for pos, idx in enumerate(mapped) if idx is not None]
+        return (np.asarray([mapped[pos] for pos in keep], dtype=np.int64),
+                np.asarray([events.timestamps[pos] for pos in keep], dtype=np.float64))
+
+    @staticmethod
+    def _store_key(user: Any) -> str:
+        try:
+            return user_key(user)
+        except RecsysError:
+            raise UnknownIdError(f"user_id {user!r} is not a user id (an integer or a string)") from None
+
+    def _user_idx_or_none(self, user: Any) -> int | None:
+        try:
+            return self._user_index(user)
+        except UnknownIdError:
+            return None
 
     def _history_of(self, user: Any) -> np.ndarray:
         history = self._histories.get(self._user_index(user))

@@ -10,7 +10,11 @@ Endpoints (JSON; OpenAPI description at /openapi.json, interactive docs at /docs
 
 Timestamps (seconds) and `at` (when the recommendation is asked for; absent: no time context) matter to models
 that read time; other models accept and ignore them.
-    GET  /health           status, model name, n_items, n_users, format version, index kind
+    POST /events           {"user_id": "u1", "item_id": 260, "timestamp": 1700000000} or {"events": [{...}, ...]}
+                           (timestamp optional: the server's clock), optional "on_unknown": "error"|"skip"
+                           -> {"stored": n, "skipped_items": [...]}, once the events are durably stored
+                           (with `--history-store PATH`; see recsys.history_store)
+    GET  /health           status, model name, n_items, n_users, format version, index kind, history store
     GET  /items/{item_id}  the item table's row for an item
 
 Bad requests never reach the model as a 500: pydantic rejects wrong types, unknown fields, out-of-range values
@@ -20,15 +24,21 @@ UTF-8 is 422, bodies over MAX_BODY_BYTES are refused before they are parsed (413
 cannot frame (a malformed Content-Length) is a 400 with a JSON detail and the connection closed, as RFC 9112
 (section 6.3) requires. A 500 means a bug: it is logged with its traceback and answered with a generic message.
 
-Concurrent recommendation requests are gathered and encoded as one batch (`recsys.serving.batching`).
+Concurrent recommendation requests are gathered and encoded as one batch (`recsys.serving.batching`);
+concurrent POST /events are committed as one transaction (`recsys.history_store.GroupCommit`). An
+event for an item the model does not know is a 422 naming it, and nothing of that request is stored (or, with
+"on_unknown": "skip", it is left out and listed); a store that cannot take the write (another process held it
+past its busy timeout, a full disk) is a 503, and nothing of that request is stored.
 Interactive docs (/docs) are served from the swagger-ui-bundle package: they work offline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import time
 from typing import Annotated, Any, Literal
 
 from collections.abc import AsyncIterator
@@ -43,7 +53,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from recsys.errors import RecsysError, UnknownIdError
+from recsys.errors import ConfigError, DataError, InvalidRequestError, RecsysError, UnknownIdError
+from recsys.history_store import Event, GroupCommit, HistoryStore, HistoryStoreConfig, check_timestamp, user_key
 from recsys.retrieval.recommender import Recommendation, Recommender
 from recsys.serving.batching import Batcher, BatchingConfig, Query
 
@@ -53,6 +64,7 @@ MAX_K = 1000
 MAX_ITEMS = 1000  # per history, allow and deny list
 MAX_BATCH = 256  # queries per batch request
 MAX_BODY_BYTES = 1 << 20
+MAX_EVENTS = 1000  # per POST /events
 
 ItemId = StrictInt | Annotated[StrictStr, Field(max_length=200)]
 ItemList = Annotated[list[ItemId], Field(max_length=MAX_ITEMS)]
@@ -103,6 +115,45 @@ class BatchRequest(Options):
         return self
 
 
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: ItemId = Field(description="the user's original id: any id, known to the model or not")
+    item_id: ItemId = Field(description="an item of the model's catalogue")
+    timestamp: Seconds | None = Field(None, description="when it happened, Unix seconds (absent: the server's "
+                                      "clock); at most a day after the server's clock")
+
+
+class EventsRequest(BaseModel):
+    """One event (user_id, item_id, timestamp at the top level) or many ("events")."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: ItemId | None = None
+    item_id: ItemId | None = None
+    timestamp: Seconds | None = None
+    events: Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS)] | None = None
+    on_unknown: Literal["skip", "error"] = Field("error", description="events for unknown items: 422 naming "
+                                                 "the item (nothing stored), or leave them out")
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> "EventsRequest":
+        single = (self.user_id, self.item_id, self.timestamp) != (None, None, None)
+        if single == (self.events is not None):
+            raise ValueError("give either user_id and item_id (and timestamp) of one event, or events: [...]")
+        if single and (self.user_id is None or self.item_id is None):
+            raise ValueError("an event needs both user_id and item_id")
+        return self
+
+    def all_events(self) -> list[EventIn]:
+        if self.events is not None:
+            return self.events
+        return [EventIn(user_id=self.user_id, item_id=self.item_id, timestamp=self.timestamp)]  # type: ignore[arg-type]
+
+
+class EventsResponse(BaseModel):
+    stored: int
+    skipped_items: list[ItemId]
+
+
 class ItemOut(BaseModel):
     item_id: ItemId
     title: str | None
@@ -134,6 +185,8 @@ class Health(BaseModel):
     index: str
     compiled: bool
     """Whether the encoder runs compiled (`recsys serve --compile` and torch.compile worked)."""
+    history_store: str | None = None
+    """The history store's path (`recsys serve --history-store`), None without one."""
 
 
 class SafeJSONResponse(JSONResponse):
@@ -156,21 +209,29 @@ SWAGGER_STATIC = "/docs/static"
 
 def create_app(recommender: Recommender, batching: BatchingConfig | None = None) -> FastAPI:
     """The FastAPI app serving `recommender` (loaded); recommendation requests go through a `Batcher` with
-    `batching` (default BatchingConfig()), started and stopped with the app."""
+    `batching` (default BatchingConfig()), started and stopped with the app. With a history store in use
+    (`recommender.use_history_store`), POST /events writes to it through a `GroupCommit`."""
     batcher = Batcher(recommender, batching)
+    store = recommender.history_store
+    writer = GroupCommit(store) if store is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        if writer is not None:
+            writer.start()
         try:
             yield
         finally:
+            if writer is not None:
+                writer.stop()
             batcher.stop()
 
     app = FastAPI(title="recsys", version="1", description="Next-item recommendations from a saved recsys model.",
                   docs_url=None, redoc_url=None, default_response_class=SafeJSONResponse, lifespan=lifespan)
     app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)
     app.state.batcher = batcher
+    app.state.events_writer = writer
     name = recommender.model_name
     _add_offline_docs(app)
 
@@ -178,7 +239,7 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
     def health() -> Health:
         return Health(status="ok", model=name, n_items=recommender.n_items, n_users=recommender.n_users,
                       format_version=recommender.format_version, index=recommender.index_kind,
-                      compiled=recommender.compiled)
+                      compiled=recommender.compiled, history_store=None if store is None else str(store.path))
 
     # Handlers return the JSON themselves (response_model only documents it): validating our own output
     # through pydantic again cost more per request than encoding it.
@@ -209,6 +270,20 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
         return SafeJSONResponse({"results": [{"items": _items(r), "skipped_items": s} for r, s in zip(results, skipped)],
                                  "model": name})
 
+    @app.post("/events", response_model=EventsResponse, responses={
+        422: {"description": "invalid events: an unknown item, a bad timestamp, wrong types; nothing stored"},
+        503: {"description": "the history store could not take the write; nothing stored"}})
+    async def events(request: EventsRequest) -> SafeJSONResponse:
+        if writer is None:
+            raise InvalidRequestError("this server keeps no live histories: start it with --history-store PATH")
+        stored, skipped = _events(recommender, request.all_events(), request.on_unknown)
+        if stored:
+            try:
+                await asyncio.wrap_future(writer.submit(stored))
+            except DataError as exc:
+                return SafeJSONResponse(status_code=503, content={"detail": str(exc)})
+        return SafeJSONResponse({"stored": len(stored), "skipped_items": skipped})
+
     @app.get("/items/{item_id}", responses={404: {"description": "unknown item"}})
     def item(item_id: str) -> dict[str, Any]:
         return recommender.item(item_id)
@@ -237,13 +312,21 @@ def _add_offline_docs(app: FastAPI) -> None:
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "flat",
           tracking_uri: str | None = None, precompute_users: bool = False, compile: bool = False,
-          batching: BatchingConfig | None = None) -> None:
+          batching: BatchingConfig | None = None, history_store: str | None = None,
+          history: HistoryStoreConfig | None = None) -> None:
     """Load `model` (a directory or an MLflow URI) and serve it until interrupted; with `precompute_users`
     every known user is encoded at start-up (see `Recommender.precompute_user_vectors`); `compile` as in
-    `Recommender.load`; `batching` as in `create_app`."""
+    `Recommender.load`; `batching` as in `create_app`; `history_store`: the SQLite file POST /events writes
+    and recommendations read (created if missing), with the retention `history`."""
     import uvicorn
 
     recommender = Recommender.load(model, index=index, tracking_uri=tracking_uri, compile=compile)
+    if history_store is not None:
+        config = history or HistoryStoreConfig()
+        if config.max_per_user < recommender.max_len:
+            raise ConfigError(f"--history-max-per-user {config.max_per_user} is shorter than the model's "
+                                      f"max_len {recommender.max_len}: keep at least as many events as it reads")
+        recommender.use_history_store(HistoryStore(history_store, config))
     if precompute_users:
         recommender.precompute_user_vectors()
     uvicorn.run(create_app(recommender, batching), host=host, port=port, log_level="info", http=JSONFramingErrors)
@@ -287,6 +370,26 @@ def _history(recommender: Recommender, items: list[Any], timestamps: list[float]
         kept = recommender.known_positions(items)
         timestamps = [timestamps[position] for position in kept]
     return known, timestamps, unknown
+
+
+def _events(recommender: Recommender, events: list[EventIn], on_unknown: str) -> tuple[list[Event], list[Any]]:
+    """(the events to store, ids as the catalogue spells them; the unknown items left out); DataError (a 422)
+    naming the first unknown item (on_unknown="error") or bad timestamp, by its position in the request."""
+    now = time.time()
+    out: list[Event] = []
+    skipped: list[Any] = []
+    for position, event in enumerate(events):
+        name = f"events[{position}]" if len(events) > 1 else "the event"
+        item = recommender.known_item_id(event.item_id)
+        if item is None:
+            if on_unknown == "error":
+                raise DataError(f"{name}: item_id {event.item_id!r} is not in the model's catalogue "
+                                f"({recommender.n_items} items); nothing was stored")
+            skipped.append(event.item_id)
+            continue
+        stamp = now if event.timestamp is None else check_timestamp(event.timestamp, name, now)
+        out.append(Event(user_key(event.user_id), str(item), stamp))
+    return out, skipped
 
 
 def _items(recs: list[Recommendation]) -> list[dict[str, Any]]:

@@ -44,7 +44,8 @@ def test_health(client: httpx.Client) -> None:
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "model": "sasrec", "n_items": 30, "n_users": 5,
-                               "format_version": 1, "index": "flat", "compiled": False}
+                               "format_version": 1, "index": "flat", "compiled": False,
+                               "history_store": None}
 
 
 def test_recommend_by_user_equals_the_python_api(client: httpx.Client, rec: Recommender) -> None:

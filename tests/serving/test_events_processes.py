@@ -1,0 +1,184 @@
+"""Live histories across real `recsys serve` processes: acknowledged events survive SIGKILL and a restart, and
+two servers writing one SQLite history store lose nothing; `recsys recommend --history-store` reads it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recsys.cli import main
+from recsys.history_store import Event, HistoryStore
+from recsys.retrieval import Recommender
+from recsys.saved_model import save_model
+from tests.processes import TEST_TIMEOUT_S, answers, has_exited, running, wait_until
+from tests.reliability.conftest import cli_command, cli_env
+from tests.retrieval.conftest import HISTORIES, ITEM_IDS, tiny_saved_model
+
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_model(tiny_saved_model(), tmp_path_factory.mktemp("events") / "model")
+
+
+@pytest.fixture(scope="module")
+def plain(model_dir: Path) -> Recommender:
+    return Recommender.load(model_dir)
+
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_args(model_dir: Path, store: Path, port: int) -> list[str]:
+    return cli_command("serve", "--model", str(model_dir), "--port", str(port), "--history-store", str(store),
+                       "--history-max-per-user", "100000")
+
+
+def wait_gone(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until the killed `process` has ended (not reaped: `stop` still signals its group safely)."""
+    deadline = time.monotonic() + timeout
+    while not has_exited(process):
+        assert time.monotonic() < deadline, f"the server (pid {process.pid}) outlived SIGKILL by {timeout:.0f} s"
+        time.sleep(0.05)  # polling for the exit, which SIGKILL makes imminent
+
+
+class Writer:
+    """A client thread posting events of its own user (timestamps 0, 1, 2, ...: each event's identity) until
+    told to stop or the server goes away; `acknowledged` holds the timestamps answered 200."""
+
+    def __init__(self, url: str, user: str, per_post: int) -> None:
+        self.url, self.user, self.per_post = url, user, per_post
+        self.acknowledged: list[float] = []
+        self.failure: str | None = None
+        """An answer other than 200 (a thread's assert would be lost): the test checks it."""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            n = 0
+            while not self.stop.is_set():
+                times = [float(n + i) for i in range(self.per_post)]
+                body = {"events": [{"user_id": self.user, "item_id": 100, "timestamp": t} for t in times]}
+                try:
+                    response = client.post("/events", json=body)
+                except httpx.TransportError:  # the server was killed: this post was never acknowledged
+                    return
+                if response.status_code != 200:
+                    self.failure = f"{response.status_code} {response.text[:300]}"
+                    return
+                self.acknowledged.extend(times)
+                n += self.per_post
+
+
+def stored_times(store: Path, users: list[str]) -> dict[str, list[float]]:
+    history = HistoryStore(store, create=False)
+    try:
+        return {user: h.timestamps for user, h in history.recent(users, limit=10**9).items()}
+    finally:
+        history.close()
+
+
+def test_acknowledged_events_survive_sigkill_and_restart(model_dir: Path, tmp_path: Path) -> None:
+    store, port = tmp_path / "events.db", free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "serve.log"
+    users = [f"k{n}" for n in range(4)]
+    with running(serve_args(model_dir, store, port), log, env=cli_env(), ready=answers(f"{url}/health"),
+                 what="recsys serve to answer /health") as process:
+        writers = [Writer(url, user, per_post=5) for user in users]
+        for writer in writers:
+            writer.thread.start()
+        wait_until(lambda: sum(len(w.acknowledged) for w in writers) >= 400 or any(w.failure for w in writers),
+                   process, log, "400 events acknowledged")
+        assert not [w.failure for w in writers if w.failure]
+        os.killpg(process.pid, signal.SIGKILL)  # mid-stream: posts are in flight
+        wait_gone(process)
+        for writer in writers:
+            writer.thread.join(timeout=120)
+            assert not writer.thread.is_alive(), "a writer did not notice the server was gone"
+    acknowledged = {w.user: w.acknowledged for w in writers}
+    found = stored_times(store, users)
+    for user in users:
+        kept = found.get(user, [])
+        assert set(acknowledged[user]) <= set(kept), f"{user}: acknowledged events lost after SIGKILL"
+        # whatever else is there was sent (in flight when the kill came: committed, never answered)
+        assert kept == [float(n) for n in range(len(kept))]
+    before = sum(len(times) for times in found.values())
+    print(f"{sum(len(v) for v in acknowledged.values())} acknowledged before SIGKILL, {before} stored")
+
+    with running(serve_args(model_dir, store, port), log, env=cli_env(), ready=answers(f"{url}/health"),
+                 what="the restarted recsys serve to answer /health") as process:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.post("/recommend", json={"user_id": "k0", "k": 3}).status_code == 200  # reads them
+            for n in range(60):  # nothing in flight at the kill: the count must be exactly the acknowledged
+                body = {"user_id": "exact", "item_id": ITEM_IDS[n % 30], "timestamp": float(n)}
+                assert client.post("/events", json=body).status_code == 200
+        os.killpg(process.pid, signal.SIGKILL)
+        wait_gone(process)
+    after = HistoryStore(store, create=False)
+    assert (after.count(), after.count("exact")) == (before + 60, 60)
+    after.close()
+
+
+def test_two_server_processes_writing_one_store_lose_nothing(model_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "events.db"
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    with running(serve_args(model_dir, store, ports[0]), tmp_path / "a.log", env=cli_env(),
+                 ready=answers(f"{urls[0]}/health"), what="server A") as a, \
+            running(serve_args(model_dir, store, ports[1]), tmp_path / "b.log", env=cli_env(),
+                    ready=answers(f"{urls[1]}/health"), what="server B"):
+        writers = [Writer(urls[n % 2], f"p{n}", per_post=3) for n in range(6)]
+        for writer in writers:
+            writer.thread.start()
+        wait_until(lambda: min(len(w.acknowledged) for w in writers) >= 60 or any(w.failure for w in writers),
+                   a, tmp_path / "a.log", "60 events acknowledged by each of 6 writers across two servers")
+        for writer in writers:
+            writer.stop.set()
+        for writer in writers:
+            writer.thread.join(timeout=120)
+        assert not [w.failure for w in writers if w.failure]
+        found = stored_times(store, [w.user for w in writers])
+        assert {w.user: w.acknowledged for w in writers} == found
+        # each server reads what the other wrote
+        for url in urls:
+            for writer in writers[:2]:
+                assert httpx.post(f"{url}/recommend", json={"user_id": writer.user, "k": 3}).status_code == 200
+
+
+def test_cli_recommend_reads_the_store(model_dir: Path, tmp_path: Path, plain: Recommender,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    store = HistoryStore(tmp_path / "events.db")
+    store.append([Event("cli-user", str(item), 1.0) for item in (200, 210, 220)])
+    store.append([Event("11", "390", 2.0)])
+    store.close()
+    recommend = ["recommend", "--model", str(model_dir), "-k", "4", "--format", "json", "--history-store",
+                 str(tmp_path / "events.db")]
+    # as a user runs it (one process, a user only the store knows), then in-process for the rest
+    out = subprocess.run(cli_command(*recommend, "--user", "cli-user"), capture_output=True, text=True,
+                         timeout=120, env=cli_env())
+    assert out.returncode == 0, out.stderr
+    assert [row["item_id"] for row in json.loads(out.stdout)["items"]] == [
+        r.item_id for r in plain.recommend(history=[200, 210, 220], k=4)]
+    assert main([*recommend, "--user", "11"]) == 0
+    assert [row["item_id"] for row in json.loads(capsys.readouterr().out)["items"]] == [
+        r.item_id for r in plain.recommend(history=HISTORIES[11] + [390], k=4)]
+    assert main(["recommend", "--model", str(model_dir), "--user", "1", "--history-store",
+                 str(tmp_path / "typo.db")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'typo.db'}: no history store there "
+                                              "(recsys serve --history-store creates one)")
+    assert not (tmp_path / "typo.db").exists()
