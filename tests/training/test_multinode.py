@@ -5,7 +5,10 @@ The two nodes share the global batches (datamodule.GlobalBatchShard), weigh thei
 average is the global batch's gradient (module._shares_of_global_batch) and split the validation users,
 adding up sums and counts (RankingAccumulator.all_reduce). Dropout is 0 and the loss is full softmax, so no
 random draw differs between the processes: the runs must agree on every metric. The tolerance, 1e-6, is the
-target's; what is left is float32 rounding of the same sums taken in another order (measured: README).
+target's: absolute for the metrics (means of float64 sums, in [0, 1]), relative for the training loss (~8.3 in
+float32, whose spacing there is 9.5e-7, and the two nodes add their halves' sums in another order). The 610
+users' windows make 7 global batches of 87 and a last one of 1, so the second node also steps once with an
+empty slice (module._zero_loss).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ CONFIG = Path(__file__).parents[1] / "configs" / "sasrec_small.yaml"
 TOLERANCE = 1e-6
 DEADLINE_S = 300  # generous: two cores shared with other work, three trainings at once
 TINY = ["data.max_history=30", "model.max_len=30", "model.hidden=32", "model.dropout=0", "trainer.max_epochs=2",
-        "trainer.batch_size=64", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.progress_bar=false"]
+        "trainer.batch_size=87", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.progress_bar=false"]
 
 
 def test_ranks_share_each_global_batch_exactly() -> None:
@@ -139,6 +142,7 @@ def test_two_nodes_over_loopback_equal_one_process(tmp_path: Path) -> None:
     assert len(compared) > 40 and alone.metrics["test_n_users"] == got["test_n_users"] == 610
     for key in compared:
         assert abs(got[key] - alone.metrics[key]) <= TOLERANCE, (key, got[key], alone.metrics[key])
+    print("largest difference of a final metric:", max(abs(got[k] - alone.metrics[k]) for k in compared))
 
     node0, node1 = logs["node 0"].read_text(), logs["node 1"].read_text()
     for epoch in (1, 2):  # each epoch's line once, from the first process, whichever node prints
@@ -157,4 +161,5 @@ def test_two_nodes_over_loopback_equal_one_process(tmp_path: Path) -> None:
         logged = client.get_metric_history(runs[0].info.run_id, key.replace("@", "_at_"))
         assert [m.step for m in logged] == [1, 2], key
         for metric, row in zip(logged, alone.history, strict=True):
-            assert abs(metric.value - row[key]) <= TOLERANCE, (key, metric.step, metric.value, row[key])
+            assert abs(metric.value - row[key]) <= TOLERANCE * max(1.0, abs(row[key])), (key, metric, row[key])
+            print(f"{key} epoch {metric.step}: {row[key]!r} one process, {metric.value!r} two nodes")
