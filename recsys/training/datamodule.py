@@ -29,6 +29,7 @@ from recsys.data.batches import (
     training_windows,
 )
 from recsys.data.dataset import Split
+from recsys.errors import ConfigError
 
 Objective = Literal["shift", "mask", "last"]
 BUCKET_BATCHES = 32  # batches per sorting chunk: enough to group lengths, few enough to stay random
@@ -178,8 +179,12 @@ class SequenceDataModule(L.LightningDataModule):
         """This process's share of the validation users (all of them in a single-process fit)."""
         assert self._valid is not None
         rank, world_size = self._process()
+        # A process without users would skip validation and leave the others waiting for its sums.
+        if len(self._valid) < world_size:
+            raise ConfigError(f"{len(self._valid)} validation users cannot be shared by {world_size} processes "
+                              "(each needs one): use fewer trainer.devices or trainer.num_nodes")
         share = torch.arange(len(self._valid)).tensor_split(world_size)[rank]
-        return self._evaluation_loader(self._valid, range(int(share[0]), int(share[-1]) + 1) if len(share) else [])
+        return self._evaluation_loader(self._valid, range(int(share[0]), int(share[-1]) + 1))
 
     def test_dataloader(self) -> DataLoader:
         return self.all_users("test")
@@ -191,7 +196,7 @@ class SequenceDataModule(L.LightningDataModule):
         assert rows is not None
         return self._evaluation_loader(rows, range(len(rows)))
 
-    def _evaluation_loader(self, rows: EvaluationRows, users: range | list[int]) -> DataLoader:
+    def _evaluation_loader(self, rows: EvaluationRows, users: range) -> DataLoader:
         return DataLoader(rows, batch_size=self.eval_batch_size, sampler=users, collate_fn=pass_through,
                           num_workers=0, generator=torch.Generator().manual_seed(self.seed))
 

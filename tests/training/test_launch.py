@@ -47,8 +47,9 @@ def test_launchers_are_told_apart_as_lightning_does() -> None:
      "trainer.num_nodes=2 x trainer.devices=2 = 4 processes, but srun started 2 (SLURM_NTASKS=2)"),
     ({"num_nodes": 2, "strategy": "ddp_spawn"}, torchrun_env(2, 1, 0),
      "trainer.strategy=ddp_spawn cannot run under torchrun"),
-    ({"strategy": "fsdp", "accelerator": "cpu"}, {}, "trainer.strategy=fsdp needs CUDA GPUs (Lightning's FSDP has no "
-                                                     "CPU mode; trainer.accelerator=cpu): on CPUs use trainer.strategy=ddp"),
+    ({"strategy": "fsdp", "accelerator": "cpu"}, {},
+     "trainer.strategy=fsdp needs CUDA GPUs (Lightning's FSDP has no CPU mode; trainer.accelerator=cpu): on CPUs use "
+     "trainer.strategy=ddp"),
 ])
 def test_a_launch_that_cannot_work_is_one_config_error(trainer: dict, env: dict, message: str) -> None:
     with pytest.raises(ConfigError) as raised:

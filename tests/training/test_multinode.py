@@ -122,7 +122,8 @@ def test_two_nodes_over_loopback_equal_one_process(tmp_path: Path) -> None:
     nodes = {f"node {rank}": [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
                               "-m", "recsys.cli", "train", "--config", str(CONFIG), *TINY, "trainer.num_nodes=2",
-                              f"tracking.output_dir={two / 'runs'}", f"tracking.tracking_uri=sqlite:///{two / 'mlflow.db'}"]
+                              f"tracking.output_dir={two / 'runs'}",
+                              f"tracking.tracking_uri=sqlite:///{two / 'mlflow.db'}"]
              for rank in (0, 1)}
     logs = {name: tmp_path / f"{name.replace(' ', '-')}.log" for name in nodes}
     processes: dict[str, subprocess.Popen] = {}
