@@ -90,8 +90,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume is not None and not last_ckpt.is_file():
         raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
-    if info.pop("failed", None) is not None and is_first_process():  # resumed after a failure: what failed is
-        replace_run_info(run_dir, info)  # in its MLflow run's tags
+    if info.pop("failed", None) is not None and is_first_process():
+        replace_run_info(run_dir, info)  # resumed after a failure: what failed is in its MLflow run's tags
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     holder: dict[str, Tracker | None] = {"tracker": None}
