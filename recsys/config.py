@@ -224,7 +224,7 @@ class TrainerConfig(ConfigModel):
     max_epochs: Positive = 200
     """Upper bound on epochs; early stopping usually ends sooner."""
     batch_size: Positive = 128
-    """Sequences per optimiser step."""
+    """Sequences per optimiser step, across all processes of a multi-process run (each takes its share)."""
     lr: Annotated[float, Field(ge=0)] = 1e-3  # 0 is allowed: weights that stay put, a test's fixed point
     """Peak learning rate of AdamW."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
@@ -265,9 +265,13 @@ class TrainerConfig(ConfigModel):
     accelerator: Literal[ACCELERATORS] = "auto"  # type: ignore[valid-type]
     """Lightning accelerator: 'cpu', 'gpu' or 'auto'."""
     devices: Positive | Literal["auto"] = 1
-    """Lightning devices: a count, or 'auto'."""
+    """Lightning devices per node: a count, or 'auto'."""
+    num_nodes: Positive = 1
+    """Machines the run spans (Lightning's num_nodes): > 1 needs a launcher that starts trainer.devices processes
+    on each node, torchrun or SLURM's srun (README 'On a cluster'); checked against WORLD_SIZE/SLURM_NTASKS."""
     strategy: Literal[STRATEGIES] = "auto"  # type: ignore[valid-type]
-    """Lightning strategy, e.g. 'ddp' (with accelerator cpu: gloo processes)."""
+    """Lightning strategy, e.g. 'ddp' (with accelerator cpu: gloo processes); 'fsdp' shards the weights and
+    optimiser state across GPUs, for item tables too large for one (CUDA only)."""
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
     """'auto' = bf16 mixed precision on a GPU that supports it, else 32-bit; or any Lightning precision string."""
     num_workers: NonNegative = 0

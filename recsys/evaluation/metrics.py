@@ -82,6 +82,9 @@ def rank_metrics(
     return _metrics_from_ranks(target_ranks(scores, targets, exclude, inplace), ks)
 
 
+_GROUPS = ("repeat_", "explore_")  # the prefixes of the repeat/explore split's sums (rule 5)
+
+
 class RankingAccumulator:
     """Streams batches of users and reports mean metrics over all of them.
 
@@ -153,6 +156,33 @@ class RankingAccumulator:
             result["repeat_share"] = self.n_repeat_users / self.n_users
             result["n_repeat_users"] = float(self.n_repeat_users)
         return result
+
+    def all_reduce(self, device: torch.device | str = "cpu", group: object | None = None) -> None:
+        """Merge the users every process of a torch.distributed group scored into each process's state: sums
+        and user counts added, each item's best top-K position the minimum over processes. Each user must
+        have been scored by exactly one process; `compute` then gives every process the means over all
+        users (a sum of per-user values over a sum of counts, never a mean of per-process means). Sums are
+        float64, so only their order differs from one process's: |difference| ~1e-16 relative. A process
+        that scored nobody still takes part. `device`: where the collective runs (a CUDA device for NCCL)."""
+        import torch.distributed as dist
+
+        keys = self._sum_keys()
+        counts = torch.tensor([self.n_users, self.n_repeat_users, int(self._split)], dtype=torch.float64)
+        sums = torch.stack([self._sums[k].to(device, torch.float64) if k in self._sums
+                            else torch.zeros((), dtype=torch.float64, device=device) for k in keys])
+        packed = torch.cat([counts.to(device), sums])
+        best = (self._best_position.to(device) if self._best_position is not None
+                else torch.full((self.n_items + 1,), self._never(), dtype=torch.int64, device=device))
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(best, op=dist.ReduceOp.MIN, group=group)
+        self.n_users, self.n_repeat_users, self._split = int(packed[0]), int(packed[1]), bool(packed[2] > 0)
+        self._sums = {k: packed[3 + i] for i, k in enumerate(keys) if self._split or not k.startswith(_GROUPS)}
+        self._best_position = best
+
+    def _sum_keys(self) -> list[str]:
+        """Every metric sum `update` can make, in a fixed order (the same on every process)."""
+        names = [f"{metric}@{k}" for k in self.ks for metric in ("hr", "ndcg", "mrr")]
+        return [prefix + name for prefix in ("", *_GROUPS) for name in names]
 
     def _update_coverage(self, masked: Tensor) -> None:
         k = min(max(self.ks), self.n_items)

@@ -47,13 +47,17 @@ def start_cooldown(run_dir: Path, first_epoch: int) -> tuple[int, Path] | None:
         warnings.warn("no validated epoch to cool down from (trainer.val_every > epochs run?): no cool-down",
                       RuntimeWarning, stacklevel=2)
         return None
-    best, last = load_checkpoint_file(folder / "best.ckpt"), load_checkpoint_file(folder / "last.ckpt")
-    start = {**last, "state_dict": best["state_dict"], "optimizer_states": best["optimizer_states"],
-             "lr_schedulers": [],
-             "callbacks": {k: v for k, v in last["callbacks"].items() if not k.startswith("EarlyStopping")}}
-    # Every process of a multi-process run writes the same file from the same two (an atomic replace each).
-    AtomicCheckpointIO().save_checkpoint(start, folder / COOLDOWN_CKPT)
-    write_run_info(run_dir, {"cooldown_first_epoch": first_epoch, "cooldown_from_epoch": int(best["epoch"])})
+    from recsys.training.launch import is_first_process
+
+    # Only the first process of a multi-process run writes; the others read the file in their fit, which
+    # loads it only once the process group has joined them all (so after this write).
+    if is_first_process():
+        best, last = load_checkpoint_file(folder / "best.ckpt"), load_checkpoint_file(folder / "last.ckpt")
+        start = {**last, "state_dict": best["state_dict"], "optimizer_states": best["optimizer_states"],
+                 "lr_schedulers": [],
+                 "callbacks": {k: v for k, v in last["callbacks"].items() if not k.startswith("EarlyStopping")}}
+        AtomicCheckpointIO().save_checkpoint(start, folder / COOLDOWN_CKPT)
+        write_run_info(run_dir, {"cooldown_first_epoch": first_epoch, "cooldown_from_epoch": int(best["epoch"])})
     return first_epoch, folder / COOLDOWN_CKPT
 
 

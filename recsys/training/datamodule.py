@@ -1,4 +1,13 @@
-"""The LightningDataModule shared by all models: training windows per objective, validation rows."""
+"""The LightningDataModule shared by all models: training windows per objective, validation rows.
+
+In a multi-process run (trainer.devices > 1, trainer.num_nodes > 1) the processes split the work without a
+DistributedSampler, whose padding repeats users and whose per-process shuffles give other batches than one
+process would: every process draws the same global order of training windows (`EpochShuffle`, a function
+of seed and epoch), cuts it into the same global batches of trainer.batch_size, and takes its own slice of each
+(`GlobalBatchShard`), so the processes together train on exactly the batches one process would. Validation
+users are split into contiguous, disjoint ranges, one per process, each user scored once; the module adds up
+the sums and counts of all processes (`RankingAccumulator.all_reduce`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from recsys.config import TrainWindows
 from recsys.data import schema
@@ -20,6 +29,7 @@ from recsys.data.batches import (
     training_windows,
 )
 from recsys.data.dataset import Split
+from recsys.errors import ConfigError
 
 Objective = Literal["shift", "mask", "last"]
 BUCKET_BATCHES = 32  # batches per sorting chunk: enough to group lengths, few enough to stay random
@@ -63,6 +73,31 @@ class EpochShuffle(Sampler[int]):
             batches.extend(part.split(self.batch_size))
         shuffled = torch.randperm(len(batches), generator=generator).tolist()
         return torch.cat([batches[i] for i in shuffled]) if batches else order
+
+
+class GlobalBatchShard(Sampler[list[int]]):
+    """This process's slice of each global batch: the order `sampler` gives is cut into batches of
+    `batch_size` (the last one shorter), as a DataLoader over one process cuts it, and process `rank` of
+    `world_size` takes the rank-th of `world_size` contiguous parts (sizes differ by at most one). A global
+    batch shorter than the number of processes leaves some processes an empty part: they step with a zero
+    loss (module.RecommenderModule), so the gradient is still the global batch's. `sampler` is an attribute
+    because Lightning calls `batch_sampler.sampler.set_epoch` before each epoch."""
+
+    def __init__(self, sampler: EpochShuffle, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)  # every process steps once per global batch
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        for batch in order.split(self.batch_size):
+            yield batch.tensor_split(self.world_size)[self.rank].tolist()
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -125,18 +160,13 @@ class SequenceDataModule(L.LightningDataModule):
         return len(self._train)
 
     def train_dataloader(self) -> DataLoader:
-        # The trainer runs with use_distributed_sampler=False (validation must see every user on every
-        # process), so multi-process training shards its windows here.
-        sampler: Sampler
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = DistributedSampler(self._train, shuffle=True, seed=self.seed)
-        else:
-            lengths = (self._train.tensors["windows"] != 0).sum(dim=1) if self.bucket_by_length else None
-            sampler = EpochShuffle(len(self._train), self.seed, lengths, self.batch_size)
+        # The trainer runs with use_distributed_sampler=False: the processes share the work here (module doc).
+        assert self._train is not None
+        lengths = (self._train.tensors["windows"] != 0).sum(dim=1) if self.bucket_by_length else None
+        order = EpochShuffle(len(self._train), self.seed, lengths, self.batch_size)
         return DataLoader(
             self._train,
-            batch_size=self.batch_size,
-            sampler=sampler,
+            batch_sampler=GlobalBatchShard(order, self.batch_size, *self._process()),
             # A loader without its own generator draws a seed from the global RNG each time an epoch
             # starts iterating, which would shift the dropout stream of a resumed run.
             generator=torch.Generator().manual_seed(self.seed),
@@ -146,14 +176,36 @@ class SequenceDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self._valid)
+        """This process's share of the validation users (all of them in a single-process fit)."""
+        assert self._valid is not None
+        rank, world_size = self._process()
+        # A process without users would skip validation and leave the others waiting for its sums.
+        if len(self._valid) < world_size:
+            raise ConfigError(f"{len(self._valid)} validation users cannot be shared by {world_size} processes "
+                              "(each needs one): use fewer trainer.devices or trainer.num_nodes")
+        share = torch.arange(len(self._valid)).tensor_split(world_size)[rank]
+        return self._evaluation_loader(self._valid, range(int(share[0]), int(share[-1]) + 1))
 
     def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self._test)
+        return self.all_users("test")
 
-    def _evaluation_loader(self, rows: EvaluationRows | None) -> DataLoader:
-        return DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False, collate_fn=pass_through,
+    def all_users(self, split: Literal["valid", "test"]) -> DataLoader:
+        """Every user of the split, whatever the processes: the final metrics, scored by the first process."""
+        self.setup()
+        rows = self._valid if split == "valid" else self._test
+        assert rows is not None
+        return self._evaluation_loader(rows, range(len(rows)))
+
+    def _evaluation_loader(self, rows: EvaluationRows, users: range) -> DataLoader:
+        return DataLoader(rows, batch_size=self.eval_batch_size, sampler=users, collate_fn=pass_through,
                           num_workers=0, generator=torch.Generator().manual_seed(self.seed))
+
+    def _process(self) -> tuple[int, int]:
+        """(global rank, number of processes) of the fit this module serves; (0, 1) outside a fit."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
 
     def _training_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         windows, times = batch["windows"], batch.get("times")

@@ -108,12 +108,36 @@ class RecommenderModule(L.LightningModule):
         if self.augmenters is not None:
             self._mclrec_step(batch)
             return None
+        shares = self._shares_of_global_batch(batch)
+        if shares is not None and not bool((batch["target"] > 0).any()):
+            return self._zero_loss()  # this process's slice of a short last batch is empty (GlobalBatchShard)
         loss = self._next_item_loss(batch)
+        if shares is not None:
+            loss = loss * shares[0].to(loss.dtype)
         if self._views is not None:
             contrastive = self._views.cl4srec_loss(*self._view_vectors(batch))
             self._log_train("train_contrastive_loss", contrastive, batch)
-            loss = loss + self.contrastive.weight * contrastive
+            loss = loss + self.contrastive.weight * contrastive * (1.0 if shares is None else shares[1].to(loss.dtype))
         return loss
+
+    def _shares_of_global_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """In a multi-process fit: world_size x this process's share of the global batch's targets and of its
+        sequences, [2]. Losses are means over this process's part; DDP (and FSDP) average the processes'
+        gradients, so each process's mean is weighted by its share to make the average the gradient of the
+        mean over the whole global batch, exactly what one process computes from the same batch (a mean of
+        per-process means would weigh a process with few targets as much as one with many). None in a
+        single-process fit, whose loss is left exactly as it was."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        local = torch.tensor([float((batch["target"] > 0).sum()), float(batch["input"].shape[0])],
+                             dtype=torch.float64, device=self.device)
+        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")
+        return local * self.trainer.world_size / total.clamp(min=1.0)
+
+    def _zero_loss(self) -> torch.Tensor:
+        """0, with a gradient (of zeros) for every trainable parameter, so that this process still takes part
+        in DDP's gradient all-reduce, adding nothing to it."""
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device))
 
     def _next_item_loss(self, batch: dict[str, torch.Tensor], log: bool = True) -> torch.Tensor:
         inputs, input_times, query_times = batch["input"], batch.get("input_times"), batch.get("query_times")
@@ -133,8 +157,7 @@ class RecommenderModule(L.LightningModule):
         loss = compute_loss(self.loss, hidden, batch["target"][has_target], items, history=history,
                             sampler=sampler)
         if log:
-            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                     batch_size=int(has_target.sum()), sync_dist=True)
+            self._log_epoch_mean("train_loss", loss, int(has_target.sum()), prog_bar=True)
         return loss
 
     def _history_logits(self, inputs: torch.Tensor, input_times: torch.Tensor | None,
@@ -167,7 +190,17 @@ class RecommenderModule(L.LightningModule):
         return self._views.encode(self.model, self._draw_views(batch))
 
     def _log_train(self, name: str, value: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        self.log(name, value, on_step=False, on_epoch=True, batch_size=int(batch["input"].shape[0]), sync_dist=True)
+        self._log_epoch_mean(name, value, int(batch["input"].shape[0]))
+
+    def _log_epoch_mean(self, name: str, value: torch.Tensor, count: int, prog_bar: bool = False) -> None:
+        """The epoch's mean of `value`, weighted by `count` over every step of every process (so a two-process
+        epoch logs the loss one process logs). The weight is count x world_size: Lightning averages a mean's
+        weights over the processes in an integer tensor (floor division under gloo), so 15805 targets over
+        2 processes would count as 7902; multiplied by the world size they divide exactly, and the ratio of
+        weighted sum to weights is unchanged."""
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=count * world_size,
+                 sync_dist=True)
 
     def _mclrec_step(self, batch: dict[str, torch.Tensor]) -> None:
         """MCLRec's three updates on one batch (see training.contrastive): the model, the augmenters with the
@@ -221,10 +254,13 @@ class RecommenderModule(L.LightningModule):
                                    repeats=repeat_targets(seen, target))
 
     def on_validation_epoch_end(self) -> None:
-        for name, value in self._accumulator().compute().items():
+        accumulator = self._accumulator()
+        if self.trainer.world_size > 1:
+            # Each process scored its own users (SequenceDataModule.val_dataloader): sums and counts are added
+            # up over processes, so every process then holds the same exact means over all users.
+            accumulator.all_reduce(self.device)
+        for name, value in accumulator.compute().items():
             if name not in ("n_users", "n_repeat_users"):
-                # Each process scores ALL validation users (no distributed sampler on validation), so
-                # every process holds the same exact numbers and nothing needs reducing.
                 self.log(f"val_{name}", value, prog_bar=(name == "ndcg@10"), sync_dist=False)
         self._val = None
 

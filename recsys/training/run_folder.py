@@ -24,11 +24,16 @@ RUN_DIR_ENV = "RECSYS_RUN_DIR"  # hands the run folder to the worker processes o
 
 def claim_run_dir(cfg: RunConfig) -> Path:
     """A new, empty run folder. mkdir without exist_ok is atomic, so two runs started in the same second
-    in the same folder still get different folders. Worker processes of a multi-process run reuse the
-    folder their launcher claimed."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        return Path(inherited)
+    in the same folder still get different folders.
+
+    Only the first process (global rank 0) of a multi-process run claims one. The others write nothing: the
+    processes Lightning started itself get their launcher's folder; those torchrun or srun started (on other
+    nodes too) get `tracking.output_dir` as a stand-in, never written to (checkpoints are saved by rank 0,
+    whose folder Lightning's ModelCheckpoint broadcasts, and the cool-down broadcasts it too)."""
+    from recsys.training.launch import is_first_process
+
+    if not is_first_process():
+        return Path(os.environ.get(RUN_DIR_ENV) or cfg.tracking.output_dir)
     root = Path(cfg.tracking.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     stem = f"{cfg.model_name}-{cfg.data.name}-{cfg.data.preset}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -30,6 +30,7 @@ from recsys.errors import ConfigError
 from recsys.models import SequenceModel, build_model
 from recsys.run_config import RunConfig
 from recsys.training.cooldown import cooldown_state, start_cooldown
+from recsys.training.launch import check_launch, is_first_process, lightning_accelerator
 from recsys.training.publish import (AfterLogging, experiment_name, finish_tracking, log_run_start, run_name,
                                      save_run_model, text_columns)
 from recsys.training.resume import refuse_finished_run
@@ -58,6 +59,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     MLflow run closes: the CLI uses it to add the pyfunc flavour, which lives in a layer above training.
     `callbacks` are extra Lightning callbacks for the fit (benchmarks use one to time the way to a target).
     """
+    check_launch(cfg.trainer)  # before anything is read or imported: a launch that cannot work says so in one line
     import lightning as L
 
     from recsys.data.prepare import leakage_warning, prepare_dataset
@@ -88,8 +90,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume is not None and not last_ckpt.is_file():
         raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
-    if info.pop("failed", None) is not None:  # resumed after a failure: what failed is in its MLflow run's tags
-        replace_run_info(run_dir, info)
+    if info.pop("failed", None) is not None and is_first_process():
+        replace_run_info(run_dir, info)  # resumed after a failure: what failed is in its MLflow run's tags
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     holder: dict[str, Tracker | None] = {"tracker": None}
@@ -107,7 +109,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
         return tracker
 
     try:
-        if resume is None:
+        if resume is None and is_first_process():
             write_config(run_dir, cfg)
         fit_started = time.perf_counter()
         trainer, module, datamodule, history = _fit(cfg, model, dataset, split, run_dir, start_tracker,
@@ -163,8 +165,8 @@ def _mark_failed(run_dir: Path, tracker: Tracker | None, exc: BaseException, kee
     if tracker is not None:
         tracker.set_tags({"recsys.failure": reason})
         tracker.finish("KILLED" if interrupted else "FAILED")
-    if int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        return  # a worker process: the launcher decides about the folder
+    if not is_first_process():
+        return  # the folder is the first process's (global rank 0) to keep or remove
     if keep:
         write_run_info(run_dir, {"failed": reason})
     else:
@@ -228,7 +230,7 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
         _run_fit(trainer, module, datamodule, ckpt_path)
         if not cfg.trainer.cooldown_epochs or trainer.interrupted or _out_of_time(trainer):
             return trainer, module, datamodule, history.history
-        cooldown = start_cooldown(run_dir, trainer.current_epoch)
+        cooldown = _start_cooldown_once(trainer, run_dir)
         if cooldown is None:
             return trainer, module, datamodule, history.history
     first_epoch, ckpt_path = cooldown
@@ -236,6 +238,13 @@ def _fit(cfg: RunConfig, model: SequenceModel, dataset: PreparedDataset, split: 
     trainer = _trainer(cfg, run_dir, callbacks, first_epoch + cfg.trainer.cooldown_epochs)
     _run_fit(trainer, module, datamodule, ckpt_path)
     return trainer, module, datamodule, history.history
+
+
+def _start_cooldown_once(trainer: Any, run_dir: Path) -> tuple[int, Path] | None:
+    """The cool-down's start, written by the first process alone into its run folder and handed to the others
+    (whose run_dir is only a stand-in when torchrun or srun started them: see run_folder.claim_run_dir)."""
+    started = start_cooldown(run_dir, trainer.current_epoch) if trainer.is_global_zero else None
+    return trainer.strategy.broadcast(started, src=0) if trainer.world_size > 1 else started
 
 
 def _checkpoint_callbacks(run_dir: Path) -> tuple[Any, Any]:
@@ -261,14 +270,19 @@ def _trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any], max_epochs: in
     from recsys.training.checkpoints import AtomicCheckpointIO
 
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # Validation metrics are gathered over the processes before they are logged (RankingAccumulator.all_reduce):
+    # Lightning's advice to sync them again would average equal numbers.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     if cfg.trainer.val_every > 1:  # epochs without validation have no val_ndcg@10 to checkpoint on: expected
         warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     return L.Trainer(
         max_epochs=max_epochs,
         # max_minutes bounds the whole run, cool-down included: Lightning's timer is kept in the checkpoints
         max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes else None,
-        accelerator=cfg.trainer.accelerator,
+        # Lightning picks the cluster environment (SLURM, torchrun, its own) and the launcher: recsys sets neither.
+        accelerator=lightning_accelerator(cfg.trainer),
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy,
         precision=_precision(cfg.trainer.precision),
         # MCLRec's steps are manual (training.module), where Lightning refuses to clip: the module clips itself.
@@ -345,8 +359,9 @@ def truncation_line(token_counts: list[int], max_item_tokens: int) -> str:
 
 def say(line: str) -> None:
     """One line on what the run is doing, on stderr beside Lightning's progress bar (stdout keeps the
-    results the CLI prints); from the first process only in a multi-process run."""
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    results the CLI prints); from the first process (global rank 0) only in a multi-process run, whichever
+    node it is on."""
+    if is_first_process():
         print(line, file=sys.stderr, flush=True)
 
 
@@ -395,7 +410,8 @@ def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, fl
     model = module.model.to("cuda" if gpu else "cpu").eval()
     context, exclude = cfg.evaluation.time_context, cfg.evaluation.exclude_seen
     metrics: dict[str, float] = {}
-    for stage, loader in (("valid", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):
+    # The first process alone, over every user (after the fit, the other processes have returned).
+    for stage, loader in (("valid", datamodule.all_users("valid")), ("test", datamodule.all_users("test"))):
         scored = evaluate_loader(model, loader, module.n_items, exclude_history=exclude, time_context=context)
         for key, value in scored.items():
             metrics[f"{stage}_{key}"] = value
@@ -405,7 +421,7 @@ def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, fl
         headline = {key[len("test_"):]: value for key, value in metrics.items() if key.startswith("test_")}
         for other in TIME_CONTEXTS:
             scored = headline if other == context else evaluate_loader(
-                model, datamodule.test_dataloader(), module.n_items, exclude_history=exclude, time_context=other)
+                model, datamodule.all_users("test"), module.n_items, exclude_history=exclude, time_context=other)
             metrics.update({f"test_time_{other}_{key}": value for key, value in scored.items()})
     model.to("cpu")  # saved weights and later users expect CPU tensors
     return metrics
