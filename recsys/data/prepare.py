@@ -26,11 +26,12 @@ from recsys.data.dataset import PreparedDataset
 from recsys.data.generic import custom_members, read_custom
 from recsys.data.ids import build_item_map, build_user_map, dense_index
 from recsys.data.io import Member, Source, open_source
-from recsys.data.movielens import READERS
+from recsys.data.movielens import MOVIELENS_TEXT_COLUMNS, READERS
 from recsys.data.presets import Preprocessing, resolve_preprocessing
 from recsys.data.raw import RawData
 from recsys.data.sequences import build_sequences, drop_exact_duplicates, filter_counts, filter_min_rating, keep_last
 from recsys.data.splits import MIN_EVALUATED_LENGTH
+from recsys.data.streaming import stream_log, wants_streaming
 from recsys.durable import folder_beside, publish_folder, remove_abandoned_folders
 from recsys.errors import DataError
 
@@ -159,7 +160,11 @@ def prepare_dataset(cfg: DataConfig, progress: bool = False, use_cache: bool = T
         cached = load_prepared(folder, fp)
         if cached is not None:
             return cached
-    ds = build_dataset(cfg, preprocessing, fp, _stages(progress, cfg.name))
+    stage = _stages(progress, cfg.name)
+    if wants_streaming(cfg, members):
+        ds = build_out_of_core(cfg, members, preprocessing, fp, stage, folder)
+    else:
+        ds = build_dataset(cfg, preprocessing, fp, stage)
     if use_cache:
         save_prepared(ds, folder, preprocessing)
     return ds
@@ -202,6 +207,31 @@ def build_dataset(
     stage("done")
     return PreparedDataset(cfg.name, cfg.preset, sequences, user_map, item_map, items, fp, text_columns,
                            duplicates_dropped=duplicates)
+
+
+def build_out_of_core(
+    cfg: DataConfig,
+    members: list[Member],
+    preprocessing: Preprocessing,
+    fp: str,
+    stage: Callable[[str], None] | None = None,
+    folder: Path | None = None,
+    rows_per_bucket: int | None = None,
+) -> PreparedDataset:
+    """`build_dataset`'s result for a MovieLens release, prepared out of core (recsys.data.streaming) in a
+    temporary folder beside the cache folder `folder` (default: this dataset's), removed when done."""
+    stage = stage or _quiet
+    folder = folder or prepared_dir(cfg, fp)
+    work_target = folder.with_name(folder.name + ".streaming")
+    remove_abandoned_folders(work_target)  # the work of runs that were killed
+    ratings, movies = members
+    item_table = READERS[cfg.name].read_movies(movies)  # small: read first, so that a bad one fails at once
+    with folder_beside(work_target) as work:
+        log = stream_log(ratings, cfg.duplicates == "drop_exact", preprocessing, stage, work, rows_per_bucket)
+    items = attach_items(log.item_map, item_table)
+    stage("done")
+    return PreparedDataset(cfg.name, cfg.preset, log.sequences, log.user_map, log.item_map, items, fp,
+                           MOVIELENS_TEXT_COLUMNS, duplicates_dropped=log.duplicates_dropped)
 
 
 def attach_items(item_map: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
