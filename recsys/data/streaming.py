@@ -51,6 +51,8 @@ ROWS_PER_BUCKET = 8_000_000
 """Rows of one bucket, the unit held in memory: 8M rows take about 250 MB as read and under 1 GB while a
 bucket's duplicates are dropped and its sequences built."""
 STREAMING = "streaming"
+WORK_COMPRESSION = "lz4"
+"""Compression of the temporary Parquet files: read back once or twice, so cheap to write beats small."""
 
 
 def wants_streaming(cfg: DataConfig, members: list[Member]) -> bool:
@@ -102,9 +104,9 @@ def stream_log(
     kept = _filter_counts(clean, preprocessing)
     stage("ids")
     final = _keep_last(kept, work / "final", preprocessing.max_history)
-    user_map, item_map = _id_maps(pl.concat(final))
+    user_map, item_map = _id_maps(kept.all() if preprocessing.max_history is None else pl.concat(final))
     stage("sequences")
-    parts = [build_sequences(_indexed(frame.collect(), user_map, item_map)) for frame in final]
+    parts = [build_sequences(_indexed(frame, user_map, item_map)) for frame in final]
     return StreamedLog(pl.concat(parts, rechunk=False), user_map, item_map, duplicates)
 
 
@@ -127,7 +129,7 @@ def _write_log(member: Member, work: Path) -> Path:
     log = work / "log.parquet"
     scan = scan_delimited(member, fmt, columns, positional, path, schema.ROW).rename(renames)
     try:
-        scan.select(INTERACTION_COLUMNS).sink_parquet(log, engine=STREAMING)
+        scan.select(INTERACTION_COLUMNS).sink_parquet(log, compression=WORK_COMPRESSION, engine=STREAMING)
         nulls = pl.scan_parquet(log).select(pl.len(), *[pl.col(c).null_count() for c in INTERACTION_COLUMNS])
         counts = nulls.collect(engine=STREAMING).row(0)
     except pl.exceptions.PolarsError:
@@ -149,7 +151,8 @@ def _partition_by_user(log: Path, folder: Path, rows_per_bucket: int) -> list[Pa
     buckets = per_user.select(schema.USER_ID, (starts // rows_per_bucket).rank("dense").cast(pl.UInt32).alias("_b"))
     n_buckets = int(buckets["_b"].max() or 0)
     (pl.scan_parquet(log).join(buckets.lazy(), on=schema.USER_ID, how="left")
-     .sink_parquet(pl.PartitionBy(folder, key="_b", include_key=False), mkdir=True, engine=STREAMING))
+     .sink_parquet(pl.PartitionBy(folder, key="_b", include_key=False), compression=WORK_COMPRESSION,
+                   maintain_order=False, mkdir=True, engine=STREAMING))  # each bucket is put back in file order
     return [folder / f"_b={b}" for b in range(1, n_buckets + 1)]
 
 
@@ -176,7 +179,7 @@ def _clean_buckets(
             items_before.append(unique[schema.ITEM_ID].unique())
             unique = unique.filter(pl.col(schema.RATING) >= min_rating)
         path = folder / f"{i:05d}.parquet"
-        unique.write_parquet(path)
+        unique.write_parquet(path, compression=WORK_COMPRESSION)
         files.append(path)
         shutil.rmtree(bucket, ignore_errors=True)
     if min_rating is not None and pl.scan_parquet(files).select(pl.len()).collect(engine=STREAMING).item() == 0:
@@ -250,15 +253,17 @@ def _emptied(kept: _Kept, counts: pl.DataFrame, column: str, setting: str) -> Da
 
 
 def _keep_last(kept: _Kept, folder: Path, max_history: int | None) -> list[pl.LazyFrame]:
-    """Each bucket's final rows: with max_history, each user's latest `max_history`, written to `folder` (it
-    also decides which items remain, so the maps are built from them)."""
+    """Each bucket's rows for the sequences: with max_history, each user's latest `max_history` of the kept
+    rows, written to `folder` (they also decide which items remain, so the maps are built from them)."""
     if max_history is None:
-        return [kept.bucket(i) for i in range(len(kept.files))]
+        # The clean rows as they are: `_indexed`'s inner joins with the maps (built from the kept rows) drop the
+        # others, since a row is kept exactly when its user and its item are in the maps.
+        return [pl.scan_parquet(path) for path in kept.files]
     folder.mkdir()
     final = []
     for i in range(len(kept.files)):
         path = folder / f"{i:05d}.parquet"
-        keep_last(kept.bucket(i).collect(), max_history).write_parquet(path)
+        keep_last(kept.bucket(i).collect(), max_history).write_parquet(path, compression=WORK_COMPRESSION)
         final.append(pl.scan_parquet(path))
     return final
 
@@ -270,7 +275,8 @@ def _id_maps(final: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return build_user_map(users), build_item_map(items)
 
 
-def _indexed(rows: pl.DataFrame, user_map: pl.DataFrame, item_map: pl.DataFrame) -> pl.DataFrame:
-    """A bucket's rows with user_idx and item_idx from the maps (what `ids.dense_index` gives in memory)."""
-    return (rows.join(user_map, on=schema.USER_ID).join(item_map, on=schema.ITEM_ID)
+def _indexed(rows: pl.LazyFrame, user_map: pl.DataFrame, item_map: pl.DataFrame) -> pl.LazyFrame:
+    """A bucket's final rows with user_idx and item_idx from the maps (what `ids.dense_index` gives in memory);
+    rows of users or items the maps lack are dropped."""
+    return (rows.join(user_map.lazy(), on=schema.USER_ID).join(item_map.lazy(), on=schema.ITEM_ID)
             .select(schema.USER_IDX, schema.ITEM_IDX, schema.TIMESTAMP, schema.ROW))
