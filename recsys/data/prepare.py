@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +164,7 @@ def prepare_dataset(cfg: DataConfig, progress: bool = False, use_cache: bool = T
             return cached
     stage = _stages(progress, cfg.name)
     if wants_streaming(cfg, members):
-        ds = build_out_of_core(cfg, members, preprocessing, fp, stage, folder)
+        ds = build_out_of_core(cfg, members, preprocessing, fp, stage, folder if use_cache else None)
     else:
         ds = build_dataset(cfg, preprocessing, fp, stage)
     if use_cache:
@@ -215,23 +217,35 @@ def build_out_of_core(
     preprocessing: Preprocessing,
     fp: str,
     stage: Callable[[str], None] | None = None,
-    folder: Path | None = None,
+    beside: Path | None = None,
     rows_per_bucket: int | None = None,
 ) -> PreparedDataset:
     """`build_dataset`'s result for a MovieLens release, prepared out of core (recsys.data.streaming) in a
-    temporary folder beside the cache folder `folder` (default: this dataset's), removed when done."""
+    temporary folder beside the cache folder `beside` (None: in the system's temporary folder), removed when
+    done; rows_per_bucket None: streaming.ROWS_PER_BUCKET."""
     stage = stage or _quiet
-    folder = folder or prepared_dir(cfg, fp)
-    work_target = folder.with_name(folder.name + ".streaming")
-    remove_abandoned_folders(work_target)  # the work of runs that were killed
     ratings, movies = members
     item_table = READERS[cfg.name].read_movies(movies)  # small: read first, so that a bad one fails at once
-    with folder_beside(work_target) as work:
+    with _work_folder(beside) as work:
         log = stream_log(ratings, cfg.duplicates == "drop_exact", preprocessing, stage, work, rows_per_bucket)
     items = attach_items(log.item_map, item_table)
     stage("done")
     return PreparedDataset(cfg.name, cfg.preset, log.sequences, log.user_map, log.item_map, items, fp,
                            MOVIELENS_TEXT_COLUMNS, duplicates_dropped=log.duplicates_dropped)
+
+
+@contextmanager
+def _work_folder(beside: Path | None) -> Iterator[Path]:
+    """An empty folder for out-of-core work: beside the cache folder (same disk as the cache, and cleared by
+    the next run should this one be killed), or a system temporary one; removed when the block ends."""
+    if beside is None:
+        with tempfile.TemporaryDirectory(prefix="recsys-streaming-") as tmp:
+            yield Path(tmp)
+        return
+    target = beside.with_name(beside.name + ".streaming")
+    remove_abandoned_folders(target)
+    with folder_beside(target) as work:
+        yield work
 
 
 def attach_items(item_map: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
