@@ -43,10 +43,11 @@ from recsys.data.raw import INTERACTION_COLUMNS
 from recsys.data.sequences import build_sequences, drop_exact_duplicates, keep_last
 from recsys.errors import DataError
 
-AUTO_THRESHOLD_BYTES = 1 << 30
-"""data.streaming=auto streams a ratings file of this size or more on disk: 1 GiB is about 40M rows of a
-MovieLens CSV, which the in-memory path prepares with a peak near 4 GB (25M rows: 2.4 GB,
-benchmarks/results/data_prepare.json); below it the in-memory path is faster."""
+AUTO_THRESHOLD_BYTES = 512 << 20
+"""data.streaming=auto streams a ratings file of this size or more on disk, about 20M rows of a MovieLens CSV.
+Measured on a synthetic ML-32M-schema log (benchmarks/results/data_prepare_streaming.json): at 32M rows
+(0.83 GiB) out of core peaked at 1.9 GB and took less CPU than in memory (7.8 GB); at 8M rows (0.2 GiB) it took
+1.4 times the CPU of the in-memory path, whose peak is then small."""
 ROWS_PER_BUCKET = 8_000_000
 """Rows of one bucket, the unit held in memory: 8M rows take about 250 MB as read and under 1 GB while a
 bucket's duplicates are dropped and its sequences built."""
