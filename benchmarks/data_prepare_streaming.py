@@ -44,7 +44,8 @@ ds = prepare_dataset(DataConfig(name="ml-32m", path=sys.argv[1], cache_dir=sys.a
 elapsed = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_SELF)
 peak_kb = usage.ru_maxrss
-print(json.dumps({"s": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_gb": peak_kb / 1024**2, "users": ds.n_users, "items": ds.n_items,
+print(json.dumps({"s": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_gb": peak_kb / 1024**2,
+                  "users": ds.n_users, "items": ds.n_items,
                   "interactions": ds.n_interactions, "duplicates_dropped": ds.duplicates_dropped,
                   "load_avg_1min_after": os.getloadavg()[0]}))
 """

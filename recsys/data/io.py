@@ -259,8 +259,13 @@ def require_rows(frame: pl.DataFrame, member: Member) -> pl.DataFrame:
     """`frame` when it has rows; a log without a single interaction (an empty file, a header alone) is a
     DataError naming the file, not an empty dataset that fails later, far from its cause."""
     if frame.height == 0:
-        raise DataError(f"{member.label}: no interactions in this file (no data rows)")
+        raise no_rows_error(member)
     return frame
+
+
+def no_rows_error(member: Member) -> DataError:
+    """`require_rows`'s error, for a reader that counted the rows without holding them."""
+    return DataError(f"{member.label}: no interactions in this file (no data rows)")
 
 
 def _prepared_bytes(member: Member, fmt: TextFormat) -> Path | bytes:

@@ -36,7 +36,7 @@ import polars as pl
 from recsys.config import DataConfig
 from recsys.data import schema
 from recsys.data.ids import build_item_map, build_user_map
-from recsys.data.io import Member, diagnose_delimited, require_rows, scan_delimited, spool_member
+from recsys.data.io import Member, diagnose_delimited, no_rows_error, scan_delimited, spool_member
 from recsys.data.movielens import CSV_RATING_COLUMNS, RATING_DTYPES, RATING_FIELDS, RATINGS_FORMATS, READERS
 from recsys.data.presets import Preprocessing
 from recsys.data.raw import INTERACTION_COLUMNS
@@ -137,7 +137,8 @@ def _write_log(member: Member, work: Path) -> Path:
         counts = None
     if counts is None or sum(counts[1:]) > 0:
         raise diagnose_delimited(member, fmt, path, columns, positional)
-    require_rows(pl.DataFrame({schema.ROW: range(min(counts[0], 1))}), member)
+    if counts[0] == 0:
+        raise no_rows_error(member)
     if plain is None:
         path.unlink()
     return log

@@ -106,7 +106,8 @@ def synthetic_csv_release(folder: Path, seed: int = 0) -> Path:
 @pytest.mark.parametrize("duplicates", ["drop_exact", "keep"])
 def test_duplicates_and_ties_in_many_buckets(duplicates: str, tmp_path: Path) -> None:
     folder = synthetic_csv_release(tmp_path / "ml-latest-small")
-    cfg = DataConfig(path=str(folder), cache_dir=str(tmp_path / "cache"), duplicates=duplicates,  # type: ignore[arg-type]
+    cfg = DataConfig(path=str(folder), cache_dir=str(tmp_path / "cache"),
+                     duplicates=duplicates,  # type: ignore[arg-type]
                      min_item_interactions=10, min_user_interactions=10, core="iterated")
     in_memory, out_of_core = both_ways(cfg, rows_per_bucket=150)  # about 20 buckets, one user far bigger than one
     assert in_memory.duplicates_dropped > 300 if duplicates == "drop_exact" else in_memory.duplicates_dropped == 0
@@ -124,7 +125,8 @@ def test_zipped_release_streams_through_prepare_dataset(tmp_path: Path) -> None:
     in_memory = prepare_dataset(cfg.model_copy(update={"streaming": False}), use_cache=False)
     assert_identical(in_memory, streamed, cfg)
     # Only the dataset's folder is left in the cache: the work folder went with the run.
-    assert [p.name for p in (tmp_path / "cache" / "prepared").iterdir()] == [f"ml-latest-small-{streamed.fingerprint[:16]}"]
+    left = [p.name for p in (tmp_path / "cache" / "prepared").iterdir()]
+    assert left == [f"ml-latest-small-{streamed.fingerprint[:16]}"]
 
 
 def test_spooling_replaces_separators_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
