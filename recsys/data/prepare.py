@@ -25,7 +25,7 @@ import polars as pl
 from recsys.config import DataConfig
 from recsys.data import schema
 from recsys.data.dataset import PreparedDataset
-from recsys.data.generic import custom_members, read_custom
+from recsys.data.generic import custom_members, read_custom, read_items, scan_interactions
 from recsys.data.ids import build_item_map, build_user_map, dense_index
 from recsys.data.io import Member, Source, open_source
 from recsys.data.movielens import MOVIELENS_TEXT_COLUMNS, READERS
@@ -220,18 +220,29 @@ def build_out_of_core(
     beside: Path | None = None,
     rows_per_bucket: int | None = None,
 ) -> PreparedDataset:
-    """`build_dataset`'s result for a MovieLens release, prepared out of core (recsys.data.streaming) in a
-    temporary folder beside the cache folder `beside` (None: in the system's temporary folder), removed when
-    done; rows_per_bucket None: streaming.ROWS_PER_BUCKET."""
+    """`build_dataset`'s result, prepared out of core (recsys.data.streaming) in a temporary folder beside the
+    cache folder `beside` (None: in the system's temporary folder), removed when done; rows_per_bucket None:
+    streaming.ROWS_PER_BUCKET. A custom log that only the in-memory reader can read (ISO-8601 timestamps, a
+    gzipped file, or one with a bad line, which that reader then names) is built in memory."""
     stage = stage or _quiet
-    ratings, movies = members
-    item_table = READERS[cfg.name].read_movies(movies)  # small: read first, so that a bad one fails at once
+    log: Member | pl.LazyFrame = members[0]
+    if cfg.name == CUSTOM:
+        scan = scan_interactions(members[0], cfg)
+        if scan is None:
+            return build_dataset(cfg, preprocessing, fp, stage)
+        item_table = (read_items(members[1], cfg, scan.collect_schema()[schema.ITEM_ID]) if len(members) > 1
+                      else pl.DataFrame({schema.ITEM_ID: pl.Series([], dtype=scan.collect_schema()[schema.ITEM_ID])}))
+        text_columns = tuple(c for c in item_table.columns if c != schema.ITEM_ID)
+        log = scan
+    else:
+        item_table = READERS[cfg.name].read_movies(members[1])  # small: read first, so that a bad one fails at once
+        text_columns = MOVIELENS_TEXT_COLUMNS
     with _work_folder(beside) as work:
-        log = stream_log(ratings, cfg.duplicates == "drop_exact", preprocessing, stage, work, rows_per_bucket)
-    items = attach_items(log.item_map, item_table)
+        built = stream_log(log, cfg.duplicates == "drop_exact", preprocessing, stage, work, rows_per_bucket)
+    items = attach_items(built.item_map, item_table)
     stage("done")
-    return PreparedDataset(cfg.name, cfg.preset, log.sequences, log.user_map, log.item_map, items, fp,
-                           MOVIELENS_TEXT_COLUMNS, duplicates_dropped=log.duplicates_dropped)
+    return PreparedDataset(cfg.name, cfg.preset, built.sequences, built.user_map, built.item_map, items, fp,
+                           text_columns, duplicates_dropped=built.duplicates_dropped)
 
 
 @contextmanager

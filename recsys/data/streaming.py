@@ -7,7 +7,8 @@ streaming engine does not help: in polars 2.1 a streaming sort still holds its i
 
 How, stage by stage (the same four stages and progress bar as the in-memory path):
   read:      the ratings file is scanned lazily (a zipped, gzipped or `::`-separated one is first copied to a
-             plain file, a chunk at a time) and streamed into `log.parquet`; a streaming count of rows per user
+             plain file, a chunk at a time; a custom log is scanned by `generic.scan_interactions`) and
+             streamed into `log.parquet`; a streaming count of rows per user
              then cuts the users, in id order, into buckets of about `rows_per_bucket` rows (a user is never
              split), and one more streaming pass writes each bucket's rows to its own Parquet folder.
   filter:    one bucket at a time, in memory: its rows in file order, exact duplicates dropped, the rating
@@ -35,6 +36,7 @@ import polars as pl
 
 from recsys.config import DataConfig
 from recsys.data import schema
+from recsys.data.baskets import is_basket_json
 from recsys.data.ids import build_item_map, build_user_map
 from recsys.data.io import Member, diagnose_delimited, no_rows_error, scan_delimited, spool_member
 from recsys.data.movielens import CSV_RATING_COLUMNS, RATING_DTYPES, RATING_FIELDS, RATINGS_FORMATS, READERS
@@ -57,13 +59,13 @@ WORK_COMPRESSION = "lz4"
 
 
 def wants_streaming(cfg: DataConfig, members: list[Member]) -> bool:
-    """Whether `cfg` prepares out of core (data.streaming; 'auto' decides by the ratings file's size)."""
+    """Whether `cfg` prepares out of core (data.streaming; 'auto' decides by the interactions file's size)."""
     if cfg.streaming is False:
         return False
-    if cfg.name not in READERS:
+    if cfg.order_number_column or is_basket_json(members[0]):
         if cfg.streaming is True:
-            raise DataError(f"data.streaming=true: dataset {cfg.name!r} is read in memory (streaming reads the "
-                            "MovieLens releases); set data.streaming=auto or false")
+            raise DataError(f"data.streaming=true: {members[0].label} is a basket log, read in memory (its timeline "
+                            "comes from order numbers); set data.streaming=auto or false")
         return False
     return cfg.streaming is True or stored_size(members[0]) >= AUTO_THRESHOLD_BYTES
 
@@ -87,17 +89,22 @@ class StreamedLog:
 
 
 def stream_log(
-    ratings: Member,
+    ratings: Member | pl.LazyFrame,
     drop_exact: bool,
     preprocessing: Preprocessing,
     stage: Callable[[str], None],
     work: Path,
     rows_per_bucket: int | None = None,
 ) -> StreamedLog:
-    """Sequences and id maps of a MovieLens ratings file, built out of core in the empty folder `work` (see
-    the module doc); rows_per_bucket None: ROWS_PER_BUCKET."""
+    """Sequences and id maps of a MovieLens ratings file (or of a custom log scanned by
+    `generic.scan_interactions`), built out of core in the empty folder `work` (see the module doc);
+    rows_per_bucket None: ROWS_PER_BUCKET."""
     stage("read")
-    log = _write_log(ratings, work)
+    if isinstance(ratings, pl.LazyFrame):
+        log = work / "log.parquet"
+        ratings.sink_parquet(log, compression=WORK_COMPRESSION, engine=STREAMING)  # already checked
+    else:
+        log = _write_log(ratings, work)
     buckets = _partition_by_user(log, work / "buckets", rows_per_bucket or ROWS_PER_BUCKET)
     log.unlink()
     stage("filter")
@@ -169,7 +176,7 @@ def _clean_buckets(
     Parquet file per bucket; the raw bucket folders are removed. Returns the files and the duplicates dropped."""
     folder.mkdir()
     files, duplicates = [], 0
-    rows_before, users_before, items_before = 0, 0, []  # for min_rating's message should it keep nothing
+    rows_before, users_before, items_before, rated = 0, 0, [], 0  # for min_rating's messages
     for i, bucket in enumerate(buckets):
         rows = pl.read_parquet(bucket / "*.parquet").sort(schema.ROW)
         unique = drop_exact_duplicates(rows) if drop_exact else rows
@@ -179,14 +186,17 @@ def _clean_buckets(
             rows_before += unique.height
             users_before += unique[schema.USER_ID].n_unique()  # a user is in one bucket only
             items_before.append(unique[schema.ITEM_ID].unique())
+            rated += unique.height - unique[schema.RATING].null_count()
             unique = unique.filter(pl.col(schema.RATING) >= min_rating)
         path = folder / f"{i:05d}.parquet"
         unique.write_parquet(path, compression=WORK_COMPRESSION)
         files.append(path)
         shutil.rmtree(bucket, ignore_errors=True)
+    if min_rating is not None and rated == 0:  # sequences.filter_min_rating's messages
+        raise DataError(f"min_rating={min_rating}: the interactions have no ratings (set rating_column)")
     if min_rating is not None and pl.scan_parquet(files).select(pl.len()).collect(engine=STREAMING).item() == 0:
         items = pl.concat(items_before).n_unique()
-        raise DataError(  # sequences._require_rows's message (MovieLens logs always carry ratings)
+        raise DataError(
             f"no interactions left after min_rating={min_rating} (it removed all {rows_before} interactions of "
             f"{users_before} users and {items} items); lower it"
         )

@@ -155,11 +155,53 @@ def test_auto_streams_large_files_only(tiny_ml1m: Path, tmp_path: Path, monkeypa
     assert not tmp_path.joinpath("prepared").exists()  # use_cache=False: the work went to the system's tmp
 
 
-def test_custom_log_refuses_forced_streaming(tmp_path: Path) -> None:
-    log = tmp_path / "log.csv"
-    log.write_text("user_id,item_id,timestamp\n1,2,3\n")
-    cfg = DataConfig(name="custom", interactions_file=str(log), streaming=True)
-    with pytest.raises(DataError, match=r"^data\.streaming=true: dataset 'custom' is read in memory"):
+def custom_log(folder: Path, seed: int = 1) -> pl.DataFrame:
+    """A custom log with text user ids, integer item ids, ratings and fractional timestamps (ties and repeats)."""
+    rng = np.random.default_rng(seed)
+    n = 3_000
+    return pl.DataFrame({
+        "u": [f"user{x}" for x in np.minimum(rng.zipf(1.3, n), 100)], "i": np.minimum(rng.zipf(1.2, n), 200),
+        "r": rng.integers(1, 6, n) * 1.0, "t": rng.integers(0, 50, n) * 1.5,
+    })
+
+
+@pytest.mark.parametrize("file", ["log.csv", "log.parquet"])
+def test_custom_log_is_identical(file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = custom_log(tmp_path)
+    frame.write_csv(tmp_path / "log.csv")
+    frame.write_parquet(tmp_path / "log.parquet")
+    pl.DataFrame({"i": [1, 2, 3], "name": ["one", "two", "three"]}).write_csv(tmp_path / "items.csv")
+    cfg = DataConfig(name="custom", interactions_file=str(tmp_path / file), items_file=str(tmp_path / "items.csv"),
+                     user_column="u", item_column="i", timestamp_column="t", rating_column="r", min_rating=2.0,
+                     min_item_interactions=5, core="iterated", cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(prepare_module, "read_custom", None)  # the out-of-core path must not read it in memory
+    preprocessing, members = resolve_preprocessing(cfg), source_members(cfg)
+    fp = fingerprint(cfg, members, preprocessing)
+    out_of_core = build_out_of_core(cfg, members, preprocessing, fp, rows_per_bucket=300)
+    monkeypatch.undo()
+    in_memory = build_dataset(cfg, preprocessing, fp)
+    assert in_memory.user_map.schema["user_id"] == pl.String and in_memory.items.columns[-1] == "name"
+    assert_identical(in_memory, out_of_core, cfg)
+    with pytest.raises(DataError, match=r"^min_rating=2\.0: the interactions have no ratings"):
+        build_out_of_core(cfg.model_copy(update={"rating_column": None}), members, preprocessing, fp)
+
+
+def test_custom_logs_only_memory_can_read_go_there(tmp_path: Path) -> None:
+    # ISO-8601 times parse in memory; a bad line is named by the in-memory reader, whatever data.streaming says.
+    (tmp_path / "iso.csv").write_text("user_id,item_id,timestamp\n1,2,2024-05-01T12:30:00\n1,3,2024-05-02T00:00:00\n")
+    iso = DataConfig(name="custom", interactions_file=str(tmp_path / "iso.csv"), streaming=True,
+                     min_user_interactions=1)
+    assert prepare_dataset(iso, use_cache=False).sequences["timestamps"].to_list() == [[1714566600, 1714608000]]
+    (tmp_path / "bad.csv").write_text("user_id,item_id,timestamp\n1,2,3\n1,,4\n")
+    bad = iso.model_copy(update={"interactions_file": str(tmp_path / "bad.csv")})
+    assert same_error(bad).endswith("bad.csv: line 3: column 'item_id' is empty")
+
+
+def test_basket_log_refuses_forced_streaming(tmp_path: Path) -> None:
+    log = tmp_path / "orders.csv"
+    log.write_text("user_id,item_id,order_number\n1,2,1\n")
+    cfg = DataConfig(name="custom", interactions_file=str(log), order_number_column="order_number", streaming=True)
+    with pytest.raises(DataError, match=r"^data\.streaming=true: .*orders\.csv is a basket log, read in memory"):
         prepare_dataset(cfg)
     assert not streaming.wants_streaming(cfg.model_copy(update={"streaming": "auto"}), source_members(cfg))
 
