@@ -36,12 +36,16 @@ FRAMES = ("sequences", "user_map", "item_map", "items")
 
 
 def both_ways(cfg: DataConfig, rows_per_bucket: int) -> tuple[PreparedDataset, PreparedDataset]:
-    """The dataset built in memory and out of core (buckets of `rows_per_bucket` rows, so several of them)."""
+    """The dataset built in memory and out of core (buckets of `rows_per_bucket` rows, so several of them),
+    after checking that both report the same progress stages."""
     preprocessing = resolve_preprocessing(cfg)
     members = source_members(cfg)
     fp = fingerprint(cfg, members, preprocessing)
-    return (build_dataset(cfg, preprocessing, fp),
-            build_out_of_core(cfg, members, preprocessing, fp, rows_per_bucket=rows_per_bucket))
+    stages: tuple[list[str], list[str]] = ([], [])
+    in_memory = build_dataset(cfg, preprocessing, fp, stages[0].append)
+    out_of_core = build_out_of_core(cfg, members, preprocessing, fp, stages[1].append, rows_per_bucket=rows_per_bucket)
+    assert stages[1] == stages[0] == ["read", "filter", "ids", "sequences", "done"]
+    return in_memory, out_of_core
 
 
 def assert_identical(in_memory: PreparedDataset, out_of_core: PreparedDataset, cfg: DataConfig) -> None:
