@@ -1,14 +1,15 @@
 """Benchmark of out-of-core preparation (data.streaming): peak RSS and wall time on synthetic ML-32M-schema logs.
 
     python benchmarks/data_prepare_streaming.py [--rows 32000000] [--large-rows 200000000] [--skip-large]
-        [--skip-in-memory] [--tmp DIR]
+        [--skip-in-memory] [--tmp DIR] [--update]
 
 A synthetic ratings.csv with ML-32M's schema (userId,movieId,rating,timestamp, sorted by user like the
 release) and its users and items (200,948 and 87,585; Zipf-like item popularity, lognormal user activity) is
 generated with numpy in chunks straight to disk (never whole in memory; not timed), then prepared with the
 `raw` preset in a child process whose wall time and peak RSS (ru_maxrss) are reported: `--rows` (32M, ML-32M's
 size) both out of core and in memory, `--large-rows` (200M) out of core only. Each CSV is deleted after its
-runs. Targets (issue 25): 200M rows with a peak of at most 6 GB, 32M rows in at most 30 s.
+runs. --update keeps the metrics of sizes not measured this time from the existing result file and adds this
+run to its `runs` list (each run's command, commit, sizes and time). Targets (issue 25): 200M rows with a peak of at most 6 GB, 32M rows in at most 30 s.
 Writes benchmarks/results/data_prepare_streaming.json.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
-from common import provenance, write_result  # noqa: E402
+from common import RESULTS, provenance, write_result  # noqa: E402
 from data_prepare import SEED, write_synthetic  # noqa: E402
 
 N_USERS = 200_948  # ml-32m
@@ -99,6 +100,7 @@ def main() -> int:
     parser.add_argument("--skip-large", action="store_true", help="only the --rows log")
     parser.add_argument("--skip-in-memory", action="store_true", help="no in-memory run of the --rows log")
     parser.add_argument("--tmp", default=None, help="folder for the generated logs and caches (default: $TMPDIR)")
+    parser.add_argument("--update", action="store_true", help="keep the existing result's other sizes")
     args = parser.parse_args()
     wall = time.perf_counter()
     metrics = measure(args.rows, ["streaming"] + ([] if args.skip_in_memory else ["in_memory"]), args.tmp)
@@ -107,6 +109,14 @@ def main() -> int:
     sizes = [args.rows] + ([] if args.skip_large else [args.large_rows])
     first = [k for suffix in HEADLINE for k in reversed(metrics) if k.endswith(suffix)]
     metrics = {**{k: metrics[k] for k in first}, **metrics}
+    runs = [{"sizes": sizes, "command": provenance()["command"], "commit": provenance()["commit"],
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    if args.update and (RESULTS / "data_prepare_streaming.json").is_file():
+        earlier = json.loads((RESULTS / "data_prepare_streaming.json").read_text())
+        runs = earlier.get("runs", [{"sizes": "all", "command": earlier["command"], "commit": earlier["commit"]}]) + runs
+        metrics = {**earlier["metrics"], **metrics}
+        sizes = sorted({*sizes, *[m for m in (earlier["metrics"].get("rows_32m"), earlier["metrics"].get("rows_200m"))
+                                  if m]})
     report = {
         "benchmark": "data_prepare_streaming",
         "dataset": f"synthetic, ml-32m schema ({N_USERS:,} users, {N_ITEMS:,} items), "
@@ -118,6 +128,7 @@ def main() -> int:
         "seeds": [SEED],
         "wall_s": round(time.perf_counter() - wall, 1),
         **provenance(),
+        "runs": runs,
         "notes": "2 cores shared with other engineers' jobs while this ran (the 1-minute load averages before and "
                  "after each run are in the metrics), so timings are noisy upper bounds. Each prepare runs in a "
                  "child process (its own ru_maxrss) and includes writing the Parquet cache; CSV generation is not "
