@@ -47,9 +47,9 @@ from recsys.errors import DataError
 
 AUTO_THRESHOLD_BYTES = 512 << 20
 """data.streaming=auto streams a ratings file of this size or more on disk, about 20M rows of a MovieLens CSV.
-Measured on a synthetic ML-32M-schema log (benchmarks/results/data_prepare_streaming.json): at 32M rows
-(0.83 GiB) out of core peaked at 1.9 GB and took less CPU than in memory (7.8 GB); at 8M rows (0.2 GiB) it took
-1.4 times the CPU of the in-memory path, whose peak is then small."""
+On a synthetic ML-32M-schema log (benchmarks/results/data_prepare_streaming.json), 32M rows (0.83 GiB) peaked at
+1.9 GB out of core, with less CPU than in memory (7.9 GB); 8M rows (0.2 GiB, timed once by hand) took 1.4 times
+the in-memory path's CPU, whose peak is small there."""
 ROWS_PER_BUCKET = 8_000_000
 """Rows of one bucket, the unit held in memory: 8M rows take about 250 MB as read and under 1 GB while a
 bucket's duplicates are dropped and its sequences built."""
