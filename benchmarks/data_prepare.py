@@ -59,27 +59,32 @@ def time_ml1m(shared: Path, repeats: int = 3) -> dict[str, float]:
     return {"ml1m_prepare_s": statistics.median(cold), "ml1m_cached_s": statistics.median(cached)}
 
 
-def write_synthetic(folder: Path, rows: int, chunk_users: int = 20_000) -> None:
-    """ratings.csv (userId,movieId,rating,timestamp; sorted by user like ml-25m) and a matching movies.csv."""
+def write_synthetic(
+    folder: Path, rows: int, n_users: int = N_USERS, n_items: int = N_ITEMS, last_ts: int = LAST_TS,
+    chunk_rows: int = 5_000_000,
+) -> None:
+    """ratings.csv (userId,movieId,rating,timestamp; sorted by user like ml-25m) and a matching movies.csv,
+    written about `chunk_rows` rows at a time (a 200M-row log is never whole in memory)."""
     rng = np.random.default_rng(SEED)
-    activity = rng.lognormal(mean=0.0, sigma=1.1, size=N_USERS)
+    activity = rng.lognormal(mean=0.0, sigma=1.1, size=n_users)
     per_user = np.maximum(1, np.floor(activity / activity.sum() * rows)).astype(np.int64)
     per_user[np.argsort(-activity)[: rows - int(per_user.sum())]] += 1  # hit `rows` exactly
-    popularity = 1.0 / np.arange(1, N_ITEMS + 1) ** 0.9  # Zipf-like
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9  # Zipf-like
     popularity /= popularity.sum()
-    movie_ids = np.sort(rng.choice(np.arange(1, 210_000), size=N_ITEMS, replace=False))  # sparse like ml-25m
+    movie_ids = np.sort(rng.choice(np.arange(1, 210_000), size=n_items, replace=False))  # sparse like ml-25m
     shuffled = rng.permutation(movie_ids)  # popularity rank -> movie id
+    chunk_users = 20_000 if rows <= 25_000_000 else max(1, n_users * chunk_rows // rows)  # 25M: as measured before
     with open(folder / "ratings.csv", "wb") as out:
         out.write(b"userId,movieId,rating,timestamp\n")
-        for first in range(0, N_USERS, chunk_users):
+        for first in range(0, n_users, chunk_users):
             counts = per_user[first : first + chunk_users]
             n = int(counts.sum())
             users = np.repeat(np.arange(first + 1, first + 1 + counts.size), counts)
-            start = np.repeat(rng.integers(FIRST_TS, LAST_TS - 10**7, size=counts.size), counts)
+            start = np.repeat(rng.integers(FIRST_TS, last_ts - 10**7, size=counts.size), counts)
             chunk = pl.DataFrame(
                 {
                     "userId": users,
-                    "movieId": shuffled[rng.choice(N_ITEMS, size=n, p=popularity)],
+                    "movieId": shuffled[rng.choice(n_items, size=n, p=popularity)],
                     "rating": rng.choice(RATINGS, size=n, p=RATING_P / RATING_P.sum()),
                     "timestamp": start + rng.integers(0, 10**7, size=n),
                 }

@@ -151,6 +151,10 @@ class DataConfig(ConfigModel):
     """'drop_exact': rows repeating an earlier row's user, item and timestamp are one event logged twice and
     dropped (repeats at other times are always kept); 'keep': keep them too (a log where one item is bought
     twice in one basket at one time)."""
+    streaming: bool | Literal["auto"] = "auto"
+    """Prepare out of core with polars' streaming engine, in buckets of users, so the log is never held in memory
+    (recsys.data.streaming; same result as in memory): true, false, or 'auto': when the ratings file is 512 MiB or
+    more on disk (about 20M MovieLens CSV rows). Basket logs, and custom logs with ISO-8601 times or gzipped, are read in memory."""
     text_columns: Annotated[tuple[str, ...], Strict(False)] = ()  # not strict: YAML gives a list
     """custom: item-table columns that describe an item in words (for text models)."""
     separator: str = ","

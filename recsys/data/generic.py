@@ -70,6 +70,87 @@ def read_interactions(member: Member, cfg: DataConfig) -> pl.DataFrame:
     return pl.DataFrame(columns).select(INTERACTION_COLUMNS)
 
 
+def scan_interactions(member: Member, cfg: DataConfig) -> pl.LazyFrame | None:
+    """The lazy twin of `read_interactions` (same columns, dtypes and rows), for recsys.data.streaming: a plain
+    CSV or Parquet log with timestamps, checked by one streaming pass. None when only the in-memory reader can
+    read it, or say what is wrong with it: a basket log, a gzipped file, ISO-8601 timestamps, a missing column,
+    no rows, an empty id or time, a rating or time that is no usable number."""
+    if cfg.order_number_column or is_basket_json(member) or member.path is None:
+        return None
+    names = {cfg.user_column: schema.USER_ID, cfg.item_column: schema.ITEM_ID, cfg.timestamp_column: schema.TIMESTAMP}
+    if cfg.rating_column:
+        names[cfg.rating_column] = schema.RATING
+    try:
+        scan = (pl.scan_parquet(member.path) if _is_parquet(member)
+                else pl.scan_csv(member.path, separator=cfg.separator, infer_schema=False, raise_if_empty=False))
+        found = scan.collect_schema()
+        if any(column not in found for column in names):
+            return None
+        scan = scan.select(list(names)).rename(names)
+        dtypes = scan.collect_schema()
+        checks = {"rows": pl.len(), **_id_checks(dtypes, schema.USER_ID), **_id_checks(dtypes, schema.ITEM_ID),
+                  **_time_checks(dtypes[schema.TIMESTAMP])}
+        if cfg.rating_column:
+            rating = pl.col(schema.RATING)
+            checks["bad_ratings"] = (rating.cast(pl.Float32, strict=False).is_null() & rating.is_not_null()).sum()
+        found_counts = scan.select(**checks).collect(engine="streaming").row(0, named=True)
+    except pl.exceptions.PolarsError:
+        return None
+    problems = [name for name, count in found_counts.items() if name.startswith("bad") and count]
+    if found_counts["rows"] == 0 or problems or found_counts.get("not_numbers", 0):
+        return None
+    ids = [_lazy_id(dtypes[column], column, found_counts[f"{column}_not_int"]) for column in (schema.USER_ID,
+                                                                                              schema.ITEM_ID)]
+    rating = (pl.col(schema.RATING).cast(pl.Float32, strict=False) if cfg.rating_column
+              else pl.lit(None, dtype=pl.Float32).alias(schema.RATING))
+    time = _lazy_seconds(dtypes[schema.TIMESTAMP], found_counts.get("not_int", 0))
+    return scan.with_row_index(schema.ROW).select(*ids, rating, time.alias(schema.TIMESTAMP), schema.ROW)
+
+
+def _id_checks(dtypes: pl.Schema, column: str) -> dict[str, pl.Expr]:
+    """Counts that decide an id column's dtype (`_ids`: Int64 when every value is an integer) and its empties."""
+    text = pl.col(column).cast(pl.String)
+    return {f"bad_{column}_empty": pl.col(column).null_count(),
+            f"{column}_not_int": pl.lit(0) if dtypes[column].is_integer()
+            else text.cast(pl.Int64, strict=False).is_null().sum()}
+
+
+def _lazy_id(dtype: pl.DataType, column: str, not_int: int) -> pl.Expr:
+    if dtype.is_integer():
+        return pl.col(column).cast(pl.Int64)
+    text = pl.col(column).cast(pl.String)
+    return text.cast(pl.Int64) if not_int == 0 else text
+
+
+def _time_checks(dtype: pl.DataType) -> dict[str, pl.Expr]:
+    """Counts that decide how timestamps parse (`parse_timestamps`), and the values `_whole_seconds` refuses."""
+    ts = pl.col(schema.TIMESTAMP)
+    if dtype == pl.Datetime or dtype == pl.Date:
+        return {}
+    checks = {"bad_time_empty": ts.null_count()}
+    if dtype.is_integer():
+        return checks | {"bad_time": (ts.cast(pl.Int64, strict=False).is_null() & ts.is_not_null()).sum()}
+    text = ts.cast(pl.String)
+    numbers = ts.cast(pl.Float64, strict=False) if dtype.is_numeric() else text.cast(pl.Float64, strict=False)
+    not_int = pl.lit(1) if dtype.is_float() else text.cast(pl.Int64, strict=False).is_null().sum()
+    unusable = (~(numbers.is_finite() & (numbers.abs() < 2.0**63))).fill_null(True).sum()  # null: not a number
+    return checks | {"not_int": not_int,
+                     # when not all integers: must all be usable numbers (ISO strings are read in memory)
+                     "not_numbers": pl.when(not_int > 0).then(unusable).otherwise(0)}
+
+
+def _lazy_seconds(dtype: pl.DataType, not_int: int) -> pl.Expr:
+    ts = pl.col(schema.TIMESTAMP)
+    if dtype == pl.Datetime or dtype == pl.Date:
+        return ts.cast(pl.Datetime("us")).dt.epoch("s")
+    if dtype.is_integer():
+        return ts.cast(pl.Int64)
+    numbers = ts if dtype.is_float() else ts.cast(pl.String)
+    if not dtype.is_float() and not_int == 0:
+        return numbers.cast(pl.Int64)  # exact over the whole Int64 range, unlike via Float64
+    return numbers.cast(pl.Float64).floor().cast(pl.Int64)
+
+
 def _basket_times(frame: pl.DataFrame, users: pl.Series, member: Member, cfg: DataConfig) -> pl.Series:
     """Timestamps of a basket log from its order numbers, gaps and hours (recsys.data.baskets)."""
     if cfg.order_column:

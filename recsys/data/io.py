@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import zipfile
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,45 @@ def _depth_then_name(name: str) -> tuple[int, str]:
     return (name.count("/"), name)
 
 
+def spool_member(member: Member, fmt: TextFormat, dest: Path) -> Path:
+    """Copy a member to the plain file `dest`, decompressed and with `fmt.source_separator` replaced by
+    `fmt.separator`, a chunk at a time: what a lazy scan of a zipped, gzipped or `::`-separated log reads, never
+    the whole file in memory (`read_bytes` holds it all). Errors are DataErrors as in `read_bytes`."""
+    old = fmt.source_separator.encode() if fmt.source_separator else None
+    new = fmt.separator.encode()
+    try:
+        with ExitStack() as stack:
+            source = _open_member(member, stack)
+            out = stack.enter_context(open(dest, "wb"))
+            carry = b""
+            while chunk := source.read(_CHUNK):
+                if old is None:
+                    out.write(chunk)
+                    continue
+                # Replace whole lines only: a separator never spans a line end, but it may span two chunks.
+                chunk = carry + chunk
+                cut = chunk.rfind(b"\n") + 1
+                out.write(chunk[:cut].replace(old, new))
+                carry = chunk[cut:]
+            if carry:
+                out.write(carry.replace(old, new) if old is not None else carry)
+    except (EOFError, gzip.BadGzipFile, zlib.error, zipfile.BadZipFile) as exc:
+        raise DataError(f"{member.label}: truncated or corrupt compressed file ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{member.label}: cannot read ({exc.strerror or exc})") from None
+    return dest
+
+
+def _open_member(member: Member, stack: ExitStack) -> Any:
+    """A binary file object over the member's decompressed bytes, closed with `stack`."""
+    if member.in_zip:
+        archive = stack.enter_context(zipfile.ZipFile(member.container))
+        raw: Any = stack.enter_context(archive.open(member.name))
+    else:
+        raw = stack.enter_context(open(member.container / member.name, "rb"))
+    return stack.enter_context(gzip.open(raw)) if member.gzipped else raw
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checksums
 
@@ -219,8 +259,13 @@ def require_rows(frame: pl.DataFrame, member: Member) -> pl.DataFrame:
     """`frame` when it has rows; a log without a single interaction (an empty file, a header alone) is a
     DataError naming the file, not an empty dataset that fails later, far from its cause."""
     if frame.height == 0:
-        raise DataError(f"{member.label}: no interactions in this file (no data rows)")
+        raise no_rows_error(member)
     return frame
+
+
+def no_rows_error(member: Member) -> DataError:
+    """`require_rows`'s error, for a reader that counted the rows without holding them."""
+    return DataError(f"{member.label}: no interactions in this file (no data rows)")
 
 
 def _prepared_bytes(member: Member, fmt: TextFormat) -> Path | bytes:
@@ -272,52 +317,105 @@ def _check_header(member: Member, fmt: TextFormat, data: Path | bytes, required:
         )
 
 
-def _diagnose(
-    member: Member, fmt: TextFormat, data: Path | bytes, columns: dict[str, pl.DataType], positional: tuple[str, ...]
+def scan_delimited(
+    member: Member,
+    fmt: TextFormat,
+    columns: dict[str, pl.DataType],
+    positional: tuple[str, ...],
+    path: Path,
+    row_index: str,
+) -> pl.LazyFrame:
+    """The lazy twin of `read_delimited` over a plain file (`path`: the member itself or its `spool_member`
+    copy): the named `columns` with their dtypes and a 0-based `row_index` column first. Nothing is read but
+    the header; a bad value fails when the scan runs, and `diagnose_delimited` then names it."""
+    if fmt.header:
+        _check_header(member, fmt, path, list(columns))
+        schema_options: dict[str, Any] = {"schema_overrides": columns}
+    else:
+        # The whole positional schema, so that no field is inferred and a line of another width fails.
+        schema_options = {"schema": {name: columns.get(name, pl.String()) for name in positional}}
+    scan = pl.scan_csv(path, separator=fmt.separator, has_header=fmt.header, quote_char=fmt.quote_char,
+                       raise_if_empty=False, row_index_name=row_index, **schema_options)
+    return scan.select(row_index, *columns)
+
+
+def diagnose_delimited(
+    member: Member, fmt: TextFormat, path: Path, columns: dict[str, pl.DataType], positional: tuple[str, ...]
 ) -> DataError:
-    """The error for the first bad line, found by re-reading everything as text."""
+    """The DataError `read_delimited` gives for the first bad line of a plain file, found by streaming passes
+    over it as text (the file is never held in memory)."""
     try:
-        text = _read_as_text(data, fmt, list(columns))
+        text = _scan_as_text(path, fmt, list(columns))
+        return _diagnose(member, fmt, text, columns, positional)
+    except pl.exceptions.PolarsError as exc:
+        return DataError(f"{member.label}: cannot parse as {fmt.shown_separator}-separated text ({_first_line(exc)})")
+
+
+def _diagnose(
+    member: Member, fmt: TextFormat, data: Path | bytes | pl.LazyFrame, columns: dict[str, pl.DataType],
+    positional: tuple[str, ...]
+) -> DataError:
+    """The error for the first bad line, found by re-reading everything as text (a LazyFrame: already so read)."""
+    try:
+        text = data if isinstance(data, pl.LazyFrame) else _read_as_text(data, fmt, list(columns)).lazy()
+        width = text.collect_schema().len()
     except pl.exceptions.PolarsError as exc:
         return DataError(f"{member.label}: cannot parse as {fmt.shown_separator}-separated text ({_first_line(exc)})")
     first_line = 2 if fmt.header else 1
-    if not fmt.header and text.width < len(positional):
+    if not fmt.header and width < len(positional):
         return DataError(
             f"{member.label}: line 1: expected {len(positional)} fields separated by {fmt.shown_separator}, "
-            f"found {text.width} (wrong separator?)"
+            f"found {width} (wrong separator?)"
         )
     if not fmt.header:
-        text = text.rename(dict(zip(text.columns, positional, strict=False))).select(list(columns))
+        text = text.rename(dict(zip(text.collect_schema().names(), positional, strict=False))).select(list(columns))
     for name, dtype in columns.items():
-        empty = text.select(pl.arg_where(pl.col(name).is_null()).first()).item()
+        empty = _first_row(text, pl.col(name).is_null(), name)
         if empty is not None:
             if not fmt.header:
                 return DataError(
-                    f"{member.label}: line {empty + first_line}: expected {len(positional)} fields separated by "
+                    f"{member.label}: line {empty[0] + first_line}: expected {len(positional)} fields separated by "
                     f"{fmt.shown_separator}, field {name!r} is missing or empty"
                 )
-            return DataError(f"{member.label}: line {empty + first_line}: column {name!r} is empty")
+            return DataError(f"{member.label}: line {empty[0] + first_line}: column {name!r} is empty")
         if dtype == pl.String:
             continue
-        bad = text.select(pl.arg_where(pl.col(name).cast(dtype, strict=False).is_null()).first()).item()
+        bad = _first_row(text, pl.col(name).cast(dtype, strict=False).is_null(), name)
         if bad is not None:
-            value = text[name][bad]
-            return DataError(f"{member.label}: line {bad + first_line}: column {name!r}: not a number: {value!r}")
+            return DataError(f"{member.label}: line {bad[0] + first_line}: column {name!r}: not a number: {bad[1]!r}")
     return DataError(f"{member.label}: cannot parse as {fmt.shown_separator}-separated text")
+
+
+def _first_row(text: pl.LazyFrame, condition: pl.Expr, column: str) -> tuple[int, str | None] | None:
+    """(0-based row, value of `column`) of the first row meeting `condition`, or None; streams."""
+    found = (text.with_row_index("_row").filter(condition).select("_row", column).head(1)
+             .collect(engine="streaming"))
+    return (int(found["_row"][0]), found[column][0]) if found.height else None
 
 
 def _read_as_text(data: Path | bytes, fmt: TextFormat, columns: list[str]) -> pl.DataFrame:
     """Every field as a string; short lines padded with nulls (headerless: positional column_0, column_1...)."""
-    return pl.read_csv(
-        data,
-        separator=fmt.separator,
-        has_header=fmt.header,
-        quote_char=fmt.quote_char,
-        infer_schema=False,
-        truncate_ragged_lines=True,
-        columns=columns if fmt.header else None,
-        raise_if_empty=False,
-    )
+    return pl.read_csv(data, **_text_options(fmt, columns))
+
+
+def _scan_as_text(path: Path, fmt: TextFormat, columns: list[str]) -> pl.LazyFrame:
+    """`_read_as_text`, lazily, over a plain file."""
+    options = _text_options(fmt, columns)
+    selected = options.pop("columns")
+    scan = pl.scan_csv(path, **options)
+    return scan.select(selected) if selected else scan
+
+
+def _text_options(fmt: TextFormat, columns: list[str]) -> dict[str, Any]:
+    return {
+        "separator": fmt.separator,
+        "has_header": fmt.header,
+        "quote_char": fmt.quote_char,
+        "infer_schema": False,
+        "truncate_ragged_lines": True,
+        "columns": columns if fmt.header else None,
+        "raise_if_empty": False,
+    }
 
 
 def _first_line(exc: BaseException) -> str:

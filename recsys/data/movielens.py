@@ -154,6 +154,10 @@ def _csv_release(name: str) -> MovieLensReader:
     return MovieLensReader(name, "ratings.csv", "movies.csv", read_csv_ratings, read_csv_movies)
 
 
+RATINGS_FORMATS: dict[str, TextFormat] = {"u.data": TAB, "ratings.dat": DAT, "ratings.csv": CSV}
+"""Layout of each ratings file name, for the lazy scan of recsys.data.streaming."""
+
+
 READERS: dict[str, MovieLensReader] = {
     "ml-100k": MovieLensReader("ml-100k", "u.data", "u.item", _tab_ratings, read_uitem_movies),
     "ml-1m": MovieLensReader("ml-1m", "ratings.dat", "movies.dat", _dat_ratings, read_dat_movies),

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +25,15 @@ import polars as pl
 from recsys.config import DataConfig
 from recsys.data import schema
 from recsys.data.dataset import PreparedDataset
-from recsys.data.generic import custom_members, read_custom
+from recsys.data.generic import custom_members, read_custom, read_items, scan_interactions
 from recsys.data.ids import build_item_map, build_user_map, dense_index
 from recsys.data.io import Member, Source, open_source
-from recsys.data.movielens import READERS
+from recsys.data.movielens import MOVIELENS_TEXT_COLUMNS, READERS
 from recsys.data.presets import Preprocessing, resolve_preprocessing
 from recsys.data.raw import RawData
 from recsys.data.sequences import build_sequences, drop_exact_duplicates, filter_counts, filter_min_rating, keep_last
 from recsys.data.splits import MIN_EVALUATED_LENGTH
+from recsys.data.streaming import stream_log, wants_streaming
 from recsys.durable import folder_beside, publish_folder, remove_abandoned_folders
 from recsys.errors import DataError
 
@@ -159,7 +162,11 @@ def prepare_dataset(cfg: DataConfig, progress: bool = False, use_cache: bool = T
         cached = load_prepared(folder, fp)
         if cached is not None:
             return cached
-    ds = build_dataset(cfg, preprocessing, fp, _stages(progress, cfg.name))
+    stage = _stages(progress, cfg.name)
+    if wants_streaming(cfg, members):
+        ds = build_out_of_core(cfg, members, preprocessing, fp, stage, folder if use_cache else None)
+    else:
+        ds = build_dataset(cfg, preprocessing, fp, stage)
     if use_cache:
         save_prepared(ds, folder, preprocessing)
     return ds
@@ -202,6 +209,54 @@ def build_dataset(
     stage("done")
     return PreparedDataset(cfg.name, cfg.preset, sequences, user_map, item_map, items, fp, text_columns,
                            duplicates_dropped=duplicates)
+
+
+def build_out_of_core(
+    cfg: DataConfig,
+    members: list[Member],
+    preprocessing: Preprocessing,
+    fp: str,
+    stage: Callable[[str], None] | None = None,
+    beside: Path | None = None,
+    rows_per_bucket: int | None = None,
+) -> PreparedDataset:
+    """`build_dataset`'s result, prepared out of core (recsys.data.streaming) in a temporary folder beside the
+    cache folder `beside` (None: in the system's temporary folder), removed when done; rows_per_bucket None:
+    streaming.ROWS_PER_BUCKET. A custom log that only the in-memory reader can read (ISO-8601 timestamps, a
+    gzipped file, or one with a bad line, which that reader then names) is built in memory."""
+    stage = stage or _quiet
+    log: Member | pl.LazyFrame = members[0]
+    if cfg.name == CUSTOM:
+        scan = scan_interactions(members[0], cfg)
+        if scan is None:
+            return build_dataset(cfg, preprocessing, fp, stage)
+        item_table = (read_items(members[1], cfg, scan.collect_schema()[schema.ITEM_ID]) if len(members) > 1
+                      else pl.DataFrame({schema.ITEM_ID: pl.Series([], dtype=scan.collect_schema()[schema.ITEM_ID])}))
+        text_columns = tuple(c for c in item_table.columns if c != schema.ITEM_ID)
+        log = scan
+    else:
+        item_table = READERS[cfg.name].read_movies(members[1])  # small: read first, so that a bad one fails at once
+        text_columns = MOVIELENS_TEXT_COLUMNS
+    with _work_folder(beside) as work:
+        built = stream_log(log, cfg.duplicates == "drop_exact", preprocessing, stage, work, rows_per_bucket)
+    items = attach_items(built.item_map, item_table)
+    stage("done")
+    return PreparedDataset(cfg.name, cfg.preset, built.sequences, built.user_map, built.item_map, items, fp,
+                           text_columns, duplicates_dropped=built.duplicates_dropped)
+
+
+@contextmanager
+def _work_folder(beside: Path | None) -> Iterator[Path]:
+    """An empty folder for out-of-core work: beside the cache folder (same disk as the cache, and cleared by
+    the next run should this one be killed), or a system temporary one; removed when the block ends."""
+    if beside is None:
+        with tempfile.TemporaryDirectory(prefix="recsys-streaming-") as tmp:
+            yield Path(tmp)
+        return
+    target = beside.with_name(beside.name + ".streaming")
+    remove_abandoned_folders(target)
+    with folder_beside(target) as work:
+        yield work
 
 
 def attach_items(item_map: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
