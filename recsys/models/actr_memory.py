@@ -9,6 +9,7 @@ sampled one):
 
     logit(i | t) = h_t . e_i                                    every item (the model's inner product)
                  + a(h_t) * B_i(t) + b(h_t)                     items already in the history up to t
+                 + c(h_t) * [i used at the query time]          items of the basket being filled
 
     B_i(t) = ln sum_j (age_j(t) + offset)^(-d)                  over i's uses j at or before position t
 
@@ -18,6 +19,11 @@ by hand: the weight a >= 0 (softplus) and the repeat bias b, both linear in the 
 whose history reads as "buys again" weighs memory more than one who explores (`gate: state`, or one pair
 of scalars for everyone: `gate: global`); and the decay d itself (`learn_decay`, from `decay`). a starts
 at softplus(0) = 0.69 and b at 0: training begins as the plain model plus a modest memory term.
+
+c is the one term ACT-R does not have (`current_basket`): an item used at the very time the prediction is
+asked for (age 0: an earlier item of the basket being filled, with basket timelines, recsys.data.baskets) has
+the highest activation of all, yet in grocery baskets it is the one item that does not come next (an order
+lists a product once); in a listening session it may be the likeliest. The model learns which, per user.
 
 Serving: the memory term changes only the scores of history items, so it is the contract's
 `history_scores`, re-ranked on top of FAISS's inner-product search (recsys.retrieval.recommender), and
@@ -57,8 +63,11 @@ class ACTRMemoryConfig(ConfigModel):
     offset: PositiveFloat = 1.0
     """Added to every age, in time units, so that a use at the query time stays finite."""
     gate: Literal["state", "global"] = "state"
-    """'state': the memory weight a and repeat bias b are linear in the user's state (learnt per user);
-    'global': two learnt scalars for everyone."""
+    """'state': the memory weight a, repeat bias b and basket bias c are linear in the user's state (learnt per
+    user); 'global': learnt scalars for everyone."""
+    current_basket: bool = True
+    """Learn c, a bias for items already used at the query time (the basket being filled; see the module
+    docstring). False: ACT-R's base level and the repeat bias alone."""
 
 
 class ACTRMemory(nn.Module):
@@ -67,8 +76,8 @@ class ACTRMemory(nn.Module):
     def __init__(self, hidden: int, config: ACTRMemoryConfig) -> None:
         super().__init__()
         self.config = config
-        # [a_raw, b] from the state; zero weights: everyone starts with softplus(0) and 0
-        self.gate = nn.Linear(hidden, 2)
+        # [a_raw, b, c] from the state; zero weights: everyone starts with softplus(0), 0 and 0
+        self.gate = nn.Linear(hidden, 3)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
         if config.gate == "global":
@@ -96,7 +105,7 @@ class ACTRMemory(nn.Module):
         else:  # positions without a target have query time 0: ask them at their own time
             asked = torch.where(query_times > 0, query_times.to(times.dtype) / self.config.time_unit_s, times)
         positions = torch.arange(items.shape[1], device=items.device)
-        base = self._base_level(items, times, asked, positions)  # [batch, L(t), L(j)]
+        base, now = self._base_level(items, times, asked, positions)  # [batch, L(t), L(j)] each
         real = items > 0
         later = torch.triu(torch.ones(items.shape[1], items.shape[1], dtype=torch.bool, device=items.device), 1)
         same = (items.unsqueeze(2) == items.unsqueeze(1)) & real.unsqueeze(1)  # [batch, j, k]
@@ -104,8 +113,8 @@ class ACTRMemory(nn.Module):
         next_use = torch.where(same & later, positions, items.shape[1]).amin(dim=2)  # [batch, L]
         last_use = (positions.view(1, 1, -1) <= positions.view(1, -1, 1)) \
             & (positions.view(1, -1, 1) < next_use.unsqueeze(1)) & real.unsqueeze(1)  # [batch, t, j]
-        weight, bias = self.weights(states)  # [batch, L] each
-        value = weight.unsqueeze(2) * base + bias.unsqueeze(2)
+        weight, bias, basket = self.weights(states)  # [batch, L] each
+        value = weight.unsqueeze(2) * base + bias.unsqueeze(2) + basket.unsqueeze(2) * now
         return torch.where(last_use, value, torch.zeros_like(value)), last_use
 
     def serving_scores(self, items: Tensor, timestamps: Tensor | None, at: Tensor | None,
@@ -122,15 +131,17 @@ class ACTRMemory(nn.Module):
         else:
             now = at.to(times.dtype) / self.config.time_unit_s
         last = torch.full((1,), items.shape[1] - 1, device=items.device)
-        base = self._base_level(items, times, now.unsqueeze(1), last).squeeze(1)  # [batch, L]
-        weight, bias = self.weights(user_state.unsqueeze(1))
-        value = weight * base + bias
+        base, used_now = (part.squeeze(1) for part in self._base_level(items, times, now.unsqueeze(1), last))  # [batch, L]
+        weight, bias, basket = self.weights(user_state.unsqueeze(1))
+        value = weight * base + bias + basket * used_now
         return torch.where(real, value, torch.zeros_like(value))
 
-    def weights(self, states: Tensor) -> tuple[Tensor, Tensor]:
-        """(a >= 0, b) per state: states [..., hidden] -> two [...] tensors."""
+    def weights(self, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(a >= 0, b, c) per state: states [..., hidden] -> three [...] tensors (c is 0 without
+        current_basket)."""
         raw = self.gate(states) * GATE_SCALE
-        return F.softplus(raw[..., 0]), raw[..., 1]
+        basket = raw[..., 2] if self.config.current_basket else torch.zeros_like(raw[..., 2])
+        return F.softplus(raw[..., 0]), raw[..., 1], basket
 
     def _times(self, items: Tensor, timestamps: Tensor | None) -> Tensor:
         """Each position's time in time units, float64 (a day count of 1e4 keeps its seconds)."""
@@ -138,15 +149,17 @@ class ACTRMemory(nn.Module):
             return torch.arange(items.shape[1], device=items.device, dtype=torch.float64).expand(items.shape[0], -1)
         return timestamps.to(torch.float64) / self.config.time_unit_s
 
-    def _base_level(self, items: Tensor, times: Tensor, asked: Tensor, positions: Tensor) -> Tensor:
-        """B [batch, T, L]: for each query (asked [batch, T] at sequence positions `positions` [T]) and
-        history position j, ln of the sum of (age + offset)^(-d) over the uses k <= that position of j's
-        item; 0 where the sum is empty."""
+    def _base_level(self, items: Tensor, times: Tensor, asked: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, used now), both [batch, T, L]: for each query (asked [batch, T] at sequence positions `positions`
+        [T]) and history position j, ln of the sum of (age + offset)^(-d) over the uses k <= that position of
+        j's item (0 where the sum is empty), and 1.0 where one of those uses has age 0 (else 0.0)."""
         real = items > 0
-        age = (asked.unsqueeze(2) - times.unsqueeze(1)).clamp(min=0.0).float() + self.config.offset  # [b, T, L]
+        raw_age = (asked.unsqueeze(2) - times.unsqueeze(1)).clamp(min=0.0).float()  # [b, T, L]
         seen = (torch.arange(items.shape[1], device=items.device).view(1, 1, -1) <= positions.view(1, -1, 1)) \
             & real.unsqueeze(1)  # [batch, T, L(k)]: use k happened by the query's position
-        strength = torch.where(seen, age.pow(-self.decay), torch.zeros_like(age))
+        strength = torch.where(seen, (raw_age + self.config.offset).pow(-self.decay), torch.zeros_like(raw_age))
         same = ((items.unsqueeze(2) == items.unsqueeze(1)) & real.unsqueeze(1)).to(strength.dtype)  # [b, j, k]
         total = strength @ same.transpose(1, 2)  # [batch, T, L(j)]: sum over k of strength[t, k] * same[j, k]
-        return torch.where(total > 0, total.clamp(min=torch.finfo(total.dtype).tiny).log(), torch.zeros_like(total))
+        base = torch.where(total > 0, total.clamp(min=torch.finfo(total.dtype).tiny).log(), torch.zeros_like(total))
+        used_now = ((seen & (raw_age <= 0)).to(strength.dtype) @ same.transpose(1, 2) > 0).to(strength.dtype)
+        return base, used_now

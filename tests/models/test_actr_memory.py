@@ -40,13 +40,17 @@ def _model(name: str, **overrides):
     with torch.no_grad():  # a non-trivial gate, so that a and b differ per state
         if model.config.gate == "state":
             model.memory.gate.weight.normal_(0.0, 0.5)
-        model.memory.gate.bias.copy_(torch.tensor([0.3, -0.2]))
+        model.memory.gate.bias.copy_(torch.tensor([0.3, -0.2, -0.4]))
     return model
 
 
 # items 3 and 5 repeat; left padding; days 0, 1, 2, 4, 5
 ITEMS = torch.tensor([[0, 3, 5, 3, 7, 5]])
 TIMES = torch.tensor([[0.0, 0.0, 1.0, 2.0, 4.0, 5.0]]) * DAY + 1.7e9
+
+
+def _day(k: int) -> float:
+    return float((TIMES[0, k] - 1.7e9) / DAY)
 
 
 def _hand_base(item: int, t: int, asked_day: float, d: float) -> float:
@@ -61,17 +65,19 @@ def test_history_logits_are_the_formula_on_the_last_use_of_each_item_up_to_each_
     query = TIMES.clone()
     query[0, :-1] = TIMES[0, 1:]  # training asks each position at the next item's time
     query[0, -1] = TIMES[0, -1] + 2 * DAY
+    query[0, 2] = TIMES[0, 2]  # position 2's target is in its basket: item 5 is used at the query time
     with torch.no_grad():
         states = model.encode(ITEMS, TIMES)
         logits, applies = (part[0] for part in model.history_logits(ITEMS, TIMES, query, states))  # [t, j]
-        a, b = model.memory.weights(states[0])
+        a, b, c = model.memory.weights(states[0])
     d = float(model.memory.decay.detach())
     for t in range(1, 6):
         asked = float((query[0, t] - 1.7e9) / DAY)
         for j in range(6):
             item = int(ITEMS[0, j])
             last_use = item > 0 and j <= t and all(int(ITEMS[0, k]) != item for k in range(j + 1, t + 1))
-            want = float(a[t]) * _hand_base(item, t, asked, d) + float(b[t]) if last_use else 0.0
+            now = any(int(ITEMS[0, k]) == item and asked - _day(k) <= 0 for k in range(t + 1))
+            want = float(a[t]) * _hand_base(item, t, asked, d) + float(b[t]) + float(c[t]) * now if last_use else 0.0
             assert float(logits[t, j]) == pytest.approx(want, abs=TOL), (t, j)
             assert bool(applies[t, j]) == last_use, (t, j)
 
@@ -86,9 +92,10 @@ def test_a_position_never_sees_later_items(name) -> None:
     torch.testing.assert_close(before[0, :4], after[0, :4], atol=TOL, rtol=0)
 
 
-def test_serving_scores_equal_the_training_logits_at_the_last_position(name) -> None:
+@pytest.mark.parametrize("later", [3 * DAY, 0.0], ids=["3 days on", "in the last basket"])
+def test_serving_scores_equal_the_training_logits_at_the_last_position(name, later) -> None:
     model = _model(name)
-    at = TIMES[:, -1] + 3 * DAY
+    at = TIMES[:, -1] + later
     query = torch.cat([TIMES[:, 1:], at.unsqueeze(1)], dim=1)  # each position asked at the next item, the last at `at`
     with torch.no_grad():
         train = model.history_logits(ITEMS, TIMES, query, model.encode(ITEMS, TIMES, query))[0][0, -1]  # [j]
