@@ -53,8 +53,16 @@ def compiled_user_vector(model: nn.Module, max_len: int) -> Encoder | None:
     try:
         # Compile now, not on the first request: a short batch and a full window (BERT4Rec drops the oldest
         # column of a full window, another graph); no size equal to another, or torch would assume it always is.
-        for length in sorted({3, max_len}):
-            encode(torch.ones(2, length, dtype=torch.long))
+        # And under each thread count a request may run with: the Recommender encodes small batches on one
+        # thread, and a graph compiled under another count fails dynamo's guard (a recompile per request).
+        before = torch.get_num_threads()
+        try:
+            for threads in sorted({before, 1}, reverse=True):
+                torch.set_num_threads(threads)
+                for length in sorted({3, max_len}):
+                    encode(torch.ones(2, length, dtype=torch.long))
+        finally:
+            torch.set_num_threads(before)
     except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager encoder is always correct
         lines = str(exc).strip().splitlines()
         reason = lines[0][:300] if lines else type(exc).__name__
