@@ -116,7 +116,6 @@ class SequenceDataModule(L.LightningDataModule):
                      if self.with_timestamps else {})
             self._train = TensorRows(windows=windows, **times)
             self._valid = EvaluationRows(self.split.valid, self.max_len, self.with_timestamps)
-            self._test = EvaluationRows(self.split.test, self.max_len, self.with_timestamps)
 
     @property
     def n_train_windows(self) -> int:
@@ -149,6 +148,9 @@ class SequenceDataModule(L.LightningDataModule):
         return self._evaluation_loader(self._valid)
 
     def test_dataloader(self) -> DataLoader:
+        # Built only when asked for: a validation-only run (recsys tune's trials) never touches the test rows.
+        if self._test is None:
+            self._test = EvaluationRows(self.split.test, self.max_len, self.with_timestamps)
         return self._evaluation_loader(self._test)
 
     def _evaluation_loader(self, rows: EvaluationRows | None) -> DataLoader:
