@@ -352,13 +352,16 @@ def add_tune_command(commands: argparse._SubParsersAction) -> None:  # type: ign
                       help="trials the study should hold in all (a resumed study counts those it has)")
     tune.add_argument("--max-minutes", type=_minutes, default=None, metavar="M",
                       help="stop starting trials after M minutes, and cap each trial's training to what is left")
+    tune.add_argument("--trial-minutes", type=_minutes, default=None, metavar="M",
+                      help="cap each trial's training at M minutes (the search's budget: best.yaml keeps the config's "
+                      "own trainer.max_minutes)")
     tune.add_argument("--study-dir", default=None, metavar="DIR",
                       help="the study's folder (default: studies/<config name>); an existing study is resumed")
     tune.add_argument("--space", default=None, metavar="FILE",
                       help="search space YAML (default: configs/search/<model>.yaml of the recsys checkout)")
     tune.add_argument("--pruner", choices=("median", "none"), default="median",
                       help="median: stop a trial whose validation NDCG@10 is below the median of earlier trials at "
-                      "the same epoch (after 5 trials and 5 epochs); none: every trial trains to its end")
+                      "the same epoch (after 3 trials and 5 epochs); none: every trial trains to its end")
     tune.set_defaults(handler=run_tune)
 
 
@@ -385,7 +388,8 @@ def run_tune(args: argparse.Namespace) -> int:
 
         pruner = optuna.pruners.NopPruner()
     result = tune(args.config, list(args.overrides), study_dir, n_trials=args.trials, max_minutes=args.max_minutes,
-                  space_file=args.space, pruner=pruner, say=lambda line: print(line, flush=True))
+                  space_file=args.space, pruner=pruner, trial_minutes=args.trial_minutes,
+                  say=lambda line: print(line, flush=True))
     states = ", ".join(f"{n} {state.lower()}" for state, n in result.states.items())
     print(f"study:        {result.study_dir} ({result.trials} trials: {states}; {result.ran} run now)")
     if result.best_config is None:

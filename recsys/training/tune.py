@@ -72,11 +72,12 @@ class TuneResult:
 
 def tune(config_file: str | Path | None, overrides: list[str] | tuple[str, ...], study_dir: str | Path,
          n_trials: int | None = None, max_minutes: float | None = None, space_file: str | Path | None = None,
-         pruner: Any = None, say: Callable[[str], None] = print) -> TuneResult:
+         pruner: Any = None, trial_minutes: float | None = None, say: Callable[[str], None] = print) -> TuneResult:
     """Run (or resume) the study in `study_dir` until it holds `n_trials` trials or `max_minutes` have passed.
 
-    `pruner`: an Optuna pruner (None: MedianPruner after 5 trials and 5 epochs; `optuna.pruners.NopPruner()`
-    never prunes). `say` gets one line per trial."""
+    `pruner`: an Optuna pruner (None: MedianPruner after 3 trials and 5 epochs; `optuna.pruners.NopPruner()`
+    never prunes). `trial_minutes` caps each trial's training (a budget of the search, so not written into
+    best.yaml, unlike a trainer.max_minutes override). `say` gets one line per trial."""
     import optuna
 
     if n_trials is None and max_minutes is None:
@@ -98,7 +99,8 @@ def tune(config_file: str | Path | None, overrides: list[str] | tuple[str, ...],
         left = None if n_trials is None else max(0, n_trials - done)
         tracking_uri = _tracking_uri(cfg, study_dir)
         parent = _parent_run(study, cfg, tracking_uri, study_dir, space, config_file)
-        objective = _Objective(base, where, overrides, space, cfg, study_dir, tracking_uri, parent, deadline)
+        objective = _Objective(base, where, overrides, space, cfg, study_dir, tracking_uri, parent, deadline,
+                               trial_minutes)
         if left == 0:
             say(f"{study_dir}: the study already has {done} trials (--trials {n_trials}); nothing to run")
         else:
@@ -110,7 +112,8 @@ def tune(config_file: str | Path | None, overrides: list[str] | tuple[str, ...],
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 study.optimize(objective, n_trials=left, timeout=timeout, catch=(Exception,),
                                callbacks=[progress])
-            except BaseException:
+            except BaseException:  # interrupted (Lightning turns Ctrl-C into SystemExit): not left RUNNING
+                _fail_stale_trials(study)
                 parent.finish("KILLED")
                 raise
         return _finish_study(study, study_dir, base, where, overrides, parent, tracking_uri, len(study.trials) - done)
@@ -149,9 +152,10 @@ class _Objective:
 
     def __init__(self, base: dict[str, Any], where: str, overrides: list[str] | tuple[str, ...],
                  space: SearchSpace, cfg: RunConfig, study_dir: Path, tracking_uri: str, parent: Tracker,
-                 deadline: float | None) -> None:
+                 deadline: float | None, trial_minutes: float | None) -> None:
         self.base, self.where, self.overrides, self.space, self.cfg = base, where, list(overrides), space, cfg
         self.study_dir, self.tracking_uri, self.parent, self.deadline = study_dir, tracking_uri, parent, deadline
+        self.trial_minutes = trial_minutes
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -195,9 +199,11 @@ class _Objective:
                                 "tracking.tracking_uri": self.tracking_uri,
                                 "tracking.run_name": f"trial-{trial.number}", "tracking.register_as": None,
                                 "trainer.progress_bar": False}
+        caps = [m for m in (self.cfg.trainer.max_minutes, self.trial_minutes) if m is not None]
         if self.deadline is not None:
-            left = max((self.deadline - time.monotonic()) / 60, 0.01)
-            keys["trainer.max_minutes"] = min(self.cfg.trainer.max_minutes or left, left)
+            caps.append(max((self.deadline - time.monotonic()) / 60, 0.01))
+        if caps:
+            keys["trainer.max_minutes"] = min(caps)
         return as_overrides(keys)
 
     def _close_child(self, run_id: str | None, state: str, status: str) -> None:
@@ -293,7 +299,7 @@ def _open_study(study_dir: Path, cfg: RunConfig, space: SearchSpace, pruner: Any
     # first values again (TPE's start-up trials are random draws).
     sampler = optuna.samplers.TPESampler(seed=cfg.trainer.seed + done)
     if pruner is None:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5)
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     config, kept = _what_it_trains(cfg), study.user_attrs.get("config")

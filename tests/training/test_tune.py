@@ -179,11 +179,14 @@ def test_failed_trials_do_not_end_the_study(tmp_path: Path) -> None:
 
 
 def test_max_minutes_caps_each_trial_to_what_is_left(tmp_path: Path) -> None:
-    tune(CONFIG, TINY, tmp_path / "study", n_trials=1, max_minutes=1.0, space_file=write_space(tmp_path),
-         say=lambda line: None)
-    (trial,) = load_study(tmp_path / "study").trials
-    cap = load_run_config(Path(trial.user_attrs["run_dir"]) / "config.yaml").trainer.max_minutes
-    assert cap is not None and 0 < cap < 1.0  # what was left of the minute when the trial started
+    result = tune(CONFIG, TINY, tmp_path / "study", n_trials=1, max_minutes=1.0, trial_minutes=0.5,
+                  space_file=write_space(tmp_path), say=lambda line: None)
+    caps = [load_run_config(Path(t.user_attrs["run_dir"]) / "config.yaml").trainer.max_minutes
+            for t in load_study(tmp_path / "study").trials]
+    # each at most --trial-minutes, and at most what was left of the minute when it started
+    assert len(caps) == 1 and 0 < caps[0] <= 0.5
+    # a budget of the search, not of the config: best.yaml trains as long as the config says
+    assert load_run_config(result.best_config).trainer.max_minutes is None
 
 
 def test_no_trial_starts_once_the_time_is_up(tmp_path: Path) -> None:
@@ -204,7 +207,7 @@ def test_no_trial_starts_once_the_time_is_up(tmp_path: Path) -> None:
     ("model.n_layers: {type: integer, low: 1, high: 3}\n",
      "space.yaml: model.n_layers.type: 'integer' is not one of 'categorical', 'int', 'float'"),
     ("model.hidden: {type: categorical, choices: []}\n", "space.yaml: model.hidden.choices:"),
-    ("model.hidden: {type: int, low: 1, hi: 3}\n", "space.yaml: model.hidden.hi: unknown key"),
+    ("model.hidden: {type: int, low: 1, hi: 3}\n", "space.yaml: model.hidden.high: missing key"),
     ("hidden: {type: int, low: 1, high: 3}\n", "space.yaml: hidden: not a config key (write section.key"),
 ])
 def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
