@@ -78,8 +78,6 @@ def tune(config_file: str | Path | None, overrides: list[str] | tuple[str, ...],
     `pruner`: an Optuna pruner (None: MedianPruner after 3 trials and 5 epochs; `optuna.pruners.NopPruner()`
     never prunes). `trial_minutes` caps each trial's training (a budget of the search, so not written into
     best.yaml, unlike a trainer.max_minutes override). `say` gets one line per trial."""
-    import optuna
-
     if n_trials is None and max_minutes is None:
         raise ConfigError("tune: give --trials N or --max-minutes M (or both): a study needs an end")
     started = time.monotonic()
