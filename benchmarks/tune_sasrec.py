@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument("--trial-minutes", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="tune_sasrec_ml-100k", help="result file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def main() -> None:
         **provenance(),
     }
     print(json.dumps(result["metrics"], indent=2))
-    print(write_result("tune_sasrec_ml-100k", result))
+    print(write_result(args.name, result))
 
 
 if __name__ == "__main__":
