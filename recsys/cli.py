@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="<command>")
     add_data_commands(commands)
     add_train_command(commands)
+    add_tune_command(commands)
     add_evaluate_command(commands)
     add_recommend_command(commands)
     add_serve_command(commands)
@@ -324,6 +325,86 @@ def run_train(args: argparse.Namespace) -> int:
             f"{context} ndcg@10={result.metrics[f'test_time_{context}_ndcg@10']:.4f} "
             f"hr@10={result.metrics[f'test_time_{context}_hr@10']:.4f}" for context in ("none", "target")))
     print(f"saved model:  {result.model_dir}")
+    return 0
+
+
+def add_tune_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tune = commands.add_parser(
+        "tune",
+        help="search hyperparameters on the validation split (Optuna), each trial an MLflow run; write best.yaml",
+        description="Search a run config's hyperparameters with Optuna (TPE, seeded by trainer.seed) on the "
+        "validation split: each trial trains CONFIG with its overrides and the values it drew from the search "
+        "space, scored by validation NDCG@10; the test split is never read. Bad trials are pruned by their "
+        "per-epoch validation NDCG@10 (median pruner). Each trial is an MLflow run nested under one run for the "
+        "study. The study lives in --study-dir (Optuna's study.db beside the MLflow store mlflow.db, unless "
+        "tracking.tracking_uri or $MLFLOW_TRACKING_URI names another): run the same command again to resume "
+        "it. The best config is written to <study-dir>/best.yaml, for `recsys train --config`. The search "
+        "space is configs/search/<model>.yaml unless --space FILE, e.g.\n"
+        "  model.hidden: {type: categorical, choices: [32, 64, 128]}\n"
+        "  model.n_layers: {type: int, low: 1, high: 3}\n"
+        "  trainer.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}",
+        formatter_class=_listing_formatter,
+    )
+    tune.add_argument("config", metavar="CONFIG", help="YAML run config to tune (see configs/)")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="config overrides for every trial, e.g. trainer.threads=1 trainer.max_epochs=50")
+    tune.add_argument("--trials", type=_positive, default=None, metavar="N",
+                      help="trials the study should hold in all (a resumed study counts those it has)")
+    tune.add_argument("--max-minutes", type=_minutes, default=None, metavar="M",
+                      help="stop starting trials after M minutes, and cap each trial's training to what is left")
+    tune.add_argument("--trial-minutes", type=_minutes, default=None, metavar="M",
+                      help="cap each trial's training at M minutes (the search's budget: best.yaml keeps the config's "
+                      "own trainer.max_minutes)")
+    tune.add_argument("--study-dir", default=None, metavar="DIR",
+                      help="the study's folder (default: studies/<config name>); an existing study is resumed")
+    tune.add_argument("--space", default=None, metavar="FILE",
+                      help="search space YAML (default: configs/search/<model>.yaml of the recsys checkout)")
+    tune.add_argument("--pruner", choices=("median", "none"), default="median",
+                      help="median: stop a trial whose validation NDCG@10 is below the median of earlier trials at "
+                      "the same epoch (after 3 trials and 5 epochs); none: every trial trains to its end")
+    tune.set_defaults(handler=run_tune)
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be more than 0 minutes")
+    return value
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """`recsys tune`: one line per trial while it runs, then the best trial, best.yaml, plots and MLflow."""
+    from pathlib import Path
+
+    from recsys.training.tune import tune
+
+    study_dir = args.study_dir or str(Path("studies") / Path(args.config).stem)
+    pruner = None
+    if args.pruner == "none":
+        import optuna
+
+        pruner = optuna.pruners.NopPruner()
+    result = tune(args.config, list(args.overrides), study_dir, n_trials=args.trials, max_minutes=args.max_minutes,
+                  space_file=args.space, pruner=pruner, trial_minutes=args.trial_minutes,
+                  say=lambda line: print(line, flush=True))
+    states = ", ".join(f"{n} {state.lower()}" for state, n in result.states.items())
+    print(f"study:        {result.study_dir} ({result.trials} trials: {states}; {result.ran} run now)")
+    if result.best_config is None:
+        print("best:         none yet (no trial completed)")
+    else:
+        values = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+        print(f"best:         trial {result.best_trial}, valid ndcg@10 {result.best_value:.4f}: {values}")
+        print(f"best config:  {result.best_config} (train it: recsys train --config {result.best_config})")
+    for note in result.notes:
+        print(f"plots:        {note}")
+    if result.plots:
+        print(f"plots:        {', '.join(str(p) for p in result.plots)}")
+    if result.parent_run_id:
+        print(f"MLflow run:   {result.parent_run_id} at {result.tracking_uri} (see it with: mlflow ui "
+              f"--backend-store-uri {result.tracking_uri})")
     return 0
 
 

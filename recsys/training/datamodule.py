@@ -151,7 +151,6 @@ class SequenceDataModule(L.LightningDataModule):
                      if self.with_timestamps else {})
             self._train = TensorRows(windows=windows, **times)
             self._valid = EvaluationRows(self.split.valid, self.max_len, self.with_timestamps)
-            self._test = EvaluationRows(self.split.test, self.max_len, self.with_timestamps)
 
     @property
     def n_train_windows(self) -> int:
@@ -192,6 +191,9 @@ class SequenceDataModule(L.LightningDataModule):
     def all_users(self, split: Literal["valid", "test"]) -> DataLoader:
         """Every user of the split, whatever the processes: the final metrics, scored by the first process."""
         self.setup()
+        if split == "test" and self._test is None:
+            # Built only when asked for: a validation-only run (recsys tune's trials) never touches the test rows.
+            self._test = EvaluationRows(self.split.test, self.max_len, self.with_timestamps)
         rows = self._valid if split == "valid" else self._test
         assert rows is not None
         return self._evaluation_loader(rows, range(len(rows)))

@@ -137,9 +137,11 @@ def finish_tracking(tracker: Tracker | None, cfg: RunConfig, metrics: dict[str, 
     title = f"{cfg.model_name} on {cfg.data.name} ({cfg.data.preset})"
     if history:
         plot_learning_curves(history, plots / "learning_curves.png", title)
-    headline = {k: v for k, v in metrics.items() if k.startswith("test_") and not k.startswith("test_time_")}
-    plot_metrics_at_k(headline, plots / "test_metrics_at_k.png",
-                      f"test metrics at K: {title}{time_context_label(cfg, ', ')}")
+    # A validation-only run (recsys tune's trials) has no test metric: its plot is of validation.
+    stage = "test" if any(k.startswith("test_") for k in metrics) else "valid"
+    headline = {k: v for k, v in metrics.items() if k.startswith(f"{stage}_") and not k.startswith("test_time_")}
+    plot_metrics_at_k(headline, plots / f"{stage}_metrics_at_k.png",
+                      f"{'test' if stage == 'test' else 'validation'} metrics at K: {title}{time_context_label(cfg, ', ')}")
     if tracker is None or not tracker.active:
         return None
     final_step = int(metrics.get("epochs_run", 0))

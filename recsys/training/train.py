@@ -3,6 +3,8 @@
 Steps: prepare data (cached) -> split -> model -> Lightning fit with early stopping on validation NDCG@10
 -> reload the best epoch -> full-ranking validation and test metrics -> saved model directory -> MLflow.
 Each run writes into a fresh folder under `tracking.output_dir`, so runs never clobber each other.
+A validation-only run (`test=False`, what `recsys tune` trains) withholds the test split right after it is
+made: its rows are never turned into batches nor scored, and the run has no test metric.
 
 This file is the run itself and its fit. Around it: `run_folder.py` (the run folder and its run.json),
 `resume.py` (what `--resume` continues, and refusing a finished run), `cooldown.py` (the cool-down's
@@ -52,12 +54,16 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | Path | None = None,
-          after_logging: AfterLogging | None = None, callbacks: list[Any] | None = None) -> TrainResult:
+          after_logging: AfterLogging | None = None, callbacks: list[Any] | None = None, *, test: bool = True,
+          tags: dict[str, str] | None = None) -> TrainResult:
     """Train per `cfg`; with `resume` (a run folder) continue that run from its last checkpoint.
 
     `after_logging(tracking_uri, run_id, model_dir)` runs once the model directory is logged and before the
     MLflow run closes: the CLI uses it to add the pyfunc flavour, which lives in a layer above training.
-    `callbacks` are extra Lightning callbacks for the fit (benchmarks use one to time the way to a target).
+    `callbacks` are extra Lightning callbacks for the fit (benchmarks use one to time the way to a target;
+    `recsys tune` one that prunes a trial). `test=False`: a validation-only run, for model selection; the
+    test split is withheld (see `withhold_test`), so the metrics are `valid_*` alone. `tags` are added to
+    the new MLflow run's own (a tuning trial's `mlflow.parentRunId`).
     """
     check_launch(cfg.trainer)  # before anything is read or imported: a launch that cannot work says so in one line
     import lightning as L
@@ -68,7 +74,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     if resume is not None:
         refuse_finished_run(cfg, Path(resume))
     _configure_threads(cfg)
-    _quiet_libraries()
+    quiet_libraries()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     say(f"preparing data: {cfg.data.name} (preset {cfg.data.preset})")
     dataset = prepare_dataset(cfg.data, progress=cfg.trainer.progress_bar)
@@ -79,6 +85,8 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
     note = not_evaluated(dataset, split)
     if note:
         say(note)
+    if not test:
+        split = withhold_test(split)
     say(f"building the model: {cfg.model_name} over {dataset.n_items:,} items "
         f"({dataset.n_users:,} users, {dataset.n_interactions:,} interactions)")
     model = build_model(cfg.model_name, cfg.model, dataset.n_items)
@@ -103,6 +111,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
                           run_id=info.get("run_id"), enabled=cfg.tracking.enabled)
         if tracker.active and resume is None:
             log_run_start(tracker, cfg, dataset, split, config_file, run_dir, model.objective())
+            tracker.set_tags({**({} if test else {"recsys.test_split": "withheld"}), **(tags or {})})
         write_run_info(run_dir, {"run_id": tracker.run_id, "tracking_uri": tracking_uri})
         holder["tracker"] = tracker
         tracking_setup_s[0] += time.perf_counter() - started
@@ -117,7 +126,7 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
         if not trainer.is_global_zero:
             return TrainResult(run_dir, None, None, tracking_uri, {})
         return _finish(cfg, trainer, module, datamodule, history, dataset, split, run_dir, holder["tracker"],
-                       tracking_uri, fit_started, tracking_setup_s[0], after_logging)
+                       tracking_uri, fit_started, tracking_setup_s[0], after_logging, test)
     except BaseException as exc:
         _mark_failed(run_dir, holder["tracker"], exc, keep=resume is not None or last_ckpt.is_file())
         raise
@@ -125,12 +134,14 @@ def train(cfg: RunConfig, config_file: str | Path | None = None, resume: str | P
 
 def _finish(cfg: RunConfig, trainer: Any, module: Any, datamodule: Any, history: list[dict[str, float]],
             dataset: PreparedDataset, split: Split, run_dir: Path, tracker: Tracker | None, tracking_uri: str,
-            fit_started: float, tracking_setup_s: float, after_logging: AfterLogging | None) -> TrainResult:
-    """After the fit: the best weights back, test metrics, the saved model, the MLflow run closed."""
+            fit_started: float, tracking_setup_s: float, after_logging: AfterLogging | None,
+            test: bool = True) -> TrainResult:
+    """After the fit: the best weights back, validation (and test) metrics, the saved model, the MLflow run
+    closed."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         _load_weights(module, Path(best))
-    metrics = _final_metrics(module, datamodule, cfg)
+    metrics = _final_metrics(module, datamodule, cfg, test)
     metrics["epochs_run"] = float(trainer.current_epoch)
     metrics["best_epoch"] = float(_best_epoch(history))  # counted from 1, as the console shows epochs
     # this process's fit (after a resume: since it), without starting the MLflow run
@@ -374,7 +385,7 @@ def _precision(value: str) -> str:
     return "32-true"
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Lightning's device banners and tips, MLflow's database set-up notes and its "Validating input example"
     (as the pyfunc is logged) say nothing a user of `recsys train` needs; warnings and errors still come
     through."""
@@ -402,7 +413,7 @@ def _load_weights(module: Any, checkpoint: Path) -> None:
     module.load_state_dict(load_checkpoint_file(checkpoint)["state_dict"])
 
 
-def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, float]:
+def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig, test: bool = True) -> dict[str, float]:
     from recsys.evaluation.runner import TIME_CONTEXTS, evaluate_loader
 
     # Lightning hands the model back on the CPU after fitting; scoring every user is worth a GPU if there is one.
@@ -410,12 +421,14 @@ def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, fl
     model = module.model.to("cuda" if gpu else "cpu").eval()
     context, exclude = cfg.evaluation.time_context, cfg.evaluation.exclude_seen
     metrics: dict[str, float] = {}
-    # The first process alone, over every user (after the fit, the other processes have returned).
-    for stage, loader in (("valid", datamodule.all_users("valid")), ("test", datamodule.all_users("test"))):
-        scored = evaluate_loader(model, loader, module.n_items, exclude_history=exclude, time_context=context)
+    # The first process alone, over every user (after the fit, the other processes have returned); the test
+    # split only when the run may read it (recsys tune's trials may not).
+    for stage in ["valid"] + (["test"] if test else []):
+        scored = evaluate_loader(model, datamodule.all_users(stage), module.n_items, exclude_history=exclude,
+                                 time_context=context)
         for key, value in scored.items():
             metrics[f"{stage}_{key}"] = value
-    if model.uses_timestamps:
+    if model.uses_timestamps and test:
         # Both protocols, so that a time-aware model's figure with the target's timestamp is never read
         # without the one a request without a clock would get (test_time_none_*, test_time_target_*).
         headline = {key[len("test_"):]: value for key, value in metrics.items() if key.startswith("test_")}
@@ -425,6 +438,15 @@ def _final_metrics(module: Any, datamodule: Any, cfg: RunConfig) -> dict[str, fl
             metrics.update({f"test_time_{other}_{key}": value for key, value in scored.items()})
     model.to("cpu")  # saved weights and later users expect CPU tensors
     return metrics
+
+
+def withhold_test(split: Split) -> Split:
+    """The split with its test rows taken out (an empty frame of the same columns in their place): what a
+    validation-only run sees, so that nothing downstream (batches, scoring, logging) can read the test
+    targets, by mistake or otherwise. Model selection on validation only (STYLE.md, honest evaluation)."""
+    import dataclasses
+
+    return dataclasses.replace(split, test=split.test.clear())
 
 
 def _epoch_times(history: list[dict[str, float]]) -> dict[str, float]:
