@@ -257,6 +257,10 @@ class TrainerConfig(ConfigModel):
     that the model's own scores leave popularity out: what it learns is which items follow a history beyond
     what is popular anyway. For a model used on another catalogue (whose popularity it cannot know); it
     lowers in-domain metrics, which are scored without the correction."""
+    exclude_history_from_loss: bool = False
+    """Leave each position's earlier items out of the training softmax (never its target): the model is then
+    trained to rank the target against what evaluation with the history excluded ranks it against. For models
+    trained on the next item ('shift') with a softmax loss (ce, sampled_ce) and without a memory term."""
     train_windows: TrainWindows = "last"
     """'last': each user's most recent max_len items (the papers'); 'all': older history too, in more windows."""
     bucket_by_length: bool = True

@@ -19,14 +19,18 @@ import torch
 from torch import nn
 
 from recsys.config import TrainerConfig
+from recsys.errors import ConfigError
 from recsys.evaluation.metrics import RankingAccumulator, repeat_targets
 from recsys.evaluation.runner import query_time
 from recsys.models.base import SequenceModel
-from recsys.models.losses import HistoryLogits, LossConfig, PopularitySampler, compute_loss
+from recsys.models.losses import LOSSES, HistoryLogits, LossConfig, PopularitySampler, compute_loss
 from recsys.models.prior import interaction_counts, log_prior, with_bias_column, with_unit_column
 from recsys.training.contrastive import Augmenter, ContrastiveViews
 
 VAL_MONITOR = "val_ndcg@10"
+LEFT_OUT_LOGIT = -1.0e4
+"""Added to the logit of a history item under trainer.exclude_history_from_loss: exp(-1e4) is 0 in float32, and
+unlike -inf it keeps sums and differences of logits finite."""
 
 
 def log_popularity(sequences: list[list[int]], n_items: int) -> torch.Tensor:
@@ -65,6 +69,21 @@ class RecommenderModule(L.LightningModule):
         # [n_items + 1] log q(item) that loss.negatives 'popularity' draws sampled_ce's negatives by.
         self.register_buffer("negative_log_q", negative_log_q, persistent=False)
         self._init_contrastive()
+        self._check_history_left_out()
+
+    def _check_history_left_out(self) -> None:
+        """trainer.exclude_history_from_loss needs what it acts on: the next-item objective, a softmax, no memory."""
+        if not self.cfg.exclude_history_from_loss:
+            return
+        objective = self.model.objective()
+        name = type(self.model).__name__
+        if objective.batches != "shift" or self.loss is None or not LOSSES[self.loss.name].softmax:
+            raise ConfigError(f"trainer.exclude_history_from_loss: needs a model trained on the next item with a "
+                              f"softmax loss (ce, sampled_ce); {name} trains with {objective.batches!r} batches and "
+                              f"loss {getattr(self.loss, 'name', None)!r}")
+        if type(self.model).history_logits is not SequenceModel.history_logits:
+            raise ConfigError(f"trainer.exclude_history_from_loss: {name} has its own memory term on history items; "
+                              "its repeat bias is learnt instead")
 
     def _init_contrastive(self) -> None:
         """The contrastive option's parts; with trainer.contrastive 'none' nothing (no module, no random draw)."""
@@ -143,6 +162,7 @@ class RecommenderModule(L.LightningModule):
         inputs, input_times, query_times = batch["input"], batch.get("input_times"), batch.get("query_times")
         states = self.model.encode(inputs, input_times, query_times)
         has_target = batch["target"] > 0  # [batch, seq_len]
+        self._targets = batch["target"]
         history = self._history_logits(inputs, input_times, query_times, states, has_target)
         # Only positions with a target reach the output layer: padded positions would cost a full
         # [positions, n_items] logit row each for nothing.
@@ -166,11 +186,21 @@ class RecommenderModule(L.LightningModule):
         """A repeat-aware model's memory logits at the positions with a target (None for the others)."""
         memory = self.model.history_logits(inputs, input_times, query_times, states)
         if memory is None:
-            return None
+            return self._history_left_out(inputs, has_target) if self.cfg.exclude_history_from_loss else None
         values, applies = memory  # [batch, L, L] each
         # position t's history, id 0 (none) where the term does not apply: later items, earlier uses of an item
         ids = inputs.unsqueeze(1).expand(-1, inputs.shape[1], -1).masked_fill(~applies, 0)
         return HistoryLogits(ids[has_target], values[has_target])
+
+    def _history_left_out(self, inputs: torch.Tensor, has_target: torch.Tensor) -> HistoryLogits:
+        """trainer.exclude_history_from_loss: a large negative logit on every item at or before each position,
+        except where it is that position's target (a repeat stays learnable), at the positions with a target."""
+        seq_len = inputs.shape[1]
+        earlier = torch.ones(seq_len, seq_len, dtype=torch.bool, device=inputs.device).tril()  # [t, j]: j <= t
+        ids = inputs.unsqueeze(1).expand(-1, seq_len, -1).masked_fill(~earlier, 0)[has_target]  # [n, L]
+        targets = self._targets[has_target].unsqueeze(1)  # [n, 1]
+        values = torch.full(ids.shape, LEFT_OUT_LOGIT, device=inputs.device).masked_fill(ids == targets, 0.0)
+        return HistoryLogits(ids, values)
 
     # -- contrastive self-supervision (trainer.contrastive) -------------------------------------------------
     def _history(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
