@@ -163,3 +163,20 @@ class ACTRMemory(nn.Module):
         base = torch.where(total > 0, total.clamp(min=torch.finfo(total.dtype).tiny).log(), torch.zeros_like(total))
         used_now = ((seen & (raw_age <= 0)).to(strength.dtype) @ same.transpose(1, 2) > 0).to(strength.dtype)
         return base, used_now
+
+
+class WithACTRMemory:
+    """The contract's two memory hooks for a sequence model that holds an `ACTRMemory` as `self.memory` (mixed in
+    before the model class: `class SASRecACTR(WithACTRMemory, SASRec)`)."""
+
+    memory: ACTRMemory
+
+    def history_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
+                       states: Tensor) -> tuple[Tensor, Tensor]:
+        return self.memory.training_logits(items, timestamps, query_times, states)
+
+    def history_scores(self, items: Tensor, timestamps: Tensor | None = None,
+                       at: Tensor | None = None) -> Tensor:
+        self.check_history(items, timestamps)  # type: ignore[attr-defined]
+        user = self.user_vector(items, timestamps, at)  # type: ignore[attr-defined]
+        return self.memory.serving_scores(items, timestamps, at, user)

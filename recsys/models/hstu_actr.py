@@ -9,9 +9,7 @@ recsys.models.actr_memory; the sequence model is recsys.models.hstu, unchanged.
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from recsys.models.actr_memory import ACTRMemory, ACTRMemoryConfig
+from recsys.models.actr_memory import ACTRMemory, ACTRMemoryConfig, WithACTRMemory
 from recsys.models.hstu import HSTU, HSTUConfig
 from recsys.models.losses import SoftmaxLossConfig
 
@@ -23,7 +21,7 @@ class HSTUACTRConfig(HSTUConfig, ACTRMemoryConfig):
     """Training loss: a softmax ('ce' over the catalogue, or 'sampled_ce'), which the memory logits join."""
 
 
-class HSTUACTR(HSTU):
+class HSTUACTR(WithACTRMemory, HSTU):
     """HSTU plus a learnt ACT-R memory term on history items (contract: recsys.models.base)."""
 
     config: HSTUACTRConfig  # type: ignore[assignment]
@@ -31,12 +29,3 @@ class HSTUACTR(HSTU):
     def __init__(self, n_items: int, config: HSTUACTRConfig) -> None:
         super().__init__(n_items, config)
         self.memory = ACTRMemory(config.hidden, config)
-
-    def history_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
-                       states: Tensor) -> tuple[Tensor, Tensor]:
-        return self.memory.training_logits(items, timestamps, query_times, states)
-
-    def history_scores(self, items: Tensor, timestamps: Tensor | None = None,
-                       at: Tensor | None = None) -> Tensor:
-        self.check_history(items, timestamps)
-        return self.memory.serving_scores(items, timestamps, at, self.user_vector(items, timestamps, at))

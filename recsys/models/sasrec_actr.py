@@ -7,9 +7,7 @@ served are in recsys.models.actr_memory; the sequence model is recsys.models.sas
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from recsys.models.actr_memory import ACTRMemory, ACTRMemoryConfig
+from recsys.models.actr_memory import ACTRMemory, ACTRMemoryConfig, WithACTRMemory
 from recsys.models.losses import SoftmaxLossConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
 
@@ -21,7 +19,7 @@ class SASRecACTRConfig(SASRecConfig, ACTRMemoryConfig):
     """Training loss: a softmax ('ce' over the catalogue, or 'sampled_ce'), which the memory logits join."""
 
 
-class SASRecACTR(SASRec):
+class SASRecACTR(WithACTRMemory, SASRec):
     """SASRec plus a learnt ACT-R memory term on history items (contract: recsys.models.base)."""
 
     config: SASRecACTRConfig  # type: ignore[assignment]
@@ -30,12 +28,3 @@ class SASRecACTR(SASRec):
     def __init__(self, n_items: int, config: SASRecACTRConfig) -> None:
         super().__init__(n_items, config)
         self.memory = ACTRMemory(config.hidden, config)
-
-    def history_logits(self, items: Tensor, timestamps: Tensor | None, query_times: Tensor | None,
-                       states: Tensor) -> tuple[Tensor, Tensor]:
-        return self.memory.training_logits(items, timestamps, query_times, states)
-
-    def history_scores(self, items: Tensor, timestamps: Tensor | None = None,
-                       at: Tensor | None = None) -> Tensor:
-        self.check_history(items, timestamps)
-        return self.memory.serving_scores(items, timestamps, at, self.user_vector(items, timestamps, at))
