@@ -162,8 +162,7 @@ class RecommenderModule(L.LightningModule):
         inputs, input_times, query_times = batch["input"], batch.get("input_times"), batch.get("query_times")
         states = self.model.encode(inputs, input_times, query_times)
         has_target = batch["target"] > 0  # [batch, seq_len]
-        self._targets = batch["target"]
-        history = self._history_logits(inputs, input_times, query_times, states, has_target)
+        history = self._history_logits(inputs, input_times, query_times, states, batch["target"])
         # Only positions with a target reach the output layer: padded positions would cost a full
         # [positions, n_items] logit row each for nothing.
         hidden, items = states[has_target], self.model.item_vectors()
@@ -182,24 +181,26 @@ class RecommenderModule(L.LightningModule):
 
     def _history_logits(self, inputs: torch.Tensor, input_times: torch.Tensor | None,
                         query_times: torch.Tensor | None, states: torch.Tensor,
-                        has_target: torch.Tensor) -> HistoryLogits | None:
+                        targets: torch.Tensor) -> HistoryLogits | None:
         """A repeat-aware model's memory logits at the positions with a target (None for the others)."""
+        has_target = targets > 0
         memory = self.model.history_logits(inputs, input_times, query_times, states)
         if memory is None:
-            return self._history_left_out(inputs, has_target) if self.cfg.exclude_history_from_loss else None
+            return self._history_left_out(inputs, targets) if self.cfg.exclude_history_from_loss else None
         values, applies = memory  # [batch, L, L] each
         # position t's history, id 0 (none) where the term does not apply: later items, earlier uses of an item
         ids = inputs.unsqueeze(1).expand(-1, inputs.shape[1], -1).masked_fill(~applies, 0)
         return HistoryLogits(ids[has_target], values[has_target])
 
-    def _history_left_out(self, inputs: torch.Tensor, has_target: torch.Tensor) -> HistoryLogits:
+    def _history_left_out(self, inputs: torch.Tensor, targets: torch.Tensor) -> HistoryLogits:
         """trainer.exclude_history_from_loss: a large negative logit on every item at or before each position,
         except where it is that position's target (a repeat stays learnable), at the positions with a target."""
         seq_len = inputs.shape[1]
         earlier = torch.ones(seq_len, seq_len, dtype=torch.bool, device=inputs.device).tril()  # [t, j]: j <= t
+        has_target = targets > 0  # [batch, L]
         ids = inputs.unsqueeze(1).expand(-1, seq_len, -1).masked_fill(~earlier, 0)[has_target]  # [n, L]
-        targets = self._targets[has_target].unsqueeze(1)  # [n, 1]
-        values = torch.full(ids.shape, LEFT_OUT_LOGIT, device=inputs.device).masked_fill(ids == targets, 0.0)
+        own = targets[has_target].unsqueeze(1)  # [n, 1]
+        values = torch.full(ids.shape, LEFT_OUT_LOGIT, device=inputs.device).masked_fill(ids == own, 0.0)
         return HistoryLogits(ids, values)
 
     # -- contrastive self-supervision (trainer.contrastive) -------------------------------------------------

@@ -56,8 +56,7 @@ def test_the_full_softmax_leaves_each_positions_earlier_items_out_but_not_its_ta
 
 def test_what_is_left_out_is_each_positions_earlier_items_other_than_its_target() -> None:
     mod = module(loss="sampled_ce")  # the same HistoryLogits reach sampled_ce (tests/models/test_actr_memory.py)
-    mod._targets = BATCH["target"]
-    left_out = mod._history_left_out(BATCH["input"], BATCH["target"] > 0)  # rows: the 7 positions with a target
+    left_out = mod._history_left_out(BATCH["input"], BATCH["target"])  # rows: the 7 positions with a target
     assert left_out.ids.shape == (7, 4)
     assert left_out.ids[0].tolist() == [0, 1, 0, 0]  # row 0, t 1: items after t are not history (id 0)
     assert left_out.ids[-1].tolist() == [4, 3, 5, 1]  # row 1, t 3: target 3, a repeat
