@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,13 @@ def start(args: Sequence[str], log: Path, *, cwd: Path | None = None,
     with log.open("wb") as out:  # the child has its own copy of the descriptor
         return subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
                                 start_new_session=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def log_tail(log: Path, chars: int = 3000) -> str:

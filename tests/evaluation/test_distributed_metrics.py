@@ -7,7 +7,6 @@ are added up, so the two-process result equals the one-process result up to the 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from recsys.evaluation.metrics import RankingAccumulator
+from tests.processes import free_port
 
 N_ITEMS, N_USERS, KS = 50, 37, (1, 5, 10, 20)
 TOLERANCE = 1e-12  # float64 sums in another order; the target of the multi-node run is 1e-6
@@ -49,11 +49,6 @@ def worker(rank: int, port: int, cases: list[list[range]], out: str) -> None:
     finally:
         dist.destroy_process_group()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_give_one_process_metrics(tmp_path: Path) -> None:

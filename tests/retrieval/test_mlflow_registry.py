@@ -8,7 +8,6 @@ trained and registered as `recsys train --register` does), and a real `mlflow mo
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys.retrieval import Recommender
-from tests.processes import TEST_TIMEOUT_S, answers, running
+from tests.processes import TEST_TIMEOUT_S, answers, free_port, running
 
 REGISTERED = "recsys-retrieval-test"  # the name the `trained` fixture registers under
 INPUTS = ["user_id", "items", "k", "timestamps", "at"]
@@ -138,17 +137,12 @@ def test_a_refusal_keeps_its_one_line_when_the_scoring_server_rewrites_it() -> N
 # -- mlflow models serve ----------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(TEST_TIMEOUT_S)  # waits up to START_TIMEOUT_S for the server
 def test_mlflow_models_serve_of_the_registered_version(trained: tuple[Path, object], tmp_path: Path) -> None:
     store, result = trained
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # serve starts `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri(store), "MLFLOW_REGISTRY_URI": _tracking_uri(store),
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -16,22 +16,13 @@ from recsys.retrieval import Recommender
 from recsys.saved_model import save_model
 from recsys.serving.http import MAX_EVENTS, JSONFramingErrors, create_app
 from tests.processes import TEST_TIMEOUT_S, app_in_thread
-from tests.retrieval.conftest import HISTORIES, ITEM_IDS, tiny_saved_model
+from tests.retrieval.conftest import HISTORIES, ITEM_IDS
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 MAX_LEN = 8  # tiny_saved_model's model.max_len
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_model(tiny_saved_model(), tmp_path_factory.mktemp("events") / "model")
-
-
-@pytest.fixture(scope="module")
-def plain(model_dir: Path) -> Recommender:
-    """The same model without a store: the reference, asked with explicit histories."""
-    return Recommender.load(model_dir)
 
 
 @pytest.fixture

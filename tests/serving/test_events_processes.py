@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,29 +17,15 @@ import pytest
 from recsys.cli import main
 from recsys.history_store import Event, HistoryStore
 from recsys.retrieval import Recommender
-from recsys.saved_model import save_model
-from tests.processes import TEST_TIMEOUT_S, answers, has_exited, running, wait_until
+from tests.processes import TEST_TIMEOUT_S, answers, free_port, has_exited, running, wait_until
 from tests.reliability.conftest import cli_command, cli_env
-from tests.retrieval.conftest import HISTORIES, ITEM_IDS, tiny_saved_model
+from tests.retrieval.conftest import HISTORIES, ITEM_IDS
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_model(tiny_saved_model(), tmp_path_factory.mktemp("events") / "model")
 
 
-@pytest.fixture(scope="module")
-def plain(model_dir: Path) -> Recommender:
-    return Recommender.load(model_dir)
-
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_args(model_dir: Path, store: Path, port: int) -> list[str]:

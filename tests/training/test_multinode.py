@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from recsys.run_config import load_run_config
 from recsys.training.datamodule import EpochShuffle, GlobalBatchShard
 from recsys.training.train import train
+from tests.processes import free_port
 
 CONFIG = Path(__file__).parents[1] / "configs" / "sasrec_small.yaml"
 TOLERANCE = 1e-6
@@ -51,11 +51,6 @@ def test_ranks_share_each_global_batch_exactly() -> None:
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
     assert [len(p) for p in (shards[0][-1], shards[1][-1], shards[2][-1])] == [4, 4, 3]  # 203 = 12 * 16 + 11
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
