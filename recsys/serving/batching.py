@@ -33,8 +33,10 @@ class BatchingConfig:
 
     max_batch: int = 64
     """Most queries encoded and searched as one batch."""
-    max_wait_ms: float = 2.0
-    """Longest a query waits for others to join its batch, in milliseconds (0: only those already queued)."""
+    max_wait_ms: float = 0.0
+    """Longest a query waits for others to join its batch, in milliseconds (0: only those already queued).
+    0 by default: while a batch runs the next one gathers by itself, and waiting for more only left the
+    worker idle (ml-1m SASRec, 32 connections, 2 cores: 1,516 requests/s at 0 ms, 1,106 at 2 ms)."""
     workers: int = 1
     """Threads running batches through the model, each on `threads` torch threads."""
     threads: int = 1
@@ -147,21 +149,22 @@ class Batcher:
         for pending in batch:
             if not pending.future.cancelled():  # the client went away
                 groups.setdefault(pending.query.group(), []).append(pending)
+        outcomes: list[tuple[_Pending, list[Recommendation] | None, BaseException | None]] = []
         for members in groups.values():
             try:
                 results = self._call([p.query for p in members])
             except Exception as exc:  # noqa: BLE001 - handed to the request, whose handler answers it
                 if len(members) == 1:
-                    _settle(members[0], None, exc)
+                    outcomes.append((members[0], None, exc))
                     continue
                 for pending in members:  # find whose it was: each query alone gets its own answer
                     try:
-                        _settle(pending, self._call([pending.query])[0], None)
+                        outcomes.append((pending, self._call([pending.query])[0], None))
                     except Exception as alone:  # noqa: BLE001 - as above
-                        _settle(pending, None, alone)
+                        outcomes.append((pending, None, alone))
                 continue
-            for pending, result in zip(members, results):
-                _settle(pending, result, None)
+            outcomes.extend((pending, result, None) for pending, result in zip(members, results))
+        _settle(outcomes)
         self.batches += 1
         self.queries += len(batch)
 
@@ -176,16 +179,24 @@ class Batcher:
                                                 **options)
 
 
-def _settle(pending: _Pending, result: list[Recommendation] | None, error: BaseException | None) -> None:
-    def settle() -> None:
-        if pending.future.done():  # cancelled meanwhile
-            return
-        if error is not None:
-            pending.future.set_exception(error)
-        else:
-            pending.future.set_result(result)  # type: ignore[arg-type]
+def _settle(outcomes: list[tuple[_Pending, list[Recommendation] | None, BaseException | None]]) -> None:
+    """Hand each request its result or error, on its own event loop: one wake-up per loop for the whole batch
+    (a wake-up per request was a tenth of the worker's time at 1,500 requests/s)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Any, BaseException | None]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
 
-    try:
-        pending.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop closed (server shutting down): nobody waits for the answer
-        pass
+    def settle(mine: list[tuple[_Pending, Any, BaseException | None]]) -> None:
+        for pending, result, error in mine:
+            if pending.future.done():  # cancelled meanwhile
+                continue
+            if error is not None:
+                pending.future.set_exception(error)
+            else:
+                pending.future.set_result(result)
+
+    for loop, mine in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(settle, mine)
+        except RuntimeError:  # the loop closed (server shutting down): nobody waits for the answer
+            pass

@@ -35,9 +35,12 @@ Interactive docs (/docs) are served from the swagger-ui-bundle package: they wor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import json
 import logging
 import math
+import os
 import time
 from typing import Annotated, Any, Literal
 
@@ -51,11 +54,11 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from recsys.errors import ConfigError, DataError, InvalidRequestError, RecsysError, UnknownIdError
 from recsys.history_store import Event, GroupCommit, HistoryStore, HistoryStoreConfig, check_timestamp, user_key
-from recsys.retrieval.recommender import Recommendation, Recommender
+from recsys.retrieval.recommender import Recommendation, Recommender, resolve_model_dir
 from recsys.serving.batching import Batcher, BatchingConfig, Query
 
 log = logging.getLogger(__name__)
@@ -187,6 +190,8 @@ class Health(BaseModel):
     """Whether the encoder runs compiled (`recsys serve --compile` and torch.compile worked)."""
     history_store: str | None = None
     """The history store's path (`recsys serve --history-store`), None without one."""
+    pid: int = 0
+    """The id of the process that answered (`recsys serve --processes N` runs N of them on one port)."""
 
 
 class SafeJSONResponse(JSONResponse):
@@ -239,7 +244,8 @@ def create_app(recommender: Recommender, batching: BatchingConfig | None = None)
     def health() -> Health:
         return Health(status="ok", model=name, n_items=recommender.n_items, n_users=recommender.n_users,
                       format_version=recommender.format_version, index=recommender.index_kind,
-                      compiled=recommender.compiled, history_store=None if store is None else str(store.path))
+                      compiled=recommender.compiled, history_store=None if store is None else str(store.path),
+                      pid=os.getpid())
 
     # Handlers return the JSON themselves (response_model only documents it): validating our own output
     # through pydantic again cost more per request than encoding it.
@@ -310,42 +316,80 @@ def _add_offline_docs(app: FastAPI) -> None:
                                    swagger_favicon_url=f"{SWAGGER_STATIC}/favicon-32x32.png")
 
 
+SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"  # how `serve` hands its settings to the processes of --processes N
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "flat",
           tracking_uri: str | None = None, precompute_users: bool = False, compile: bool = False,
           batching: BatchingConfig | None = None, history_store: str | None = None,
-          history: HistoryStoreConfig | None = None) -> None:
+          history: HistoryStoreConfig | None = None, access_log: bool = False, processes: int = 1) -> None:
     """Load `model` (a directory or an MLflow URI) and serve it until interrupted; with `precompute_users`
     every known user is encoded at start-up (see `Recommender.precompute_user_vectors`); `compile` as in
     `Recommender.load`; `batching` as in `create_app`; `history_store`: the SQLite file POST /events writes
-    and recommendations read (created if missing), with the retention `history`."""
+    and recommendations read (created if missing), with the retention `history`; `access_log`: a log line per
+    request (uvicorn's; off by default: writing it cost a tenth of the event loop's time per request).
+
+    `processes` > 1 runs that many server processes on one socket (uvicorn's workers), each with its own copy
+    of the model, batcher and event loop: one process's event loop and batch worker share one GIL, so on
+    2 cores a second process served 1.45x the requests (ml-1m SASRec by user_id, benchmarks/serving.py).
+    They share the history store (SQLite takes writers from many processes) and read each user's events
+    from it at every request, so an event POSTed to one is seen by all. The model is loaded here first, so
+    that a bad model or setting fails once, with its one-line error, before any process starts."""
     import uvicorn
 
-    recommender = Recommender.load(model, index=index, tracking_uri=tracking_uri, compile=compile)
-    if history_store is not None:
-        config = history or HistoryStoreConfig()
+    settings = {"model": str(resolve_model_dir(model, tracking_uri=tracking_uri)), "index": index,
+                "precompute_users": precompute_users, "compile": compile,
+                "batching": dataclasses.asdict(batching or BatchingConfig()), "history_store": history_store,
+                "history": dataclasses.asdict(history or HistoryStoreConfig())}
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "info", "http": JSONFramingErrors,
+                               "access_log": access_log}
+    if processes == 1:
+        uvicorn.run(app_from_settings(settings), **options)
+        return
+    _ready_recommender(settings | {"precompute_users": False, "compile": False})  # checks; then dropped
+    os.environ[SETTINGS_ENV] = json.dumps(settings)
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=processes, **options)
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of `serve`'s processes, from the settings it left in the environment."""
+    return app_from_settings(json.loads(os.environ[SETTINGS_ENV]))
+
+
+def app_from_settings(settings: dict[str, Any]) -> FastAPI:
+    """`create_app` over the model and options of `serve` (as `settings`), ready to take traffic."""
+    app = create_app(_ready_recommender(settings), BatchingConfig(**settings["batching"]))
+    # The model's tables are a few hundred thousand Python objects that live as long as the server: left to the
+    # cyclic collector, each full collection walks them all (113 ms for an ml-1m SASRec) inside some request,
+    # which was the whole p99 of the serving benchmark. Frozen, the collector skips them.
+    gc.collect()
+    gc.freeze()
+    return app
+
+
+def _ready_recommender(settings: dict[str, Any]) -> Recommender:
+    recommender = Recommender.load(settings["model"], index=settings["index"], compile=settings["compile"])
+    if settings["history_store"] is not None:
+        config = HistoryStoreConfig(**settings["history"])
         if config.max_per_user < recommender.max_len:
             raise ConfigError(f"--history-max-per-user {config.max_per_user} is shorter than the model's "
-                                      f"max_len {recommender.max_len}: keep at least as many events as it reads")
-        recommender.use_history_store(HistoryStore(history_store, config))
-    if precompute_users:
+                              f"max_len {recommender.max_len}: keep at least as many events as it reads")
+        recommender.use_history_store(HistoryStore(settings["history_store"], config))
+    if settings["precompute_users"]:
         recommender.precompute_user_vectors()
-    uvicorn.run(create_app(recommender, batching), host=host, port=port, log_level="info", http=JSONFramingErrors)
+    return recommender
 
 
-class JSONFramingErrors(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, answering a request it cannot frame (a malformed Content-Length, a bad
-    request line) with a one-line JSON 400 like every other error here, not plain text."""
+class JSONFramingErrors(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol on httptools (llhttp, in C), answering a request it cannot frame (a
+    malformed Content-Length, a bad request line) with a one-line JSON 400 like every other error here, not
+    plain text. httptools rather than uvicorn's pure-Python h11: parsing and framing were a fifth of the event
+    loop's time per request (benchmarks/serving.py)."""
 
     def send_400_response(self, msg: str) -> None:
-        import h11
-
         payload = json.dumps({"detail": f"malformed HTTP request: {msg or 'invalid framing'}"}).encode()
-        event = h11.Response(status_code=400, reason=b"Bad Request",
-                             headers=[(b"content-type", b"application/json"), (b"connection", b"close"),
-                                      (b"content-length", str(len(payload)).encode())])
-        self.transport.write(self.conn.send(event))
-        self.transport.write(self.conn.send(h11.Data(data=payload)))
-        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                             b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
         self.transport.close()
 
 

@@ -70,7 +70,7 @@ def test_help_lists_every_option() -> None:
         assert option in out.stdout
     serve = recsys("serve", "--help").stdout
     for option in ("--model", "--host", "--port", "--index", "--precompute-users", "--compile", "--max-batch",
-                   "--batch-wait-ms", "--workers", "--threads"):
+                   "--batch-wait-ms", "--workers", "--threads", "--processes", "--access-log", "--history-store"):
         assert option in serve
 
 

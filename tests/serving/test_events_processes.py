@@ -167,3 +167,28 @@ def test_cli_recommend_reads_the_store(model_dir: Path, tmp_path: Path, plain: R
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'typo.db'}: no history store there "
                                               "(recsys serve --history-store creates one)")
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_processes_share_the_port_and_the_store(model_dir: Path, tmp_path: Path, plain: Recommender) -> None:
+    """`recsys serve --processes 2`: both processes take connections on the one port, and an event POSTed to
+    one is in the recommendations of either (each reads the store at every request)."""
+    store, port = tmp_path / "events.db", free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "serve.log"
+    with running([*serve_args(model_dir, store, port), "--processes", "2"], log, env=cli_env(),
+                 ready=answers(f"{url}/health"), what="recsys serve --processes 2 to answer /health") as process:
+        events = [{"user_id": "fresh", "item_id": item, "timestamp": float(n)} for n, item in enumerate((200, 210, 220))]
+        assert httpx.post(f"{url}/events", json={"events": events}, timeout=60).status_code == 200
+        expected = [r.item_id for r in plain.recommend(history=[200, 210, 220], k=4)]
+        answered: dict[int, list[object]] = {}
+
+        def both_answered() -> bool:
+            with httpx.Client(base_url=url, timeout=60) as client:  # a new connection: either process takes it
+                pid = client.get("/health").json()["pid"]
+                answered[pid] = [row["item_id"] for row in
+                                 client.post("/recommend", json={"user_id": "fresh", "k": 4}).json()["items"]]
+            return len(answered) == 2
+
+        wait_until(both_answered, process, log, "both server processes to take a connection")
+        assert answered == {pid: expected for pid in answered}
+    # uvicorn's access log is off by default (`--access-log` turns it on)
+    assert "POST /recommend" not in log.read_text()

@@ -68,10 +68,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     log = model.parent / "serve.log"
-    with running(cli_command("serve", "--model", str(model), "--port", str(port)), log, env=cli_env(),
-                 ready=answers(f"{url}/health"), what=f"recsys serve to answer GET {url}/health") as process:
+    with running(cli_command("serve", "--model", str(model), "--port", str(port), "--access-log"), log,
+                 env=cli_env(), ready=answers(f"{url}/health"),
+                 what=f"recsys serve to answer GET {url}/health") as process:
         yield url, process
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert '"POST /recommend HTTP/1.1" 200' in text  # --access-log: a line per request
 
 
 def mixed_requests(n: int, seed: int) -> list[tuple[str, dict]]:
