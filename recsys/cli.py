@@ -655,7 +655,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
                        help="torch intra-op threads per worker (1: requests in parallel are the parallelism)")
     serve.add_argument("--processes", type=_positive, default=1, metavar="N",
                        help="server processes on the one port, each with its own copy of the model (2 on 2 "
-                       "cores: 1.45x the requests/s of 1); they share --history-store")
+                       "cores: 1.7x the requests/s of 1); they share --history-store")
     serve.add_argument("--access-log", action="store_true",
                        help="log a line per request (off by default: it costs a tenth of each request's time)")
     history = _history_defaults()

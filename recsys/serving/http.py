@@ -316,9 +316,6 @@ def _add_offline_docs(app: FastAPI) -> None:
                                    swagger_favicon_url=f"{SWAGGER_STATIC}/favicon-32x32.png")
 
 
-SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"  # how `serve` hands its settings to the processes of --processes N
-
-
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "flat",
           tracking_uri: str | None = None, precompute_users: bool = False, compile: bool = False,
           batching: BatchingConfig | None = None, history_store: str | None = None,
@@ -329,14 +326,15 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "f
     and recommendations read (created if missing), with the retention `history`; `access_log`: a log line per
     request (uvicorn's; off by default: writing it cost a tenth of the event loop's time per request).
 
-    `processes` > 1 runs that many server processes on one socket (uvicorn's workers), each with its own copy
-    of the model, batcher and event loop: one process's event loop and batch worker share one GIL, so on
-    2 cores a second process served 1.45x the requests (ml-1m SASRec by user_id, benchmarks/serving.py).
+    `processes` > 1 runs that many server processes on the one port (`_serve_processes`), each with its own
+    copy of the model, batcher and event loop: one process's event loop and batch worker share one GIL, and
+    a second process puts the other core to work (ml-1m SASRec by user_id, benchmarks/serving.py).
     They share the history store (SQLite takes writers from many processes) and read each user's events
     from it at every request, so an event POSTed to one is seen by all. The model is loaded here first, so
     that a bad model or setting fails once, with its one-line error, before any process starts."""
     import uvicorn
 
+    _check_free(host, port)
     settings = {"model": str(resolve_model_dir(model, tracking_uri=tracking_uri)), "index": index,
                 "precompute_users": precompute_users, "compile": compile,
                 "batching": dataclasses.asdict(batching or BatchingConfig()), "history_store": history_store,
@@ -347,13 +345,82 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, index: str = "f
         uvicorn.run(app_from_settings(settings), **options)
         return
     _ready_recommender(settings | {"precompute_users": False, "compile": False})  # checks; then dropped
-    os.environ[SETTINGS_ENV] = json.dumps(settings)
-    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=processes, **options)
+    _serve_processes(settings, options, processes)
 
 
-def app_from_environment() -> FastAPI:
-    """The app of one of `serve`'s processes, from the settings it left in the environment."""
-    return app_from_settings(json.loads(os.environ[SETTINGS_ENV]))
+def _check_free(host: str, port: int) -> None:
+    """DataError naming the address if something listens there already. Checked before the model loads, and
+    needed by --processes: its sockets share the port (SO_REUSEPORT) with any socket that allows it, so a
+    second `recsys serve --processes` on the same port would otherwise join the first, two models answering
+    by turns."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise DataError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _serve_processes(settings: dict[str, Any], options: dict[str, Any], processes: int) -> None:
+    """`processes` children, each serving the app on its own socket bound to the same address with
+    SO_REUSEPORT, until SIGTERM or Ctrl-C here, or until one of them ends (then the others are stopped too).
+
+    Why not uvicorn's own workers: they share one listening socket, and whichever process wakes first accepts;
+    of 32 connections opened at once one process took 28 to 32, and the other sat idle. With SO_REUSEPORT the
+    kernel spreads connections over the sockets by their addresses."""
+    import multiprocessing
+    import signal
+    from multiprocessing.connection import wait
+
+    def stop_here(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_here)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch or OpenMP state forked
+    children = [context.Process(target=_serve_child, args=(settings, options), name=f"recsys-serve-{n}")
+                for n in range(processes)]
+    try:
+        for child in children:
+            child.start()
+        wait([child.sentinel for child in children])  # until one ends
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: uvicorn finishes what it is answering
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    ended = [child for child in children if child.exitcode not in (0, -signal.SIGTERM)]
+    if ended:
+        raise DataError(f"server process {ended[0].name} ended with exit code {ended[0].exitcode} (its output is "
+                        "above); the others were stopped")
+
+
+def _serve_child(settings: dict[str, Any], options: dict[str, Any]) -> None:
+    """One of `_serve_processes`'s servers (in a spawned interpreter)."""
+    import socket
+    import sys
+
+    import uvicorn
+
+    host, port = options["host"], options["port"]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto given: asyncio sets TCP_NODELAY only on connections of a socket whose proto is IPPROTO_TCP, and
+    # without it Nagle's algorithm held each answer for the client's delayed ACK (p50 52 ms, 600 requests/s).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        sys.exit(2)
+    app = app_from_settings(settings)
+    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 
 
 def app_from_settings(settings: dict[str, Any]) -> FastAPI:

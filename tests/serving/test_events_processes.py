@@ -17,7 +17,7 @@ import pytest
 from recsys.cli import main
 from recsys.history_store import Event, HistoryStore
 from recsys.retrieval import Recommender
-from tests.processes import TEST_TIMEOUT_S, answers, free_port, has_exited, running, wait_until
+from tests.processes import START_TIMEOUT_S, TEST_TIMEOUT_S, answers, free_port, has_exited, running, wait_until
 from tests.reliability.conftest import cli_command, cli_env
 from tests.retrieval.conftest import HISTORIES, ITEM_IDS
 
@@ -192,3 +192,35 @@ def test_processes_share_the_port_and_the_store(model_dir: Path, tmp_path: Path,
         assert answered == {pid: expected for pid in answered}
     # uvicorn's access log is off by default (`--access-log` turns it on)
     assert "POST /recommend" not in log.read_text()
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_port_in_use_is_a_one_line_error(model_dir: Path, tmp_path: Path, processes: str) -> None:
+    """Also with --processes, whose sockets could share a port with another server's (SO_REUSEPORT)."""
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "first.log"
+    with running(cli_command("serve", "--model", str(model_dir), "--port", str(port), "--processes", "2"), log,
+                 env=cli_env(), ready=answers(f"{url}/health"), what="the first recsys serve to answer /health"):
+        out = subprocess.run(cli_command("serve", "--model", str(model_dir), "--port", str(port), "--processes",
+                                         processes), capture_output=True, text=True, timeout=300, env=cli_env())
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_when_one_server_process_dies_the_rest_stop_and_the_exit_says_so(model_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "serve.log"
+    with running(cli_command("serve", "--model", str(model_dir), "--port", str(port), "--processes", "2"), log,
+                 env=cli_env(), ready=answers(f"{url}/health"), what="recsys serve --processes 2 to answer /health") \
+            as process:
+        child = httpx.get(f"{url}/health", timeout=60).json()["pid"]
+        assert child != process.pid  # the children answer; the first process only supervises
+        os.kill(child, signal.SIGKILL)
+        try:
+            code = process.wait(timeout=START_TIMEOUT_S)  # the other child stops, then the supervisor exits
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"recsys serve outlived one of its two processes by {START_TIMEOUT_S:.0f} s")
+    assert code == 2
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: server process recsys-serve-")
+    assert errors[0].endswith("ended with exit code -9 (its output is above); the others were stopped")
