@@ -379,7 +379,8 @@ def _serve_processes(settings: dict[str, Any], options: dict[str, Any], processe
 
     signal.signal(signal.SIGTERM, stop_here)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch or OpenMP state forked
-    children = [context.Process(target=_serve_child, args=(settings, options), name=f"recsys-serve-{n}")
+    all_loaded = context.Barrier(processes)
+    children = [context.Process(target=_serve_child, args=(settings, options, all_loaded), name=f"recsys-serve-{n}")
                 for n in range(processes)]
     try:
         for child in children:
@@ -400,8 +401,11 @@ def _serve_processes(settings: dict[str, Any], options: dict[str, Any], processe
                         "above); the others were stopped")
 
 
-def _serve_child(settings: dict[str, Any], options: dict[str, Any]) -> None:
-    """One of `_serve_processes`'s servers (in a spawned interpreter)."""
+def _serve_child(settings: dict[str, Any], options: dict[str, Any], all_loaded: Any) -> None:
+    """One of `_serve_processes`'s servers (in a spawned interpreter). It listens only once every process has
+    loaded the model (`all_loaded`, a barrier): the kernel gives a connection to one of the sockets listening
+    when it arrives, keep-alive connections stay where they landed, and clients that connected while the
+    second process was loading all went to the first."""
     import socket
     import sys
 
@@ -420,6 +424,7 @@ def _serve_child(settings: dict[str, Any], options: dict[str, Any]) -> None:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         sys.exit(2)
     app = app_from_settings(settings)
+    all_loaded.wait()  # a process that failed to load ends, and the supervisor stops the waiting ones
     uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 
 
