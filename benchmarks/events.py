@@ -1,8 +1,8 @@
 """Live-history benchmark: events acknowledged durably per second by `recsys serve --history-store` while
 recommendations are served, then `kill -9` of the server and a count of what survived.
 
-    benchmarks/with_priority.sh .venv/bin/python benchmarks/events.py [--seconds 10] [--event-connections 16]
-        [--recommend-connections 8] [--shared-data /work/shared/data]
+    .venv/bin/python benchmarks/events.py [--seconds 10] [--event-connections 16]
+        [--recommend-connections 8] [--processes 1] [--shared-data /work/shared/data]
 
 The model is an ml-1m SASRec (configs/sasrec_ml-1m.yaml architecture, random weights over the real item map and
 user histories, as benchmarks/serving.py). The server runs with `--history-store` on a fresh SQLite file
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--event-connections", type=int, default=16)
     parser.add_argument("--recommend-connections", type=int, default=8)
+    parser.add_argument("--processes", type=int, default=1, help="recsys serve --processes N")
     parser.add_argument("--machine-name", default="amd-epyc" if "AMD" in open("/proc/cpuinfo").read() else "intel-xeon")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -183,7 +184,8 @@ def main() -> None:
         items = sorted(rec._item_idx)
         users = [str(u) for u in random.Random(SEED).sample(sorted(rec._user_idx), 2000)]
         store = tmp_path / "events.db"
-        options = ["--history-store", str(store), "--history-max-per-user", "1000000"]
+        options = ["--history-store", str(store), "--history-max-per-user", "1000000", "--processes",
+                   str(args.processes)]
         port, log = free_port(), tmp_path / "serve.log"
         process = serve(model, port, options, ROOT, log)
         clock = [0]
@@ -226,16 +228,16 @@ def main() -> None:
         "scenarios": metrics,
         "settings": {"seconds": args.seconds, "warmup_s": WARMUP_S, "event_connections": args.event_connections,
                      "recommend_connections": args.recommend_connections, "users": len(users), "k": 10,
-                     "synchronous": "FULL", "journal_mode": "WAL"},
+                     "synchronous": "FULL", "journal_mode": "WAL", "processes": args.processes},
         "seeds": [SEED], "wall_s": round(time.perf_counter() - started, 1),
-        "notes": "Client and server share this machine's cores (2 shared cores: other sessions' training ran beside "
-                 "it). events_s counts events acknowledged (200, committed and fsynced) in the timed window; "
+        "notes": "Client and server share this machine's 2 cores. events_s counts events acknowledged (200, committed and fsynced) in the timed window; "
                  "recommendations by user_id read each user's stored events and encode the new history. kill9: "
                  "the server was SIGKILLed at the end of events_100 with posts in flight, restarted, and every "
                  "acknowledged event looked up in the store.",
         **provenance(),
     }
-    path = write_result(f"events_{args.machine_name}", result)
+    suffix = "" if args.processes == 1 else f"_processes{args.processes}"
+    path = write_result(f"events_{args.machine_name}{suffix}", result)
     print(f"wrote {path}")
 
 
