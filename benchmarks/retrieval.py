@@ -11,7 +11,7 @@ vectors. Single-query latency through
 2,000 POST /recommend requests from 8 client threads (httpx), throughput, p50/p99, error count.
 (2) 1,000,000 clustered random vectors, d=64: IVF-Flat (inner product) built and its nprobe swept to the
 smallest value with recall@10 >= 0.95 against exact search; query p50/p99 one query at a time; build time,
-index bytes and RSS growth, next to the exact flat index. Writes benchmarks/results/retrieval.json.
+index bytes and RSS growth, next to the exact flat index. Writes benchmarks/results/retrieval_<machine>.json.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "retrieval.json"
+MACHINE = "amd-epyc" if "AMD" in Path("/proc/cpuinfo").read_text() else "intel-xeon"
+RESULTS = ROOT / "benchmarks" / "results" / f"retrieval_{MACHINE}.json"
 SEED = 0
 HEADLINE = ["all_users_top10_compiled_s", "all_users_top10_s", "all_users_top10_precomputed_s", "encode_floor_s",
             "api_p50_ms", "api_p99_ms",

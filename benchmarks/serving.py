@@ -12,6 +12,9 @@ weights. Scenarios, each a server of its own started afresh:
   "k": 10} (no precomputation: every request encodes its history);
 - *_defaults: `recsys serve` with its defaults (1 process, batches gathered with no wait, 1 batch worker on
   1 torch thread); *_processes2: `--processes 2`; by_user_precomputed: `--precompute-users`;
+- litserve_by_user: the same model behind LitServe (`benchmarks/litserve_app.py`: its dynamic batching over
+  `Recommender.recommend_batch`, max batch 64, no wait, one inference worker), POST /predict {"user_id": u}; run
+  where `litserve` is installed (not a dependency of recsys: `pip install litserve`), left out otherwise;
 - mlflow_by_user: `mlflow models serve -m models:/serving-bench/1 --env-manager local` with its defaults
   (1 uvicorn worker) of the same model, logged as recsys's pyfunc into a temporary SQLite store and registered
   as `recsys train --register` does; POST /invocations {"dataframe_records": [{"user_id": u}], "params":
@@ -162,6 +165,12 @@ def serve_mlflow(model_uri: str, tracking_uri: str, port: int, log: Path) -> sub
                                 env=env, cwd=log.parent, start_new_session=True)
 
 
+def serve_litserve(model: Path, port: int, log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(model), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def register_pyfunc(model: Path, store: Path) -> tuple[str, str]:
     """`model` logged as recsys's pyfunc into a SQLite store in `store` and registered (as `recsys train
     --register` does); (tracking URI, models:/<name>/1)."""
@@ -185,7 +194,10 @@ def answers_as_in_process(port: int, name: str, users: list[Any], rec: Any) -> b
 
     for user in users:
         want = [r.item_id for r in rec.recommend(user=user, k=10)]
-        if name != "mlflow":
+        if name == "litserve":
+            got = httpx.post(f"http://127.0.0.1:{port}/predict", json={"user_id": user, "k": 10}, timeout=60)
+            items = [i["item_id"] for i in got.json()["items"]]
+        elif name != "mlflow":
             got = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": user, "k": 10}, timeout=60)
             items = [i["item_id"] for i in got.json()["items"]]
         else:
@@ -204,6 +216,7 @@ SCENARIOS: list[tuple[str, str, list[str]]] = [  # (name, bodies, `recsys serve`
     ("by_items_defaults", "by_items", []),
     ("by_items_processes2", "by_items", ["--processes", "2"]),
     ("mlflow_by_user", "mlflow", []),
+    ("litserve_by_user", "litserve", []),  # where litserve is installed (benchmarks/litserve_app.py)
 ]
 TARGETS = {  # issue 22, ml-1m SASRec, 2 cores, 32 connections
     "by_user_requests_s": 1500, "by_user_p99_ms": 50, "over_mlflow": 5, "by_items_requests_s": 800,
@@ -241,7 +254,10 @@ def main() -> None:
     parser.add_argument("--machine-name", default="amd-epyc" if "AMD" in open("/proc/cpuinfo").read() else "intel-xeon")
     args = parser.parse_args()
     started = time.perf_counter()
-    scenarios = [s for s in SCENARIOS if args.only is None or s[0] in args.only]
+    import importlib.util
+
+    scenarios = [s for s in SCENARIOS if (args.only is None or s[0] in args.only)
+                 and (s[1] != "litserve" or importlib.util.find_spec("litserve") is not None)]
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         tmp_path = Path(tmp)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -261,19 +277,25 @@ def main() -> None:
         bodies = {"by_user": [request_bytes({"user_id": user, "k": 10}) for user in users],
                   "by_items": [request_bytes({"items": rng.sample(items, 50), "k": 10}) for _ in range(2000)],
                   "mlflow": [request_bytes({"dataframe_records": [{"user_id": user}], "params": {"k": 10}},
-                                           "/invocations") for user in users]}
+                                           "/invocations") for user in users],
+                  "litserve": [request_bytes({"user_id": user, "k": 10}, "/predict") for user in users]}
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in scenarios}
         agree: dict[str, bool] = {}
         for round_ in range(args.rounds):
             for name, kind, options in scenarios:
                 port = free_port()
                 log = tmp_path / f"{name}-{round_}.log"
-                process = (serve(model, port, options, ROOT, log) if kind != "mlflow"
-                           else serve_mlflow(model_uri, tracking_uri, port, log))
+                if kind == "mlflow":
+                    process = serve_mlflow(model_uri, tracking_uri, port, log)
+                elif kind == "litserve":
+                    process = serve_litserve(model, port, log)
+                else:
+                    process = serve(model, port, options, ROOT, log)
                 try:
-                    wait_ready(port, process, log, "/health" if kind != "mlflow" else "/ping")
+                    wait_ready(port, process, log, "/ping" if kind == "mlflow" else "/health")
                     if round_ == 0 and kind != "by_items":
-                        agree[name] = answers_as_in_process(port, "mlflow" if kind == "mlflow" else name, users[:5], rec)
+                        agree[name] = answers_as_in_process(port, kind if kind in ("mlflow", "litserve") else name,
+                                                            users[:5], rec)
                     runs[name].append(load(port, bodies[kind], args.connections, args.seconds))
                 finally:
                     stop(process)
@@ -283,7 +305,7 @@ def main() -> None:
                                for key in ("requests_s", "p50_ms", "p99_ms", "errors")}
     if "mlflow_by_user" in best:
         for name in best:
-            if name.startswith("by_user"):
+            if name.startswith(("by_user", "litserve")):
                 metrics[f"{name}_over_mlflow"] = round(best[name]["requests_s"] / best["mlflow_by_user"]["requests_s"], 2)
     result = {
         "benchmark": "serving", "dataset": "ml-1m", "model": description,
@@ -293,13 +315,15 @@ def main() -> None:
                                      "by_user_precomputed_requests_s", "mlflow_by_user_requests_s",
                                      "by_user_defaults_over_mlflow", "by_user_processes2_over_mlflow",
                                      "by_items_defaults_requests_s", "by_items_defaults_p99_ms",
-                                     "by_items_processes2_requests_s") if key in metrics],
+                                     "by_items_processes2_requests_s", "litserve_by_user_requests_s",
+                                     "litserve_by_user_p99_ms") if key in metrics],
         "targets": TARGETS, "targets_met": verdicts(best) if "mlflow_by_user" in best else None,
         "rounds": runs, "answers_as_in_process_for_5_users": agree,
         "settings": {"connections": args.connections, "seconds": args.seconds, "warmup_s": WARMUP_S, "k": 10,
                      "rounds": args.rounds, "history_items": 50,
-                     "scenarios": {name: ["recsys serve", *options] if kind != "mlflow" else
-                                   ["mlflow models serve", "--env-manager", "local"] for name, kind, options in scenarios}},
+                     "scenarios": {name: {"mlflow": ["mlflow models serve", "--env-manager", "local"],
+                                          "litserve": ["python", "benchmarks/litserve_app.py"]}.get(
+                                              kind, ["recsys serve", *options]) for name, kind, options in scenarios}},
         "seeds": [SEED], "wall_s": round(time.perf_counter() - started, 1),
         "notes": "Client and server share this machine's 2 cores; one server at a time, the scenarios alternating "
                  "round after round; each scenario's figures are its median round by requests/s.",
