@@ -15,6 +15,7 @@ weights. Scenarios, each a server of its own started afresh:
 - litserve_by_user: the same model behind LitServe (`benchmarks/litserve_app.py`: its dynamic batching over
   `Recommender.recommend_batch`, max batch 64, no wait, one inference worker), POST /predict {"user_id": u}; run
   where `litserve` is installed (not a dependency of recsys: `pip install litserve`), left out otherwise;
+  litserve_by_user_2workers: 2 inference workers and 2 API server processes;
 - mlflow_by_user: `mlflow models serve -m models:/serving-bench/1 --env-manager local` with its defaults
   (1 uvicorn worker) of the same model, logged as recsys's pyfunc into a temporary SQLite store and registered
   as `recsys train --register` does; POST /invocations {"dataframe_records": [{"user_id": u}], "params":
@@ -165,9 +166,10 @@ def serve_mlflow(model_uri: str, tracking_uri: str, port: int, log: Path) -> sub
                                 env=env, cwd=log.parent, start_new_session=True)
 
 
-def serve_litserve(model: Path, port: int, log: Path) -> subprocess.Popen:
+def serve_litserve(model: Path, port: int, log: Path, options: list[str]) -> subprocess.Popen:
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(model), str(port)],
+        return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(model), str(port),
+                                 *options],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -217,6 +219,7 @@ SCENARIOS: list[tuple[str, str, list[str]]] = [  # (name, bodies, `recsys serve`
     ("by_items_processes2", "by_items", ["--processes", "2"]),
     ("mlflow_by_user", "mlflow", []),
     ("litserve_by_user", "litserve", []),  # where litserve is installed (benchmarks/litserve_app.py)
+    ("litserve_by_user_2workers", "litserve", ["2"]),
 ]
 TARGETS = {  # issue 22, ml-1m SASRec, 2 cores, 32 connections
     "by_user_requests_s": 1500, "by_user_p99_ms": 50, "over_mlflow": 5, "by_items_requests_s": 800,
@@ -288,7 +291,7 @@ def main() -> None:
                 if kind == "mlflow":
                     process = serve_mlflow(model_uri, tracking_uri, port, log)
                 elif kind == "litserve":
-                    process = serve_litserve(model, port, log)
+                    process = serve_litserve(model, port, log, options)
                 else:
                     process = serve(model, port, options, ROOT, log)
                 try:
@@ -322,7 +325,7 @@ def main() -> None:
         "settings": {"connections": args.connections, "seconds": args.seconds, "warmup_s": WARMUP_S, "k": 10,
                      "rounds": args.rounds, "history_items": 50,
                      "scenarios": {name: {"mlflow": ["mlflow models serve", "--env-manager", "local"],
-                                          "litserve": ["python", "benchmarks/litserve_app.py"]}.get(
+                                          "litserve": ["python", "benchmarks/litserve_app.py", *options]}.get(
                                               kind, ["recsys serve", *options]) for name, kind, options in scenarios}},
         "seeds": [SEED], "wall_s": round(time.perf_counter() - started, 1),
         "notes": "Client and server share this machine's 2 cores; one server at a time, the scenarios alternating "
