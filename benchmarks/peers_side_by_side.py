@@ -42,16 +42,16 @@ from common import provenance, write_result  # noqa: E402
 DATA_DIRS = {"ml-100k": "ml-100k", "ml-latest-small": "ml-latest-small", "ml-1m": "ml-1m"}
 
 
-def ours(dataset: str, seed: int, shared_data: Path, peers_dir: Path, into: Path) -> dict[str, Any]:
-    """Train our default config for `dataset` with `seed` in a child process; its result line."""
+def ours(dataset: str, seed: int, shared_data: Path, peers_dir: Path, into: Path, overrides: list[str]) -> dict[str, Any]:
+    """Train our default config for `dataset` with `seed` (and `overrides`) in a child process; its result line."""
     out = subprocess.run([sys.executable, __file__, "--child-ours", dataset, str(seed), str(shared_data),
-                          str(peers_dir), str(into)], capture_output=True, text=True)
+                          str(peers_dir), str(into), *overrides], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"our run (seed {seed}) failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def child_ours(dataset: str, seed: int, shared_data: Path, peers_dir: Path, into: Path) -> None:
+def child_ours(dataset: str, seed: int, shared_data: Path, peers_dir: Path, into: Path, extra: list[str]) -> None:
     """In the child: train, then score the saved model's top-10 with the peers' metric code."""
     started = time.perf_counter()
     import recsys  # noqa: F401  - before torch (recsys.cpus)
@@ -64,18 +64,20 @@ def child_ours(dataset: str, seed: int, shared_data: Path, peers_dir: Path, into
                  f"tracking.tracking_uri=sqlite:///{into / 'mlflow.db'}"]
     if dataset != "ml-latest-small":  # the embedded one needs no path
         overrides.append(f"data.path={shared_data / DATA_DIRS[dataset]}")
-    cfg = load_run_config(config, overrides)
+    cfg = load_run_config(config, [*overrides, *extra])
     result = train(cfg, config_file=config)
     m = result.metrics
     rec = Recommender.load(result.model_dir)
-    sys.path.insert(0, str(peers_dir))
     os.environ.setdefault("SHARED_DATA", str(shared_data))
-    import common as peers_common  # the peers' metric code
+    peers_common = load_peers_common(peers_dir)
     import pandas as pd
 
     interactions = peers_common.load_interactions(dataset)
-    users = sorted(interactions.user_id.unique().tolist())
-    lists = rec.recommend_batch(users=users, k=10)
+    # Each user's history up to the test target, in the peers' order (the saved model's own histories end
+    # with the target, which recommending for the user would leave out as seen).
+    inputs = interactions[interactions.from_end >= 1].sort_values("order").groupby("user_id")["item_id"].agg(list)
+    users = inputs.index.tolist()
+    lists = rec.recommend_batch(histories=inputs.tolist(), k=10)
     recs = pd.DataFrame([(user, r.item_id, rank + 1) for user, items in zip(users, lists)
                          for rank, r in enumerate(items)], columns=["user_id", "item_id", "rank"])
     scored = peers_common.evaluate_topk(recs, interactions)
@@ -91,6 +93,16 @@ def child_ours(dataset: str, seed: int, shared_data: Path, peers_dir: Path, into
         "seen_items_in_top10": scored["seen_items_in_top10"], "n_eval_users": scored["n_eval_users"],
         "config": str(config.relative_to(ROOT)),
     }))
+
+
+def load_peers_common(peers_dir: Path) -> Any:
+    """The peers' common.py (data, split, metrics) as a module of its own name: ours is `common` too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("peers_common", peers_dir / "common.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def rectools(dataset: str, seed: int, epochs: int, peers_venv: Path, peers_dir: Path, shared_data: Path,
@@ -129,29 +141,36 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=sorted(DATA_DIRS), required=True)
+    parser.add_argument("--dataset", choices=sorted(DATA_DIRS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--peers-dir", type=Path, default=ROOT.parent / "shared" / "peers")
     parser.add_argument("--peers-venv", type=Path, default=Path.home() / "peers-venv")
     parser.add_argument("--rectools-epochs", type=int, default=50,
                         help="RecTools' epoch limit (its README's ml-100k row: 50, best epoch 47)")
-    parser.add_argument("--child-ours", nargs=5, metavar=("DATASET", "SEED", "SHARED", "PEERS", "INTO"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of our config (recorded in the result; the default compares the shipped one)")
+    parser.add_argument("--name", default=None, help="result file peers_<name>.json (default: the dataset)")
+    parser.add_argument("--skip-rectools", action="store_true", help="our runs only (a smoke test)")
+    parser.add_argument("--child-ours", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_ours:
-        dataset, seed, shared, peers, into = args.child_ours
+        dataset, seed, shared, peers, into, *extra = args.child_ours
         Path(into).mkdir(parents=True, exist_ok=True)
-        child_ours(dataset, int(seed), Path(shared), Path(peers), Path(into))
+        child_ours(dataset, int(seed), Path(shared), Path(peers), Path(into), extra)
         return
+    if args.dataset is None:
+        parser.error("--dataset is required")
     started = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {"recsys": [], "rectools": []}
     with tempfile.TemporaryDirectory(prefix="peers-bench-") as tmp:
         for seed in args.seeds:
             runs["recsys"].append(ours(args.dataset, seed, args.shared_data.resolve(), args.peers_dir.resolve(),
-                                       Path(tmp) / f"ours-{seed}"))
+                                       Path(tmp) / f"ours-{seed}", args.set))
             print("recsys", runs["recsys"][-1], flush=True)
             write(args, runs, started)
+            if args.skip_rectools:
+                continue
             runs["rectools"].append(rectools(args.dataset, seed, args.rectools_epochs, args.peers_venv,
                                              args.peers_dir.resolve(), args.shared_data.resolve(), Path(tmp)))
             print("rectools", runs["rectools"][-1], flush=True)
@@ -173,13 +192,13 @@ def write(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], start
         "runs": runs, "seeds": args.seeds,
         "protocol": "leave-one-out (last item test, second-to-last validation), ties in time broken by file order, "
                     "full ranking over all items, history excluded; metrics by ../shared/peers/common.py for both",
-        "settings": {"rectools_epochs": args.rectools_epochs, "rectools_patience": 10},
+        "settings": {"rectools_epochs": args.rectools_epochs, "rectools_patience": 10, "recsys_overrides": args.set},
         "wall_s": round(time.perf_counter() - started, 1),
         "notes": "Defaults against defaults: neither side was tuned for this run (the peers get no search here, so "
                  "no tuned-against-tuned claim is made). Runs one at a time on the same 2 cores.",
         **provenance(),
     }
-    write_result(f"peers_{args.dataset}", result)
+    write_result(f"peers_{args.name or args.dataset}", result)
 
 
 if __name__ == "__main__":
