@@ -655,7 +655,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
                        help="torch intra-op threads per worker (1: requests in parallel are the parallelism)")
     serve.add_argument("--processes", type=_positive, default=1, metavar="N",
                        help="server processes on the one port, each with its own copy of the model (2 on 2 "
-                       "cores: 1.7x the requests/s of 1); they share --history-store")
+                       "cores: 1.6x the requests/s of 1 by user_id); they share --history-store")
     serve.add_argument("--access-log", action="store_true",
                        help="log a line per request (off by default: it costs a tenth of each request's time)")
     history = _history_defaults()
@@ -782,6 +782,20 @@ def add_config_commands(commands: argparse._SubParsersAction) -> None:  # type: 
                       help="models whose keys to list (default: all), or overrides of --config's values")
     show.add_argument("--config", default=None, metavar="FILE", help="a run config whose values to show")
     show.set_defaults(handler=run_config_show)
+    suggest = actions.add_parser(
+        "suggest",
+        help="write a run config for a dataset (your own log too), with values chosen from its statistics",
+        description="Prepare the dataset NAME (as `recsys data prepare` does, same options), read its statistics "
+        "and write a run config for it: the values that depend on the data (whether the history stays "
+        "rankable, max_len, the loss) chosen by the rules of recsys/suggest.py, each with the statistic it read "
+        "as a comment, and the settings that beat RecTools' default on ml-100k for the rest. Then: recsys train "
+        "--config FILE. An existing FILE is never overwritten.",
+        formatter_class=_formatter,
+    )
+    _add_data_options(suggest, statistics=False, split=True)
+    suggest.add_argument("--model", default="sasrec", help="model.name of the config (its keys only are written)")
+    suggest.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the YAML config")
+    suggest.set_defaults(handler=run_config_suggest)
 
 
 def run_config_show(args: argparse.Namespace) -> int:
@@ -810,6 +824,49 @@ def run_config_show(args: argparse.Namespace) -> int:
         lines += [f"model (model.name: {name}): {' '.join((config_cls.__doc__ or '').split())}",
                   *_key_lines(config_cls, "model", values), ""]
     print("\n".join(lines).rstrip())
+    return 0
+
+
+def run_config_suggest(args: argparse.Namespace) -> int:
+    """`recsys config suggest`: a run config for the dataset, its data-dependent values from its statistics."""
+    import os
+    import shlex
+    from pathlib import Path
+
+    from recsys.config import DataConfig, to_dict
+    from recsys.data.prepare import dataset_stats, prepare_dataset
+    from recsys.data import schema
+    from recsys.durable import write_text
+    from recsys.errors import ConfigError
+    from recsys.models import MODELS
+    from recsys.run_config import run_config_from_dict
+    from recsys.suggest import config_yaml, history_repeat_share
+
+    output = Path(args.output)
+    if output.exists():
+        raise ConfigError(f"{output}: already exists; give another --output (nothing was written)")
+    if args.model not in MODELS:
+        raise ConfigError(f"config suggest: unknown model {args.model!r} (known: {', '.join(sorted(MODELS))})")
+    cfg = _data_config(args)
+    ds = prepare_dataset(cfg, progress=sys.stderr.isatty())
+    stats = dataset_stats(ds)
+    defaults = to_dict(DataConfig(name=cfg.name))
+    data = {key: value for key, value in to_dict(cfg).items()
+            if key in ("name", "preset", "split") or value != defaults.get(key)}
+    for key in ("path", "interactions_file", "items_file"):  # the config works from any folder
+        if data.get(key):
+            data[key] = os.path.abspath(data[key])
+    _, model_cls = MODELS[args.model]
+    command = "recsys config suggest " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else \
+        "recsys config suggest"
+    text = config_yaml(data, args.model, set(model_cls.model_fields), stats,
+                       history_repeat_share(ds.sequences[schema.ITEMS]), command)
+    import yaml
+
+    run_config_from_dict(yaml.safe_load(text), where=str(output))  # what it wrote loads as a run config
+    write_text(output, text)
+    print(text, end="")
+    print(f"wrote {output}; train with: recsys train --config {output}", file=sys.stderr)
     return 0
 
 
