@@ -46,7 +46,7 @@ def popularity(n: int, rng: np.random.Generator) -> np.ndarray:
     return p[rng.permutation(n)]
 
 
-def exact_top10(vectors: np.ndarray, queries: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+def exact_top10(vectors: np.ndarray, queries: np.ndarray, chunk: int = 200_000) -> np.ndarray:
     """Exact top-10 item positions of each query, scoring the catalogue a chunk of items at a time."""
     import torch
 
