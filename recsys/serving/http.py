@@ -372,7 +372,14 @@ def _serve_processes(settings: dict[str, Any], options: dict[str, Any], processe
     kernel spreads connections over the sockets by their addresses."""
     import multiprocessing
     import signal
+    import socket
+    import sys
     from multiprocessing.connection import wait
+
+    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
+        # elsewhere the option is missing (Windows) or does not spread connections (macOS gives all to one)
+        raise ConfigError(f"--processes {processes} needs Linux (SO_REUSEPORT spreads connections over the "
+                          f"processes); this is {sys.platform}: run one process per port behind a proxy instead")
 
     def stop_here(signum: int, frame: Any) -> None:
         raise SystemExit(0)
