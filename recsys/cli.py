@@ -857,8 +857,11 @@ def run_config_suggest(args: argparse.Namespace) -> int:
         if data.get(key):
             data[key] = os.path.abspath(data[key])
     _, model_cls = MODELS[args.model]
-    command = "recsys config suggest " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else \
-        "recsys config suggest"
+    given = [f"--{key.replace('_', '-')} {shlex.quote(str(getattr(args, f'data.{key}')))}"
+             for key in DataConfig.model_fields if getattr(args, f"data.{key}", None) is not None]
+    command = " ".join(["recsys config suggest", shlex.quote(args.name),
+                        *([f"--from {shlex.quote(args.source)}"] if args.source else []), *given,
+                        *([f"--model {args.model}"] if args.model != "sasrec" else []), f"-o {shlex.quote(str(output))}"])
     text = config_yaml(data, args.model, set(model_cls.model_fields), stats,
                        history_repeat_share(ds.sequences[schema.ITEMS]), command)
     import yaml

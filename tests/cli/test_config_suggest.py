@@ -68,6 +68,7 @@ def test_the_written_config_loads_says_why_and_trains(tmp_path: Path, capsys: py
     log, out = repeat_log(tmp_path / "log.csv"), tmp_path / "suggested.yaml"
     assert main(["config", "suggest", "custom", "--from", str(log), "-o", str(out)]) == 0
     text = out.read_text()
+    assert text.splitlines()[0] == f"# Written by: recsys config suggest custom --from {log} -o {out}"
     assert "100.0% of the test targets occur earlier in the user's history" in text
     cfg = load_run_config(out)
     assert cfg.data.interactions_file == str(log)  # absolute: the config works from any folder
