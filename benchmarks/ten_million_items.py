@@ -9,7 +9,7 @@ exponent 1, in a random order): queries and evaluation targets are drawn by popu
 query is a target's vector plus N(0, I) noise, standing for a user vector near what the user takes next.
 
 - index: `ItemIndex.build` with kind ivfpq (IVF cells scanned through 4-bit PQ codes, the best 640 candidates
-  re-scored exactly) and --nlist cells; build time and memory; nprobe swept up to recall@10 >= 0.95 against
+  re-scored exactly: --refine-k-factor 64 per result) and --nlist cells; build time and memory; nprobe swept up to recall@10 >= 0.95 against
   exact search (computed in chunks of items, never an exact index's copy of the vectors); then p50 / p99 of
   500 single queries;
 - evaluation: `RankingAccumulator` (what `recsys evaluate` accumulates with) over --users users in chunks of
@@ -63,14 +63,14 @@ def exact_top10(vectors: np.ndarray, queries: np.ndarray, chunk: int = 200_000) 
     return best_ids.numpy()
 
 
-def bench_index(vectors: np.ndarray, queries: np.ndarray, nlist: int) -> dict[str, Any]:
+def bench_index(vectors: np.ndarray, queries: np.ndarray, nlist: int, refine: int) -> dict[str, Any]:
     import faiss
 
     from recsys.retrieval.index import IndexConfig, ItemIndex
 
     truth = exact_top10(vectors, queries) + 1  # item_idx = position + 1
     before, start = rss_bytes(), time.perf_counter()
-    index = ItemIndex.build(vectors, IndexConfig(kind="ivfpq", ivf_nlist=nlist, ivf_nprobe=1))
+    index = ItemIndex.build(vectors, IndexConfig(kind="ivfpq", ivf_nlist=nlist, ivf_nprobe=1, refine_k_factor=refine))
     out: dict[str, Any] = {"build_s": time.perf_counter() - start, "index_rss_mb": (rss_bytes() - before) / 2**20}
     ivf = faiss.extract_index_ivf(index.index)
     sweep: dict[int, float] = {}
@@ -90,7 +90,7 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, nlist: int) -> dict[st
         index.search(query[None], 10)
         times.append(time.perf_counter() - start)
     p50, p99 = percentiles(times)
-    out.update({"nlist": nlist, "nprobe": ivf.nprobe, "recall@10": sweep[ivf.nprobe], "p50_ms": p50,
+    out.update({"nlist": nlist, "refine_k_factor": refine, "nprobe": ivf.nprobe, "recall@10": sweep[ivf.nprobe], "p50_ms": p50,
                 "p99_ms": p99, "recall_sweep": sweep})
     return out
 
@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=16, help="users scored at a time in the evaluation")
     parser.add_argument("--nlist", type=int, default=4096, help="IVF cells")
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--refine-k-factor", type=int, default=64,
+                        help="candidates re-scored exactly per result asked for (IndexConfig.refine_k_factor)")
+    parser.add_argument("--skip-evaluation", action="store_true", help="the index part only")
     parser.add_argument("--name", default="ten_million_items")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -144,9 +147,9 @@ def main() -> None:
     queries = (vectors[rng.choice(args.n_items, size=args.queries, p=prob)]
                + rng.standard_normal((args.queries, args.dim), dtype=np.float32)).astype(np.float32)
     print(f"{args.n_items:,} items generated in {generate_s:.1f} s", flush=True)
-    index = bench_index(vectors, queries, args.nlist)
+    index = bench_index(vectors, queries, args.nlist, args.refine_k_factor)
     print("index", index, flush=True)
-    evaluation = bench_evaluation(vectors, prob, args.users, args.chunk, rng)
+    evaluation = {} if args.skip_evaluation else bench_evaluation(vectors, prob, args.users, args.chunk, rng)
     print("evaluation", evaluation, flush=True)
     metrics = {f"index_{k}": v for k, v in index.items() if k != "recall_sweep"}
     metrics.update({f"evaluation_{k}": v for k, v in evaluation.items()})
