@@ -833,6 +833,8 @@ def run_config_suggest(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
+    import yaml
+
     from recsys.config import DataConfig, to_dict
     from recsys.data.prepare import dataset_stats, prepare_dataset
     from recsys.data import schema
@@ -864,8 +866,6 @@ def run_config_suggest(args: argparse.Namespace) -> int:
                         *([f"--model {args.model}"] if args.model != "sasrec" else []), f"-o {shlex.quote(str(output))}"])
     text = config_yaml(data, args.model, set(model_cls.model_fields), stats,
                        history_repeat_share(ds.sequences[schema.ITEMS]), command)
-    import yaml
-
     run_config_from_dict(yaml.safe_load(text), where=str(output))  # what it wrote loads as a run config
     write_text(output, text)
     print(text, end="")

@@ -353,14 +353,28 @@ def _check_free(host: str, port: int) -> None:
     needed by --processes: its sockets share the port (SO_REUSEPORT) with any socket that allows it, so a
     second `recsys serve --processes` on the same port would otherwise join the first, two models answering
     by turns."""
+    _bound_socket(host, port, share_port=False).close()
+
+
+def _bound_socket(host: str, port: int, share_port: bool) -> Any:
+    """A TCP socket bound to host:port (a closed server's TIME_WAIT is no obstacle), with SO_REUSEPORT if
+    `share_port`; DataError naming the address if it is taken.
+
+    proto is given: asyncio sets TCP_NODELAY only on connections of a socket whose proto is IPPROTO_TCP, and
+    without it Nagle's algorithm held each answer for the client's delayed ACK (p50 52 ms, 600 requests/s)."""
     import socket
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no obstacle
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise DataError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if share_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DataError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def _serve_processes(settings: dict[str, Any], options: dict[str, Any], processes: int) -> None:
@@ -413,22 +427,14 @@ def _serve_child(settings: dict[str, Any], options: dict[str, Any], all_loaded: 
     loaded the model (`all_loaded`, a barrier): the kernel gives a connection to one of the sockets listening
     when it arrives, keep-alive connections stay where they landed, and clients that connected while the
     second process was loading all went to the first."""
-    import socket
     import sys
 
     import uvicorn
 
-    host, port = options["host"], options["port"]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto given: asyncio sets TCP_NODELAY only on connections of a socket whose proto is IPPROTO_TCP, and
-    # without it Nagle's algorithm held each answer for the client's delayed ACK (p50 52 ms, 600 requests/s).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        sock = _bound_socket(options["host"], options["port"], share_port=True)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     app = app_from_settings(settings)
     all_loaded.wait()  # a process that failed to load ends, and the supervisor stops the waiting ones
